@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs and starts what the tests need
+# (PostgreSQL, OpenSSL), then runs formatting, lints and every test on SQLite and PostgreSQL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+apt_updated=0
+apt_install() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing packages ($*) and not root: install them first" >&2
+    exit 1
+  fi
+  if [ "$apt_updated" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+pg_url_default="postgres://postgres:postgres@127.0.0.1:5432/test"
+start_postgres() {
+  have pg_ctlcluster || apt_install postgresql postgresql-client
+  if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+    log "starting PostgreSQL"
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    for _ in $(seq 1 30); do
+      pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null && break
+      sleep 1
+    done
+    pg_isready -h 127.0.0.1 -p 5432 -q || { echo "PostgreSQL did not start" >&2; exit 1; }
+  fi
+  # A fresh install asks TCP clients for a password: give `postgres` a known one (where the
+  # server trusts local clients, as on a developer machine, it is simply not asked for).
+  if [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1; then
+    su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\"" >/dev/null
+    su postgres -c "psql -tAc \"SELECT 1 FROM pg_database WHERE datname='test'\"" | grep -q 1 \
+      || su postgres -c "createdb test"
+  fi
+}
+
+if [ -z "${TIDINGS_TEST_DATABASE_URL:-}" ]; then
+  start_postgres
+  export TIDINGS_TEST_DATABASE_URL="$pg_url_default"
+fi
+have openssl || apt_install openssl
+
+# --- Rust ------------------------------------------------------------------------------------
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+log "cargo test (SQLite and PostgreSQL)"
+cargo test --workspace

@@ -1,0 +1,46 @@
+use std::fmt;
+
+/// Who is asking, as every resolver and socket handler sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Viewer {
+    Anonymous,
+    User(AuthUser),
+}
+
+/// A signed-in user, from a verified token (and provisioned in the database).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthUser {
+    pub id: String,
+    pub username: String,
+    pub role: String,
+    /// The token's `exp` (seconds since the epoch): live sockets close then.
+    pub expires_at: i64,
+}
+
+impl AuthUser {
+    pub fn is_admin(&self) -> bool {
+        self.role == "admin"
+    }
+}
+
+impl Viewer {
+    pub fn user(&self) -> Option<&AuthUser> {
+        match self {
+            Viewer::User(u) => Some(u),
+            Viewer::Anonymous => None,
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.user().is_some_and(AuthUser::is_admin)
+    }
+}
+
+impl fmt::Display for Viewer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Viewer::Anonymous => f.write_str("anonymous"),
+            Viewer::User(u) => write!(f, "{} ({})", u.username, u.id),
+        }
+    }
+}

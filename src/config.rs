@@ -1,0 +1,88 @@
+//! Every setting of `tidings serve`: a flag, a `TIDINGS_*` environment variable, a default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Parses durations such as `30s`, `5m`, `1h`, `7d` (humantime's syntax).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on (use port 0 for any free port).
+    #[arg(long, env = "TIDINGS_BIND", default_value = "127.0.0.1:8000")]
+    pub bind: SocketAddr,
+
+    /// Database URL: `sqlite://FILE?mode=rwc` or `postgres://USER@HOST/DB`.
+    #[arg(
+        long,
+        env = "TIDINGS_DATABASE_URL",
+        default_value = "sqlite://tidings.db?mode=rwc"
+    )]
+    pub database_url: String,
+
+    /// Redis URL for running several instances; unset keeps events in this process.
+    #[arg(long, env = "TIDINGS_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// HS256 secret for tokens. Unset: a random secret is generated once and kept in the
+    /// database, so restarts, every instance and `tidings token` agree.
+    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key (RSA or EC) accepting RS256/ES256 tokens from an identity provider.
+    #[arg(long, env = "TIDINGS_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "TIDINGS_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "TIDINGS_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Lifetime of the tokens `register` and `login` return.
+    #[arg(long, env = "TIDINGS_TOKEN_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub token_ttl: Duration,
+
+    /// `off` turns off per-user rate and connection limits (for load tests only).
+    #[arg(long, env = "TIDINGS_RATE_LIMITS", default_value = "on", value_parser = ["on", "off"])]
+    pub rate_limits: String,
+
+    /// Points awarded for each message sent (0 disables).
+    #[arg(long, env = "TIDINGS_POINTS_PER_MESSAGE", default_value_t = 1)]
+    pub points_per_message: i64,
+
+    /// Serve GraphQL introspection (GraphiQL and code generators need it).
+    #[arg(long, env = "TIDINGS_INTROSPECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub introspection: bool,
+
+    /// Largest accepted HTTP request body, in bytes.
+    #[arg(long, env = "TIDINGS_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+impl Config {
+    /// The defaults, as `tidings serve` with nothing set would use them.
+    pub fn for_database(database_url: impl Into<String>) -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: database_url.into(),
+            redis_url: None,
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            token_ttl: Duration::from_secs(24 * 3600),
+            rate_limits: "on".into(),
+            points_per_message: 1,
+            introspection: true,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}

@@ -1,0 +1,23 @@
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "messages")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    pub room_id: String,
+    /// 1, 2, 3… within the room, without gaps: a subscriber that sees a jump knows it missed
+    /// something and catches up from the database.
+    pub seq: i64,
+    /// `USER` or `SYSTEM`.
+    pub kind: String,
+    pub sender_id: Option<String>,
+    pub body: String,
+    pub client_message_id: Option<String>,
+    pub created_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

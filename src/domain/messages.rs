@@ -1,0 +1,257 @@
+//! Messages: sending (validated, idempotent per sender with `clientMessageId`, persisted
+//! before anything is published) and history.
+
+use chrono::Utc;
+use sea_orm::{
+    sea_query::{Expr, ExprTrait},
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    TransactionTrait,
+};
+
+use super::rooms::next_seq;
+use super::{Domain, DomainError, DomainResult};
+use crate::auth::Viewer;
+use crate::db::{message, user};
+
+pub const BODY_MAX_CHARS: usize = 5000;
+pub const CLIENT_ID_MAX: usize = 128;
+pub const HISTORY_MAX: i32 = 200;
+pub const HISTORY_DEFAULT: i32 = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    User,
+    System,
+}
+
+impl MessageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::User => "USER",
+            MessageKind::System => "SYSTEM",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        if s == "SYSTEM" {
+            MessageKind::System
+        } else {
+            MessageKind::User
+        }
+    }
+}
+
+/// A message with its sender (none for SYSTEM messages).
+#[derive(Debug, Clone)]
+pub struct MessageView {
+    pub message: message::Model,
+    pub sender: Option<user::Model>,
+}
+
+/// The outcome of `send_message`: `created` is false when a retry found its first message.
+pub struct Sent {
+    pub view: MessageView,
+    pub created: bool,
+}
+
+/// Inserts a message into the room, numbered after the room's last one. Run inside the
+/// caller's transaction.
+pub(super) async fn insert_message(
+    conn: &impl ConnectionTrait,
+    room_id: &str,
+    kind: MessageKind,
+    sender_id: Option<&str>,
+    body: &str,
+    client_message_id: Option<&str>,
+) -> DomainResult<message::Model> {
+    let seq = next_seq(conn, room_id).await?;
+    let model = message::ActiveModel {
+        room_id: Set(room_id.to_owned()),
+        seq: Set(seq),
+        kind: Set(kind.as_str().to_owned()),
+        sender_id: Set(sender_id.map(str::to_owned)),
+        body: Set(body.to_owned()),
+        client_message_id: Set(client_message_id.map(str::to_owned)),
+        created_at: Set(Utc::now()),
+        ..Default::default()
+    };
+    Ok(message::Entity::insert(model)
+        .exec_with_returning(conn)
+        .await?)
+}
+
+fn validate_body(body: &str) -> DomainResult<&str> {
+    let body = body.trim();
+    if body.is_empty() {
+        return Err(DomainError::bad_input("message body must not be empty"));
+    }
+    if body.chars().count() > BODY_MAX_CHARS {
+        return Err(DomainError::bad_input(format!(
+            "message body must be at most {BODY_MAX_CHARS} characters"
+        )));
+    }
+    Ok(body)
+}
+
+fn validate_client_id(id: Option<&str>) -> DomainResult<Option<&str>> {
+    match id {
+        None => Ok(None),
+        Some(id) if !id.is_empty() && id.chars().count() <= CLIENT_ID_MAX => Ok(Some(id)),
+        Some(_) => Err(DomainError::bad_input(format!(
+            "clientMessageId must be 1-{CLIENT_ID_MAX} characters"
+        ))),
+    }
+}
+
+impl Domain {
+    /// Sends a chat message to a room the viewer belongs to.
+    pub async fn send_message(
+        &self,
+        viewer: &Viewer,
+        room_id: &str,
+        body: &str,
+        client_message_id: Option<&str>,
+    ) -> DomainResult<Sent> {
+        self.require_member(viewer, room_id).await?;
+        let user = super::require_user(viewer)?;
+        let body = validate_body(body)?;
+        let client_id = validate_client_id(client_message_id)?;
+        if let Some(first) = self.find_by_client_id(&user.id, client_id).await? {
+            return Ok(Sent {
+                view: self.with_sender(first).await?,
+                created: false,
+            });
+        }
+        let txn = self.db.begin().await?;
+        let inserted = insert_message(
+            &txn,
+            room_id,
+            MessageKind::User,
+            Some(&user.id),
+            body,
+            client_id,
+        )
+        .await;
+        let message = match inserted {
+            Ok(m) => m,
+            Err(DomainError::Internal(e)) if is_unique_violation(&e) => {
+                // A concurrent retry with the same clientMessageId committed first.
+                txn.rollback().await?;
+                let first = self
+                    .find_by_client_id(&user.id, client_id)
+                    .await?
+                    .ok_or_else(|| DomainError::Internal(e))?;
+                return Ok(Sent {
+                    view: self.with_sender(first).await?,
+                    created: false,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        if self.rules.points_per_message != 0 {
+            user::Entity::update_many()
+                .col_expr(
+                    user::Column::Points,
+                    Expr::col(user::Column::Points).add(self.rules.points_per_message),
+                )
+                .filter(user::Column::Id.eq(user.id.as_str()))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(Sent {
+            view: self.with_sender(message).await?,
+            created: true,
+        })
+    }
+
+    async fn find_by_client_id(
+        &self,
+        sender_id: &str,
+        client_id: Option<&str>,
+    ) -> DomainResult<Option<message::Model>> {
+        let Some(client_id) = client_id else {
+            return Ok(None);
+        };
+        Ok(message::Entity::find()
+            .filter(message::Column::SenderId.eq(sender_id))
+            .filter(message::Column::ClientMessageId.eq(client_id))
+            .one(&self.db)
+            .await?)
+    }
+
+    async fn with_sender(&self, message: message::Model) -> DomainResult<MessageView> {
+        let sender = match &message.sender_id {
+            Some(id) => self.user_by_id(id).await?,
+            None => None,
+        };
+        Ok(MessageView { message, sender })
+    }
+
+    /// Attaches senders to messages with one query.
+    pub async fn with_senders(
+        &self,
+        messages: Vec<message::Model>,
+    ) -> DomainResult<Vec<MessageView>> {
+        let mut ids: Vec<String> = messages
+            .iter()
+            .filter_map(|m| m.sender_id.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let users = self.users_by_ids(&ids).await?;
+        Ok(messages
+            .into_iter()
+            .map(|message| {
+                let sender = message
+                    .sender_id
+                    .as_ref()
+                    .and_then(|id| users.iter().find(|u| &u.id == id).cloned());
+                MessageView { message, sender }
+            })
+            .collect())
+    }
+
+    /// The last `last` messages of a room before message `before` (all, without it), in
+    /// ascending id order. Members only.
+    pub async fn history(
+        &self,
+        viewer: &Viewer,
+        room_id: &str,
+        before: Option<&str>,
+        last: Option<i32>,
+    ) -> DomainResult<Vec<MessageView>> {
+        self.require_member(viewer, room_id).await?;
+        let last = last.unwrap_or(HISTORY_DEFAULT);
+        if !(0..=HISTORY_MAX).contains(&last) {
+            return Err(DomainError::bad_input(format!(
+                "last must be between 0 and {HISTORY_MAX}"
+            )));
+        }
+        let mut query = message::Entity::find()
+            .filter(message::Column::RoomId.eq(room_id))
+            .order_by_desc(message::Column::Id)
+            .limit(last as u64);
+        if let Some(before) = before {
+            query = query.filter(message::Column::Id.lt(parse_message_id(before)?));
+        }
+        let mut messages = query.all(&self.db).await?;
+        messages.reverse();
+        self.with_senders(messages).await
+    }
+}
+
+/// A message id as clients send it: the decimal string of a positive integer.
+pub fn parse_message_id(id: &str) -> DomainResult<i64> {
+    id.parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| DomainError::bad_input(format!("{id:?} is not a message id")))
+}
+
+fn is_unique_violation(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<sea_orm::DbErr>()
+        .and_then(|e| e.sql_err())
+        .is_some_and(|e| matches!(e, SqlErr::UniqueConstraintViolation(_)))
+}

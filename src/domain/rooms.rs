@@ -1,0 +1,364 @@
+//! Rooms and their members. Joining or leaving posts a SYSTEM message to the room; private rooms
+//! are joined by invitation only.
+
+use chrono::Utc;
+use sea_orm::{
+    sea_query::{Expr, ExprTrait},
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, SqlErr,
+    TransactionTrait,
+};
+
+use super::messages::{insert_message, MessageKind, MessageView};
+use super::{require_user, Domain, DomainError, DomainResult};
+use crate::auth::{AuthUser, Viewer};
+use crate::db::{room, room_member, user};
+
+const TITLE_MAX: usize = 200;
+
+/// A room id: a slug of 1–64 characters from `a-z 0-9 _ -`.
+pub fn validate_room_id(id: &str) -> DomainResult<()> {
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(DomainError::bad_input(
+            "room id must be 1-64 characters of a-z, 0-9, '_' or '-'",
+        ))
+    }
+}
+
+/// What joining did: the room, and the SYSTEM message it posted (none when already a member).
+pub struct Joined {
+    pub room: room::Model,
+    pub announcement: Option<MessageView>,
+}
+
+impl Domain {
+    pub async fn room(&self, id: &str) -> DomainResult<Option<room::Model>> {
+        Ok(room::Entity::find_by_id(id).one(&self.db).await?)
+    }
+
+    async fn existing_room(&self, id: &str) -> DomainResult<room::Model> {
+        validate_room_id(id)?;
+        self.room(id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("room {id} not found")))
+    }
+
+    pub async fn is_member(&self, room_id: &str, user_id: &str) -> DomainResult<bool> {
+        Ok(
+            room_member::Entity::find_by_id((room_id.to_owned(), user_id.to_owned()))
+                .one(&self.db)
+                .await?
+                .is_some(),
+        )
+    }
+
+    /// Whether the viewer may see the room at all (its title and members): public rooms are
+    /// visible to every signed-in user, private rooms to members and admins.
+    pub async fn can_see_room(&self, viewer: &Viewer, room: &room::Model) -> DomainResult<bool> {
+        let Some(user) = viewer.user() else {
+            return Ok(false);
+        };
+        Ok(!room.is_private || user.is_admin() || self.is_member(&room.id, &user.id).await?)
+    }
+
+    /// The room, if the viewer is a member (admins read every room): the rule for reading a
+    /// room's messages, typing and presence.
+    pub async fn require_member(
+        &self,
+        viewer: &Viewer,
+        room_id: &str,
+    ) -> DomainResult<room::Model> {
+        let user = require_user(viewer)?;
+        let room = self.existing_room(room_id).await?;
+        if user.is_admin() || self.is_member(room_id, &user.id).await? {
+            Ok(room)
+        } else {
+            Err(DomainError::Forbidden(format!(
+                "not a member of room {room_id}"
+            )))
+        }
+    }
+
+    /// `room(id)`: the room when the viewer may see it; `FORBIDDEN` for someone else's private
+    /// room.
+    pub async fn visible_room(
+        &self,
+        viewer: &Viewer,
+        id: &str,
+    ) -> DomainResult<Option<room::Model>> {
+        require_user(viewer)?;
+        validate_room_id(id)?;
+        match self.room(id).await? {
+            None => Ok(None),
+            Some(room) if self.can_see_room(viewer, &room).await? => Ok(Some(room)),
+            Some(_) => Err(DomainError::Forbidden(format!("room {id} is private"))),
+        }
+    }
+
+    /// The rooms the viewer can see: every public room and the private rooms they belong to.
+    pub async fn visible_rooms(&self, viewer: &Viewer) -> DomainResult<Vec<room::Model>> {
+        let user = require_user(viewer)?;
+        let mut query = room::Entity::find().order_by_asc(room::Column::Id);
+        if !user.is_admin() {
+            let mine = room_member::Entity::find()
+                .filter(room_member::Column::UserId.eq(user.id.as_str()))
+                .all(&self.db)
+                .await?
+                .into_iter()
+                .map(|m| m.room_id);
+            query = query.filter(
+                room::Column::IsPrivate
+                    .eq(false)
+                    .or(room::Column::Id.is_in(mine)),
+            );
+        }
+        Ok(query.all(&self.db).await?)
+    }
+
+    pub async fn member_count(&self, room_id: &str) -> DomainResult<u64> {
+        Ok(room_member::Entity::find()
+            .filter(room_member::Column::RoomId.eq(room_id))
+            .count(&self.db)
+            .await?)
+    }
+
+    /// Members in the order they joined.
+    pub async fn members(&self, room_id: &str) -> DomainResult<Vec<user::Model>> {
+        let ids: Vec<String> = room_member::Entity::find()
+            .filter(room_member::Column::RoomId.eq(room_id))
+            .order_by_asc(room_member::Column::JoinedAt)
+            .order_by_asc(room_member::Column::UserId)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|m| m.user_id)
+            .collect();
+        let mut users = self.users_by_ids(&ids).await?;
+        users.sort_by_key(|u| ids.iter().position(|id| *id == u.id));
+        Ok(users)
+    }
+
+    /// Creates a room; its creator joins it.
+    pub async fn create_room(
+        &self,
+        viewer: &Viewer,
+        id: &str,
+        title: Option<&str>,
+        is_private: bool,
+    ) -> DomainResult<Joined> {
+        let user = require_user(viewer)?;
+        validate_room_id(id)?;
+        let title = normalize_title(title, id)?;
+        if self.room(id).await?.is_some() {
+            return Err(DomainError::bad_input(format!("room {id} already exists")));
+        }
+        match self.insert_room(id, &title, is_private, user).await {
+            Ok(()) => {}
+            Err(DomainError::BadInput(_)) => {
+                return Err(DomainError::bad_input(format!("room {id} already exists")))
+            }
+            Err(e) => return Err(e),
+        }
+        self.add_member(id, &user.id, &user.username).await
+    }
+
+    async fn insert_room(
+        &self,
+        id: &str,
+        title: &str,
+        is_private: bool,
+        creator: &AuthUser,
+    ) -> DomainResult<()> {
+        let model = room::ActiveModel {
+            id: Set(id.to_owned()),
+            title: Set(title.to_owned()),
+            is_private: Set(is_private),
+            created_by: Set(Some(creator.id.clone())),
+            last_seq: Set(0),
+            created_at: Set(Utc::now()),
+        };
+        match room::Entity::insert(model)
+            .exec_without_returning(&self.db)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                Err(DomainError::bad_input("room exists"))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Joins a room, creating it (public) when it does not exist yet. Joining a room one already
+    /// belongs to changes nothing and posts nothing.
+    pub async fn join_room(&self, viewer: &Viewer, id: &str) -> DomainResult<Joined> {
+        let user = require_user(viewer)?;
+        validate_room_id(id)?;
+        let room = match self.room(id).await? {
+            Some(room) => room,
+            None => {
+                // A concurrent join may create it first; either way it exists afterwards.
+                let _ = self.insert_room(id, id, false, user).await;
+                self.existing_room(id).await?
+            }
+        };
+        if self.is_member(id, &user.id).await? {
+            return Ok(Joined {
+                room,
+                announcement: None,
+            });
+        }
+        if room.is_private && !user.is_admin() {
+            return Err(DomainError::Forbidden(format!(
+                "room {id} is private: join by invitation"
+            )));
+        }
+        self.add_member(id, &user.id, &user.username).await
+    }
+
+    /// Adds a member and posts "NAME joined", in one transaction.
+    async fn add_member(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        username: &str,
+    ) -> DomainResult<Joined> {
+        let txn = self.db.begin().await?;
+        // The message insert bumps the room's counter first: that locks the room row, so the
+        // membership change and its announcement are ordered with the room's other writes.
+        let announcement = insert_message(
+            &txn,
+            room_id,
+            MessageKind::System,
+            None,
+            &format!("{username} joined"),
+            None,
+        )
+        .await?;
+        let member = room_member::ActiveModel {
+            room_id: Set(room_id.to_owned()),
+            user_id: Set(user_id.to_owned()),
+            joined_at: Set(Utc::now()),
+        };
+        match room_member::Entity::insert(member)
+            .exec_without_returning(&txn)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                // A concurrent join of the same user won: nothing to announce.
+                txn.rollback().await?;
+                return Ok(Joined {
+                    room: self.existing_room(room_id).await?,
+                    announcement: None,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        txn.commit().await?;
+        Ok(Joined {
+            room: self.existing_room(room_id).await?,
+            announcement: Some(MessageView {
+                message: announcement,
+                sender: None,
+            }),
+        })
+    }
+
+    /// Leaves a room and posts "NAME left". `Ok(None)` when the viewer was not a member.
+    pub async fn leave_room(&self, viewer: &Viewer, id: &str) -> DomainResult<Option<MessageView>> {
+        let user = require_user(viewer)?;
+        self.existing_room(id).await?;
+        let txn = self.db.begin().await?;
+        let removed = room_member::Entity::delete_many()
+            .filter(room_member::Column::RoomId.eq(id))
+            .filter(room_member::Column::UserId.eq(user.id.as_str()))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        if removed == 0 {
+            txn.rollback().await?;
+            return Ok(None);
+        }
+        let announcement = insert_message(
+            &txn,
+            id,
+            MessageKind::System,
+            None,
+            &format!("{} left", user.username),
+            None,
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(Some(MessageView {
+            message: announcement,
+            sender: None,
+        }))
+    }
+
+    /// Adds another user to a room. Members of the room (and admins) may invite; this is how
+    /// people get into private rooms.
+    pub async fn invite_to_room(
+        &self,
+        viewer: &Viewer,
+        room_id: &str,
+        invitee_id: &str,
+    ) -> DomainResult<Joined> {
+        let user = require_user(viewer)?;
+        let room = self.existing_room(room_id).await?;
+        if !user.is_admin() && !self.is_member(room_id, &user.id).await? {
+            return Err(DomainError::Forbidden(format!(
+                "only members of room {room_id} can invite to it"
+            )));
+        }
+        let invitee = self
+            .user_by_id(invitee_id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("user {invitee_id} not found")))?;
+        if self.is_member(room_id, &invitee.id).await? {
+            return Ok(Joined {
+                room,
+                announcement: None,
+            });
+        }
+        self.add_member(room_id, &invitee.id, &invitee.username)
+            .await
+    }
+}
+
+fn normalize_title(title: Option<&str>, id: &str) -> DomainResult<String> {
+    let title = title.map(str::trim).filter(|t| !t.is_empty()).unwrap_or(id);
+    if title.chars().count() > TITLE_MAX {
+        return Err(DomainError::bad_input(format!(
+            "title must be at most {TITLE_MAX} characters"
+        )));
+    }
+    Ok(title.to_owned())
+}
+
+/// Bumps the room's message counter and returns the new value. The UPDATE takes the room row's
+/// write lock until the transaction ends, which serialises writers per room.
+pub(super) async fn next_seq(conn: &impl ConnectionTrait, room_id: &str) -> DomainResult<i64> {
+    let updated = room::Entity::update_many()
+        .col_expr(
+            room::Column::LastSeq,
+            Expr::col(room::Column::LastSeq).add(1),
+        )
+        .filter(room::Column::Id.eq(room_id))
+        .exec(conn)
+        .await?;
+    if updated.rows_affected == 0 {
+        return Err(DomainError::NotFound(format!("room {room_id} not found")));
+    }
+    let room = room::Entity::find_by_id(room_id)
+        .one(conn)
+        .await?
+        .ok_or_else(|| DomainError::NotFound(format!("room {room_id} not found")))?;
+    Ok(room.last_seq)
+}

@@ -1,0 +1,52 @@
+//! The GraphQL transport: the schema (async-graphql is the executor) over the domain services.
+//! Resolvers decode arguments, call one domain method and shape its result; rules live in
+//! `domain/`.
+
+pub mod errors;
+pub mod mutation;
+pub mod query;
+pub mod types;
+
+use std::sync::Arc;
+
+use async_graphql::{Context, EmptySubscription, SDLExportOptions, Schema};
+
+use crate::auth::Viewer;
+use crate::domain::Domain;
+
+pub use mutation::Mutation;
+pub use query::Query;
+
+pub type TidingsSchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// Deepest selection a query may nest.
+pub const MAX_DEPTH: usize = 16;
+/// Largest complexity (roughly: fields a query may resolve) a query may have.
+pub const MAX_COMPLEXITY: usize = 5000;
+
+pub fn build_schema(domain: Option<Arc<Domain>>, introspection: bool) -> TidingsSchema {
+    let mut builder = Schema::build(Query, Mutation, EmptySubscription)
+        .limit_depth(MAX_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY);
+    if let Some(domain) = domain {
+        builder = builder.data(domain);
+    }
+    if !introspection {
+        builder = builder.disable_introspection();
+    }
+    builder.finish()
+}
+
+/// The schema in SDL, exactly as introspection describes it (what `schema.graphql` holds).
+pub fn sdl() -> String {
+    build_schema(None, true).sdl_with_options(SDLExportOptions::new().include_specified_by())
+}
+
+pub(crate) fn domain<'a>(ctx: &Context<'a>) -> &'a Arc<Domain> {
+    ctx.data_unchecked::<Arc<Domain>>()
+}
+
+pub(crate) fn viewer<'a>(ctx: &Context<'a>) -> &'a Viewer {
+    static ANONYMOUS: Viewer = Viewer::Anonymous;
+    ctx.data_opt::<Viewer>().unwrap_or(&ANONYMOUS)
+}

@@ -1,0 +1,141 @@
+//! `POST /graphql`: queries and mutations as JSON, answered as `application/json` or
+//! `application/graphql-response+json` (GraphQL over HTTP), whichever the client accepts.
+
+use async_graphql::BatchRequest;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use serde_json::json;
+
+use super::AppState;
+use crate::auth::{bearer, TokenError, Viewer};
+use crate::domain::users::ViewerError;
+use crate::graphql::errors::stamp_codes;
+
+const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/graphql", post(graphql_post))
+}
+
+/// An error response in GraphQL's shape, for failures before execution.
+fn request_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
+    (status, axum::Json(body)).into_response()
+}
+
+/// The viewer an HTTP request's `Authorization: Bearer` header stands for.
+pub async fn viewer_from_headers(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Viewer, Response> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(Viewer::Anonymous);
+    };
+    let token = value.to_str().ok().and_then(bearer).ok_or_else(|| {
+        request_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "Authorization must be 'Bearer <token>'",
+        )
+    })?;
+    state
+        .domain
+        .viewer_from_token(token)
+        .await
+        .map_err(|e| match e {
+            ViewerError::Token(TokenError::Expired) => {
+                request_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "token expired")
+            }
+            ViewerError::Token(TokenError::Invalid) => {
+                request_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "invalid token")
+            }
+            ViewerError::Domain(e) => request_error(
+                StatusCode::from_u16(if e.code() == "INTERNAL" { 503 } else { 400 })
+                    .unwrap_or(StatusCode::BAD_REQUEST),
+                e.code(),
+                &e.to_string(),
+            ),
+        })
+}
+
+async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    // Only JSON bodies: a form or text/plain POST is what a cross-site page can send without
+    // a preflight, so refusing it closes that door (as Apollo's CSRF prevention does).
+    if !content_type.starts_with("application/json")
+        && !content_type.starts_with(GRAPHQL_RESPONSE_JSON)
+    {
+        return request_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "BAD_USER_INPUT",
+            "Content-Type must be application/json",
+        );
+    }
+    let request: BatchRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return request_error(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                &format!("request body is not a GraphQL request: {e}"),
+            )
+        }
+    };
+    let viewer = match viewer_from_headers(&state, &headers).await {
+        Ok(v) => v,
+        Err(response) => return response,
+    };
+    let mut response = state.schema.execute_batch(request.data(viewer)).await;
+    let request_failed = match &mut response {
+        async_graphql::BatchResponse::Single(r) => {
+            stamp_codes(r);
+            is_request_error(r)
+        }
+        async_graphql::BatchResponse::Batch(rs) => {
+            rs.iter_mut().for_each(stamp_codes);
+            false
+        }
+    };
+    let accepts_graphql_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains(GRAPHQL_RESPONSE_JSON));
+    let (content_type, status) = if accepts_graphql_json {
+        // GraphQL over HTTP: a request that never executed (parse or validation error) is 400.
+        let status = if request_failed {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::OK
+        };
+        (GRAPHQL_RESPONSE_JSON, status)
+    } else {
+        ("application/json", StatusCode::OK)
+    };
+    match serde_json::to_vec(&response) {
+        Ok(bytes) => (
+            status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+            bytes,
+        )
+            .into_response(),
+        Err(_) => request_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            "could not encode the response",
+        ),
+    }
+}
+
+/// Whether the request failed before execution: no data and errors without a path.
+fn is_request_error(response: &async_graphql::Response) -> bool {
+    response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|e| e.path.is_empty())
+}

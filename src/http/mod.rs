@@ -1,0 +1,31 @@
+//! The HTTP side: the shared state every handler gets, and one router per resource merged into
+//! the app.
+
+mod graphql;
+mod health;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+
+use crate::config::Config;
+use crate::domain::Domain;
+use crate::graphql::TidingsSchema;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub schema: TidingsSchema,
+    pub domain: Arc<Domain>,
+    pub config: Arc<Config>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.max_body_bytes;
+    Router::new()
+        .merge(graphql::router())
+        .merge(health::router())
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
