@@ -65,6 +65,42 @@ pub struct Config {
     /// Largest accepted HTTP request body, in bytes.
     #[arg(long, env = "TIDINGS_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Largest accepted WebSocket message, in bytes (larger closes the socket with 1009).
+    #[arg(long, env = "TIDINGS_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// How long a GraphQL WebSocket may stay open without `connection_init` (then 4408).
+    #[arg(long, env = "TIDINGS_WS_INIT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub ws_init_timeout: Duration,
+
+    /// How often the server pings each WebSocket (and sends `ka` on the legacy protocol).
+    #[arg(long, env = "TIDINGS_WS_PING_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub ws_ping_interval: Duration,
+
+    /// A WebSocket that sends nothing (not even a pong) for this long is closed.
+    #[arg(long, env = "TIDINGS_WS_IDLE_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
+    pub ws_idle_timeout: Duration,
+
+    /// Frames queued for one connection before it counts as a slow consumer (closed, 1008).
+    #[arg(long, env = "TIDINGS_WS_QUEUE", default_value_t = 1024)]
+    pub ws_queue: usize,
+
+    /// Events buffered per hub topic; a subscriber further behind catches up from the database.
+    #[arg(long, env = "TIDINGS_BROADCAST_CAPACITY", default_value_t = 1024)]
+    pub broadcast_capacity: usize,
+
+    /// How long after their last connection closes a user is announced offline.
+    #[arg(long, env = "TIDINGS_PRESENCE_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub presence_grace: Duration,
+
+    /// How long a typing indicator lasts without a refresh.
+    #[arg(long, env = "TIDINGS_TYPING_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub typing_timeout: Duration,
+
+    /// The shortest time between two leaderboard updates to one subscriber.
+    #[arg(long, env = "TIDINGS_LEADERBOARD_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
+    pub leaderboard_interval: Duration,
 }
 
 impl Config {
@@ -83,6 +119,15 @@ impl Config {
             points_per_message: 1,
             introspection: true,
             max_body_bytes: 1024 * 1024,
+            max_frame_bytes: 64 * 1024,
+            ws_init_timeout: Duration::from_secs(10),
+            ws_ping_interval: Duration::from_secs(15),
+            ws_idle_timeout: Duration::from_secs(45),
+            ws_queue: 1024,
+            broadcast_capacity: 1024,
+            presence_grace: Duration::from_secs(5),
+            typing_timeout: Duration::from_secs(5),
+            leaderboard_interval: Duration::from_millis(250),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! The crate's layers, from the edge in:
 //! - `http`: the router, the GraphQL endpoint, health; holds no rules.
 //! - `graphql`: the schema; resolvers call the domain.
+//! - `hub`: the events, and the topics they travel on to subscribers.
 //! - `domain`: every rule (rights, validation), writing to the database.
 //! - `db`: sea-orm entities and the connection (SQLite by default, PostgreSQL by URL).
 //! - `auth`: JWT, passwords, the `Viewer`.
@@ -18,6 +19,7 @@ pub mod db;
 pub mod domain;
 pub mod graphql;
 pub mod http;
+pub mod hub;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,6 +32,8 @@ use crate::auth::TokenKeys;
 use crate::config::Config;
 use crate::domain::{Domain, Rules};
 use crate::http::AppState;
+use crate::hub::Hub;
+use tokio_util::sync::CancellationToken;
 
 /// Pending connections the kernel queues before `accept`: the default of 128 overflows under
 /// connect storms, and each overflow costs a client a one-second SYN retry.
@@ -53,14 +57,23 @@ impl App {
         let rules = Rules {
             points_per_message: config.points_per_message,
             token_ttl: config.token_ttl,
+            presence_grace: config.presence_grace,
+            typing_timeout: config.typing_timeout,
+            leaderboard_interval: config.leaderboard_interval,
         };
-        let domain = Arc::new(Domain::new(db, tokens, rules));
+        let shutdown = CancellationToken::new();
+        let hub = Hub::new(config.broadcast_capacity);
+        let domain = Domain::start(db, tokens, rules, hub, shutdown.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
         let schema = graphql::build_schema(Some(domain.clone()), config.introspection);
         Ok(Self {
             state: AppState {
                 schema,
                 domain,
                 config: Arc::new(config),
+                shutdown,
+                connections: Arc::new(http::ws::Connections::default()),
             },
         })
     }
@@ -70,15 +83,25 @@ impl App {
     }
 
     /// Serves on `listener` until `shutdown` completes, then finishes in-flight requests.
+    /// Serves on `listener` until `shutdown` completes: then stops accepting, closes every
+    /// WebSocket with 1001, finishes in-flight requests and announces this instance's users
+    /// offline.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let router = self.router();
+        let token = self.state.shutdown.clone();
+        let signal = async move {
+            shutdown.await;
+            token.cancel();
+        };
         axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(signal)
             .await?;
+        self.state.connections.wait_closed().await;
+        self.state.domain.presence.drain().await;
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! Storage: the sea-orm entities and the connection. SQLite is the embedded default; a
 //! `postgres://` URL selects PostgreSQL. Migrations (the `migration` crate) run on connect.
 
+pub mod counter;
 pub mod message;
 pub mod notification;
 pub mod points_ledger;

@@ -1,12 +1,14 @@
 use sea_orm::entity::prelude::*;
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "users")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
     #[sea_orm(unique)]
     pub username: String,
+    /// Never leaves the server: not part of the hub's wire format.
+    #[serde(skip)]
     pub password_hash: Option<String>,
     pub role: String,
     pub points: i64,

@@ -9,10 +9,13 @@ use sea_orm::{
     TransactionTrait,
 };
 
+use super::notifications::{mentioned_names, Draft, Level};
 use super::rooms::next_seq;
 use super::{Domain, DomainError, DomainResult};
 use crate::auth::Viewer;
 use crate::db::{message, user};
+use crate::hub::event::MessageAdded;
+use crate::hub::Event;
 
 pub const BODY_MAX_CHARS: usize = 5000;
 pub const CLIENT_ID_MAX: usize = 128;
@@ -160,10 +163,69 @@ impl Domain {
                 .await?;
         }
         txn.commit().await?;
+        let view = self.with_sender(message).await?;
+        self.publish_message(&view);
+        if self.rules.points_per_message != 0 {
+            self.leaderboard.points_changed();
+        }
+        self.notify_mentions(&view).await;
         Ok(Sent {
-            view: self.with_sender(message).await?,
+            view,
             created: true,
         })
+    }
+
+    /// Publishes a committed message to the room's subscribers.
+    pub(crate) fn publish_message(&self, view: &MessageView) {
+        self.hub.publish(Event::Message(MessageAdded {
+            message: view.message.clone(),
+            sender: view.sender.clone(),
+        }));
+    }
+
+    /// Notifies the room members a message mentions by `@username` (never the sender). The
+    /// message is already stored and sent: a failure here is logged, not returned.
+    async fn notify_mentions(&self, view: &MessageView) {
+        let names = mentioned_names(&view.message.body);
+        if names.is_empty() {
+            return;
+        }
+        let result = async {
+            let members = self.member_ids(&view.message.room_id).await?;
+            let mentioned: Vec<String> = user::Entity::find()
+                .filter(user::Column::Username.is_in(names))
+                .filter(user::Column::Id.is_in(members))
+                .all(&self.db)
+                .await?
+                .into_iter()
+                .map(|u| u.id)
+                .filter(|id| Some(id) != view.message.sender_id.as_ref())
+                .collect();
+            if mentioned.is_empty() {
+                return Ok(0);
+            }
+            let sender = view
+                .sender
+                .as_ref()
+                .map(|s| s.username.as_str())
+                .unwrap_or("someone");
+            let draft = Draft {
+                kind: "mention".to_owned(),
+                level: Level::Info,
+                title: format!("{sender} mentioned you in {}", view.message.room_id),
+                body: Some(view.message.body.clone()),
+                data: Some(serde_json::json!({
+                    "roomId": view.message.room_id,
+                    "messageId": view.message.id.to_string(),
+                    "senderId": view.message.sender_id,
+                })),
+            };
+            self.notify(&mentioned, &draft).await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not notify mentions");
+        }
     }
 
     async fn find_by_client_id(

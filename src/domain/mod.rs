@@ -3,35 +3,79 @@
 //! database, then publishes what happened.
 
 pub mod error;
+pub mod feeds;
+pub mod leaderboard;
 pub mod messages;
+pub mod notifications;
+pub mod presence;
 pub mod rooms;
+pub mod typing;
 pub mod users;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
+use tokio_util::sync::CancellationToken;
 
 pub use error::{DomainError, DomainResult};
 
 use crate::auth::{AuthUser, TokenKeys, Viewer};
+use crate::hub::Hub;
+use leaderboard::Leaderboard;
+use presence::PresenceTracker;
+use typing::TypingTracker;
 
 /// Settings the domain rules read.
 #[derive(Debug, Clone)]
 pub struct Rules {
     pub points_per_message: i64,
     pub token_ttl: Duration,
+    /// How long after a user's last connection closes they are announced offline.
+    pub presence_grace: Duration,
+    /// How long a typing indicator lasts without a refresh.
+    pub typing_timeout: Duration,
+    /// The shortest time between two leaderboard updates to one subscriber.
+    pub leaderboard_interval: Duration,
 }
 
-/// The services over one database; cheap to share behind an `Arc`.
+/// The services over one database and one hub; shared behind an `Arc`.
 pub struct Domain {
     pub db: DatabaseConnection,
     pub tokens: TokenKeys,
     pub rules: Rules,
+    pub hub: Arc<Hub>,
+    pub presence: Arc<PresenceTracker>,
+    pub typing: Arc<TypingTracker>,
+    pub leaderboard: Arc<Leaderboard>,
 }
 
 impl Domain {
-    pub fn new(db: DatabaseConnection, tokens: TokenKeys, rules: Rules) -> Self {
-        Self { db, tokens, rules }
+    /// Starts the services and their background work, which ends with `shutdown`.
+    pub async fn start(
+        db: DatabaseConnection,
+        tokens: TokenKeys,
+        rules: Rules,
+        hub: Arc<Hub>,
+        shutdown: CancellationToken,
+    ) -> DomainResult<Arc<Self>> {
+        let presence = PresenceTracker::new(
+            db.clone(),
+            hub.clone(),
+            rules.presence_grace,
+            shutdown.clone(),
+        );
+        let typing = TypingTracker::start(hub.clone(), rules.typing_timeout, shutdown.clone());
+        let leaderboard = Leaderboard::start(db.clone(), hub.clone(), shutdown).await?;
+        Ok(Arc::new(Self {
+            db,
+            tokens,
+            rules,
+            hub,
+            presence,
+            typing,
+            leaderboard,
+        }))
     }
 }
 

@@ -128,6 +128,16 @@ impl Domain {
             .await?)
     }
 
+    pub async fn member_ids(&self, room_id: &str) -> DomainResult<Vec<String>> {
+        Ok(room_member::Entity::find()
+            .filter(room_member::Column::RoomId.eq(room_id))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|m| m.user_id)
+            .collect())
+    }
+
     /// Members in the order they joined.
     pub async fn members(&self, room_id: &str) -> DomainResult<Vec<user::Model>> {
         let ids: Vec<String> = room_member::Entity::find()
@@ -262,12 +272,15 @@ impl Domain {
             Err(e) => return Err(e.into()),
         }
         txn.commit().await?;
+        let announcement = MessageView {
+            message: announcement,
+            sender: None,
+        };
+        self.publish_message(&announcement);
+        self.presence.joined_room(user_id).await;
         Ok(Joined {
             room: self.existing_room(room_id).await?,
-            announcement: Some(MessageView {
-                message: announcement,
-                sender: None,
-            }),
+            announcement: Some(announcement),
         })
     }
 
@@ -296,10 +309,12 @@ impl Domain {
         )
         .await?;
         txn.commit().await?;
-        Ok(Some(MessageView {
+        let announcement = MessageView {
             message: announcement,
             sender: None,
-        }))
+        };
+        self.publish_message(&announcement);
+        Ok(Some(announcement))
     }
 
     /// Adds another user to a room. Members of the room (and admins) may invite; this is how

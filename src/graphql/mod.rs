@@ -5,19 +5,26 @@
 pub mod errors;
 pub mod mutation;
 pub mod query;
+pub mod subscription;
 pub mod types;
 
 use std::sync::Arc;
 
-use async_graphql::{Context, EmptySubscription, SDLExportOptions, Schema};
+use async_graphql::{Context, SDLExportOptions, Schema};
 
 use crate::auth::Viewer;
 use crate::domain::Domain;
 
 pub use mutation::Mutation;
 pub use query::Query;
+pub use subscription::Subscription;
 
-pub type TidingsSchema = Schema<Query, Mutation, EmptySubscription>;
+pub type TidingsSchema = Schema<Query, Mutation, Subscription>;
+
+/// Marks a request as coming over a WebSocket connection (typing set there stops when it
+/// closes).
+#[derive(Clone, Copy, Debug)]
+pub struct SocketConnection(pub crate::domain::typing::ConnectionId);
 
 /// Deepest selection a query may nest.
 pub const MAX_DEPTH: usize = 16;
@@ -25,7 +32,7 @@ pub const MAX_DEPTH: usize = 16;
 pub const MAX_COMPLEXITY: usize = 5000;
 
 pub fn build_schema(domain: Option<Arc<Domain>>, introspection: bool) -> TidingsSchema {
-    let mut builder = Schema::build(Query, Mutation, EmptySubscription)
+    let mut builder = Schema::build(Query, Mutation, Subscription)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY);
     if let Some(domain) = domain {

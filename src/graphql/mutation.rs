@@ -1,8 +1,13 @@
 use async_graphql::{Context, Object, Result, ID};
 
 use super::errors::IntoGql;
-use super::types::{AuthPayload, Message, Room, User};
-use super::{domain, viewer};
+use super::types::{
+    AuthPayload, LeaderboardEntry, Message, Presence, PresenceStatus, Room, SendNotificationInput,
+    User,
+};
+use super::{domain, viewer, SocketConnection};
+use crate::domain::notifications::{Audience, Draft};
+use crate::domain::DomainError;
 
 pub struct Mutation;
 
@@ -90,5 +95,88 @@ impl Mutation {
             .await
             .gql()?;
         Ok(Message(sent.view))
+    }
+
+    /// Tells the room's other members that the viewer is typing (expires after 5 s unless
+    /// refreshed) or stopped.
+    async fn set_typing(&self, ctx: &Context<'_>, room_id: ID, is_typing: bool) -> Result<bool> {
+        let connection = ctx.data_opt::<SocketConnection>().map(|c| c.0);
+        domain(ctx)
+            .set_typing(viewer(ctx), &room_id, is_typing, connection)
+            .await
+            .gql()
+    }
+
+    /// Sets the status shown while the viewer is connected: ONLINE, AWAY or BUSY.
+    async fn set_presence(&self, ctx: &Context<'_>, status: PresenceStatus) -> Result<Presence> {
+        let p = domain(ctx)
+            .set_presence(viewer(ctx), status.into())
+            .await
+            .gql()?;
+        Ok(Presence(p))
+    }
+
+    /// Admin: notifies a user, a room's members, a role, or everyone; returns how many.
+    async fn send_notification(
+        &self,
+        ctx: &Context<'_>,
+        input: SendNotificationInput,
+    ) -> Result<i32> {
+        let audience = match (input.user_id, input.room_id, input.role) {
+            (Some(user), None, None) => Audience::User(user.0),
+            (None, Some(room), None) => Audience::Room(room.0),
+            (None, None, Some(role)) => Audience::Role(role),
+            (None, None, None) => Audience::Everyone,
+            _ => {
+                return Err(DomainError::bad_input(
+                    "give at most one of userId, roomId and role",
+                ))
+                .gql()
+            }
+        };
+        let draft = Draft {
+            kind: input.kind,
+            level: input
+                .level
+                .unwrap_or(super::types::NotificationLevel::Info)
+                .into(),
+            title: input.title,
+            body: input.body,
+            data: input.data.map(|d| d.0),
+        };
+        let n = domain(ctx)
+            .send_notification(viewer(ctx), audience, draft)
+            .await
+            .gql()?;
+        Ok(i32::try_from(n).unwrap_or(i32::MAX))
+    }
+
+    /// Marks the viewer's notifications read (the given ids, or all); returns how many changed.
+    async fn mark_notifications_read(
+        &self,
+        ctx: &Context<'_>,
+        ids: Option<Vec<ID>>,
+    ) -> Result<i32> {
+        let ids: Option<Vec<String>> = ids.map(|ids| ids.into_iter().map(|i| i.0).collect());
+        let n = domain(ctx)
+            .mark_notifications_read(viewer(ctx), ids.as_deref())
+            .await
+            .gql()?;
+        Ok(i32::try_from(n).unwrap_or(i32::MAX))
+    }
+
+    /// Admin: gives (or, negative, takes) points.
+    async fn award_points(
+        &self,
+        ctx: &Context<'_>,
+        user_id: ID,
+        points: i32,
+        reason: Option<String>,
+    ) -> Result<LeaderboardEntry> {
+        let entry = domain(ctx)
+            .award_points(viewer(ctx), &user_id, points, reason.as_deref())
+            .await
+            .gql()?;
+        Ok(LeaderboardEntry(entry))
     }
 }

@@ -1,7 +1,7 @@
 use async_graphql::{Context, Object, Result, ID};
 
 use super::errors::IntoGql;
-use super::types::{Message, Room, User};
+use super::types::{LeaderboardSnapshot, Message, Notification, Presence, Room, User};
 use super::{domain, viewer};
 use crate::domain::require_user;
 
@@ -54,5 +54,58 @@ impl Query {
             .await
             .gql()?;
         Ok(views.into_iter().map(Message).collect())
+    }
+
+    /// Who is online: everyone, or a room's members.
+    async fn online_users(&self, ctx: &Context<'_>, room_id: Option<ID>) -> Result<Vec<Presence>> {
+        let online = domain(ctx)
+            .online_users(viewer(ctx), room_id.as_ref().map(|r| r.as_str()))
+            .await
+            .gql()?;
+        Ok(online.into_iter().map(Presence).collect())
+    }
+
+    async fn presence_of(&self, ctx: &Context<'_>, user_ids: Vec<ID>) -> Result<Vec<Presence>> {
+        let ids: Vec<String> = user_ids.into_iter().map(|id| id.0).collect();
+        let found = domain(ctx).presence_of(viewer(ctx), &ids).await.gql()?;
+        Ok(found.into_iter().map(Presence).collect())
+    }
+
+    /// The top `limit` (1-100) users by points.
+    async fn leaderboard(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 10)] limit: Option<i32>,
+    ) -> Result<LeaderboardSnapshot> {
+        let (snapshot, limit) = domain(ctx).leaderboard_top(limit).gql()?;
+        Ok(LeaderboardSnapshot { snapshot, limit })
+    }
+
+    /// The viewer's notifications, oldest first: the `last` ones before `before`.
+    async fn notifications(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default_with = "Some(false)")] unread_only: Option<bool>,
+        #[graphql(default = 50)] last: Option<i32>,
+        before: Option<ID>,
+    ) -> Result<Vec<Notification>> {
+        let rows = domain(ctx)
+            .notifications(
+                viewer(ctx),
+                unread_only.unwrap_or(false),
+                last,
+                before.as_ref().map(|b| b.as_str()),
+            )
+            .await
+            .gql()?;
+        Ok(rows.into_iter().map(Notification).collect())
+    }
+
+    async fn unread_notification_count(&self, ctx: &Context<'_>) -> Result<i32> {
+        let n = domain(ctx)
+            .unread_notification_count(viewer(ctx))
+            .await
+            .gql()?;
+        Ok(i32::try_from(n).unwrap_or(i32::MAX))
     }
 }

@@ -1,11 +1,16 @@
 //! The GraphQL object types, each a thin view over a domain value.
 
-use async_graphql::{Enum, Object, SimpleObject, ID};
+use async_graphql::{Context, Enum, InputObject, Json, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 
 use super::errors::IntoGql;
-use crate::db::{room, user};
+use crate::db::{notification, room, user};
+use crate::domain::feeds::{PresenceEventView, TypingView};
+use crate::domain::leaderboard::{ranked, RankedEntry};
 use crate::domain::messages::{MessageKind as DomainKind, MessageView};
+use crate::domain::notifications::Level;
+use crate::domain::presence::{PresenceStatus as DomainStatus, PresenceView};
+use crate::hub::event::LeaderboardChanged;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 pub enum MessageKind {
@@ -19,6 +24,62 @@ pub enum PresenceStatus {
     Away,
     Busy,
     Offline,
+}
+
+impl From<DomainStatus> for PresenceStatus {
+    fn from(s: DomainStatus) -> Self {
+        match s {
+            DomainStatus::Online => PresenceStatus::Online,
+            DomainStatus::Away => PresenceStatus::Away,
+            DomainStatus::Busy => PresenceStatus::Busy,
+            DomainStatus::Offline => PresenceStatus::Offline,
+        }
+    }
+}
+
+impl From<PresenceStatus> for DomainStatus {
+    fn from(s: PresenceStatus) -> Self {
+        match s {
+            PresenceStatus::Online => DomainStatus::Online,
+            PresenceStatus::Away => DomainStatus::Away,
+            PresenceStatus::Busy => DomainStatus::Busy,
+            PresenceStatus::Offline => DomainStatus::Offline,
+        }
+    }
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum NotificationLevel {
+    Info,
+    Success,
+    Warning,
+    Error,
+}
+
+impl From<NotificationLevel> for Level {
+    fn from(l: NotificationLevel) -> Self {
+        match l {
+            NotificationLevel::Info => Level::Info,
+            NotificationLevel::Success => Level::Success,
+            NotificationLevel::Warning => Level::Warning,
+            NotificationLevel::Error => Level::Error,
+        }
+    }
+}
+
+impl From<Level> for NotificationLevel {
+    fn from(l: Level) -> Self {
+        match l {
+            Level::Info => NotificationLevel::Info,
+            Level::Success => NotificationLevel::Success,
+            Level::Warning => NotificationLevel::Warning,
+            Level::Error => NotificationLevel::Error,
+        }
+    }
+}
+
+fn clamp_i32(n: i64) -> i32 {
+    i32::try_from(n).unwrap_or(if n < 0 { i32::MIN } else { i32::MAX })
 }
 
 pub struct User(pub user::Model);
@@ -38,16 +99,12 @@ impl User {
     }
 
     async fn points(&self) -> i32 {
-        i32::try_from(self.0.points).unwrap_or(if self.0.points < 0 {
-            i32::MIN
-        } else {
-            i32::MAX
-        })
+        clamp_i32(self.0.points)
     }
 
-    /// OFFLINE until live presence is tracked (the realtime layer reports connections).
-    async fn status(&self) -> PresenceStatus {
-        PresenceStatus::Offline
+    /// The status the user chose while they are connected; OFFLINE otherwise.
+    async fn status(&self, ctx: &Context<'_>) -> PresenceStatus {
+        super::domain(ctx).presence.status_of(&self.0.id).into()
     }
 
     async fn last_seen_at(&self) -> Option<DateTime<Utc>> {
@@ -126,4 +183,165 @@ impl Message {
 pub struct AuthPayload {
     pub token: String,
     pub user: User,
+}
+
+pub struct Presence(pub PresenceView);
+
+#[Object]
+impl Presence {
+    async fn user(&self) -> User {
+        User(self.0.user.clone())
+    }
+
+    async fn status(&self) -> PresenceStatus {
+        self.0.status.into()
+    }
+
+    /// Open connections of this user (every device and tab).
+    async fn connections(&self) -> i32 {
+        clamp_i32(self.0.connections.into())
+    }
+
+    async fn last_seen_at(&self) -> Option<DateTime<Utc>> {
+        self.0.user.last_seen_at
+    }
+}
+
+pub struct PresenceEvent(pub PresenceEventView);
+
+#[Object]
+impl PresenceEvent {
+    async fn user(&self) -> User {
+        User(self.0.user.clone())
+    }
+
+    async fn status(&self) -> PresenceStatus {
+        self.0.status.into()
+    }
+
+    async fn connections(&self) -> i32 {
+        clamp_i32(self.0.connections.into())
+    }
+
+    /// The room the subscription watches; null for everyone's presence.
+    async fn room_id(&self) -> Option<ID> {
+        self.0.room_id.clone().map(ID)
+    }
+
+    async fn at(&self) -> DateTime<Utc> {
+        self.0.at
+    }
+}
+
+pub struct TypingEvent(pub TypingView);
+
+#[Object]
+impl TypingEvent {
+    async fn room_id(&self) -> ID {
+        ID(self.0.room_id.clone())
+    }
+
+    async fn user(&self) -> User {
+        User(self.0.user.clone())
+    }
+
+    async fn is_typing(&self) -> bool {
+        self.0.is_typing
+    }
+
+    async fn at(&self) -> DateTime<Utc> {
+        self.0.at
+    }
+}
+
+pub struct Notification(pub notification::Model);
+
+#[Object]
+impl Notification {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    async fn kind(&self) -> &str {
+        &self.0.kind
+    }
+
+    async fn level(&self) -> NotificationLevel {
+        Level::parse(&self.0.level).into()
+    }
+
+    async fn title(&self) -> &str {
+        &self.0.title
+    }
+
+    async fn body(&self) -> Option<&str> {
+        self.0.body.as_deref()
+    }
+
+    async fn data(&self) -> Option<Json<serde_json::Value>> {
+        self.0.data.clone().map(Json)
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+
+    async fn read_at(&self) -> Option<DateTime<Utc>> {
+        self.0.read_at
+    }
+}
+
+/// Whom to notify: one user, a room's members, a role, or (none of them) everyone.
+#[derive(InputObject)]
+pub struct SendNotificationInput {
+    pub user_id: Option<ID>,
+    pub room_id: Option<ID>,
+    pub role: Option<String>,
+    pub kind: String,
+    #[graphql(default_with = "Some(NotificationLevel::Info)")]
+    pub level: Option<NotificationLevel>,
+    pub title: String,
+    pub body: Option<String>,
+    pub data: Option<Json<serde_json::Value>>,
+}
+
+pub struct LeaderboardEntry(pub RankedEntry);
+
+#[Object]
+impl LeaderboardEntry {
+    async fn rank(&self) -> i32 {
+        clamp_i32(self.0.rank)
+    }
+
+    async fn user(&self) -> User {
+        User(self.0.user.clone())
+    }
+
+    async fn points(&self) -> i32 {
+        clamp_i32(self.0.points)
+    }
+}
+
+pub struct LeaderboardSnapshot {
+    pub snapshot: std::sync::Arc<LeaderboardChanged>,
+    pub limit: usize,
+}
+
+#[Object]
+impl LeaderboardSnapshot {
+    async fn entries(&self) -> Vec<LeaderboardEntry> {
+        ranked(&self.snapshot, self.limit)
+            .into_iter()
+            .map(LeaderboardEntry)
+            .collect()
+    }
+
+    /// Grows with every change of the leaderboard.
+    async fn version(&self) -> i32 {
+        clamp_i32(self.snapshot.version)
+    }
+
+    async fn at(&self) -> DateTime<Utc> {
+        self.snapshot.at
+    }
 }

@@ -3,10 +3,13 @@
 
 use async_graphql::BatchRequest;
 use axum::body::Bytes;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::Query;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::get;
 use axum::Router;
 use serde_json::json;
 
@@ -18,7 +21,20 @@ use crate::graphql::errors::stamp_codes;
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/graphql", post(graphql_post))
+    Router::new().route("/graphql", get(graphql_get).post(graphql_post))
+}
+
+/// `GET /graphql`: a WebSocket upgrade for subscriptions.
+async fn graphql_get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Query<std::collections::HashMap<String, String>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match ws {
+        Ok(ws) => super::ws::upgrade(state, headers, query, ws).await,
+        Err(_) => super::ws::not_an_upgrade(),
+    }
 }
 
 /// An error response in GraphQL's shape, for failures before execution.

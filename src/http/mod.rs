@@ -3,11 +3,14 @@
 
 mod graphql;
 mod health;
+pub mod ws;
 
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::domain::Domain;
@@ -19,6 +22,9 @@ pub struct AppState {
     pub schema: TidingsSchema,
     pub domain: Arc<Domain>,
     pub config: Arc<Config>,
+    /// Cancelled when the server shuts down: open sockets close with 1001.
+    pub shutdown: CancellationToken,
+    pub connections: Arc<ws::Connections>,
 }
 
 pub fn router(state: AppState) -> Router {

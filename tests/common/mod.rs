@@ -212,6 +212,13 @@ impl TestServer {
         format!("{}{path}", self.base)
     }
 
+    /// Asks the server to shut down (SIGTERM), without waiting.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
     /// Stops the server (SIGKILL) and waits for it.
     pub fn stop(mut self) {
         let _ = self.child.kill();
@@ -348,4 +355,247 @@ pub async fn history(server: &TestServer, token: &str, room: &str) -> Vec<Value>
         .as_array()
         .expect("messages")
         .clone()
+}
+
+/// A raw GraphQL-over-WebSocket client speaking either subprotocol frame by frame, so tests can
+/// check exactly what the server sends.
+pub struct GqlSocket {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    /// Frames read while waiting for something else, in arrival order.
+    pending: std::collections::VecDeque<Value>,
+    pub protocol: &'static str,
+}
+
+pub const TRANSPORT_WS: &str = "graphql-transport-ws";
+pub const LEGACY_WS: &str = "graphql-ws";
+
+/// How a socket ended, as the client saw it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Closed {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl GqlSocket {
+    /// Opens a socket (no `connection_init` yet). `query` is appended to the URL.
+    pub async fn open(server: &TestServer, protocol: &'static str, query: &str) -> Self {
+        Self::open_with(server, protocol, query, None).await
+    }
+
+    pub async fn open_with(
+        server: &TestServer,
+        protocol: &'static str,
+        query: &str,
+        authorization: Option<&str>,
+    ) -> Self {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("ws://{}/graphql{query}", server.addr);
+        let mut request = url.into_client_request().expect("request");
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocol.parse().expect("header"));
+        if let Some(auth) = authorization {
+            request
+                .headers_mut()
+                .insert("Authorization", auth.parse().expect("header"));
+        }
+        let (ws, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("WebSocket connect");
+        assert_eq!(
+            response
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok()),
+            Some(protocol),
+            "the server agrees on the subprotocol"
+        );
+        GqlSocket {
+            ws,
+            pending: Default::default(),
+            protocol,
+        }
+    }
+
+    /// Opens, sends `connection_init` with `payload`, and waits for the ack.
+    pub async fn connect(server: &TestServer, protocol: &'static str, payload: Value) -> Self {
+        let mut s = Self::open(server, protocol, "").await;
+        s.send(json!({ "type": "connection_init", "payload": payload }))
+            .await;
+        let ack = s.next_frame().await;
+        assert_eq!(ack["type"], "connection_ack", "{ack}");
+        s
+    }
+
+    /// Connects with `{"authToken": token}` on graphql-transport-ws.
+    pub async fn user(server: &TestServer, token: &str) -> Self {
+        Self::connect(server, TRANSPORT_WS, json!({ "authToken": token })).await
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.send_text(frame.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send frame");
+    }
+
+    /// The next protocol frame, answering pings and skipping keep-alives.
+    pub async fn next_frame(&mut self) -> Value {
+        if let Some(f) = self.pending.pop_front() {
+            return f;
+        }
+        self.read_frame(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("no frame within 10 s"))
+    }
+
+    /// The next text frame exactly as sent, pings and keep-alives included.
+    pub async fn raw_next(&mut self) -> Value {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("no frame within 10 s"),
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    return serde_json::from_str(t.as_str()).expect("server frames are JSON")
+                }
+                Ok(Some(Ok(Message::Close(f)))) => panic!("socket closed: {f:?}"),
+                Ok(Some(Ok(_))) => {}
+                Ok(other) => panic!("socket ended: {other:?}"),
+            }
+        }
+    }
+
+    /// A frame if one arrives within `wait`.
+    pub async fn read_frame(&mut self, wait: Duration) -> Option<Value> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value =
+                        serde_json::from_str(t.as_str()).expect("server frames are JSON");
+                    match v["type"].as_str() {
+                        Some("ping") => self.send(json!({ "type": "pong" })).await,
+                        Some("ka") => {}
+                        _ => return Some(v),
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => panic!("socket closed unexpectedly: {frame:?}"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("socket error: {e}"),
+                None => panic!("socket ended"),
+            }
+        }
+    }
+
+    /// Asserts nothing but keep-alives arrives within `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Some(f) = self.pending.pop_front() {
+            panic!("expected nothing, got {f}");
+        }
+        if let Some(f) = self.read_frame(wait).await {
+            panic!("expected nothing, got {f}");
+        }
+    }
+
+    /// Waits for the server to close the socket; returns its code and reason.
+    pub async fn closed(&mut self) -> Closed {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("the server did not close the socket"),
+                Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                    return Closed {
+                        code: frame.code.into(),
+                        reason: frame.reason.to_string(),
+                    }
+                }
+                Ok(Some(Ok(Message::Close(None)))) | Ok(None) | Ok(Some(Err(_))) => {
+                    return Closed {
+                        code: 1006,
+                        reason: String::new(),
+                    }
+                }
+                Ok(Some(Ok(Message::Text(t)))) => self
+                    .pending
+                    .push_back(serde_json::from_str(t.as_str()).unwrap_or(Value::Null)),
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    /// Starts an operation (`subscribe`, or `start` on the legacy protocol).
+    pub async fn subscribe(&mut self, id: &str, query: &str, variables: Value) {
+        let kind = if self.protocol == LEGACY_WS {
+            "start"
+        } else {
+            "subscribe"
+        };
+        self.send(json!({ "id": id, "type": kind, "payload": { "query": query, "variables": variables } }))
+            .await;
+    }
+
+    /// The next frame for operation `id` (frames for other operations stay queued).
+    pub async fn frame_for(&mut self, id: &str) -> Value {
+        if let Some(pos) = self.pending.iter().position(|f| f["id"] == id) {
+            return self.pending.remove(pos).expect("frame");
+        }
+        loop {
+            let f = self
+                .read_frame(Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|| panic!("no frame for {id} within 10 s"));
+            if f["id"] == id {
+                return f;
+            }
+            self.pending.push_back(f);
+        }
+    }
+
+    /// The next result's `data` for operation `id`; panics on errors or completion.
+    pub async fn data(&mut self, id: &str) -> Value {
+        let f = self.frame_for(id).await;
+        let kind = if self.protocol == LEGACY_WS {
+            "data"
+        } else {
+            "next"
+        };
+        assert_eq!(f["type"], kind, "expected a result for {id}, got {f}");
+        assert!(f["payload"].get("errors").is_none(), "errors for {id}: {f}");
+        f["payload"]["data"].clone()
+    }
+
+    /// The first error code of the next frame for `id` (a `next` with errors or an `error`).
+    pub async fn error_code(&mut self, id: &str) -> String {
+        let f = self.frame_for(id).await;
+        let errors = if f["type"] == "error" {
+            f["payload"].clone()
+        } else {
+            f["payload"]["errors"].clone()
+        };
+        errors[0]["extensions"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("expected an error for {id}, got {f}"))
+            .to_owned()
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
 }

@@ -1,0 +1,84 @@
+use async_graphql::{Context, Result, Subscription, ID};
+use futures_util::{Stream, StreamExt};
+
+use super::errors::IntoGql;
+use super::types::{LeaderboardSnapshot, Message, Notification, PresenceEvent, TypingEvent};
+use super::{domain, viewer};
+use crate::domain::DomainResult;
+
+pub struct Subscription;
+
+/// Ends a stream after its first error (which is delivered).
+fn until_error<T: Send + 'static>(
+    stream: impl Stream<Item = DomainResult<T>> + Send + 'static,
+) -> impl Stream<Item = Result<T>> + Send + 'static {
+    stream.scan(false, |failed, item| {
+        let out = if *failed {
+            None
+        } else {
+            *failed = item.is_err();
+            Some(item.gql())
+        };
+        async move { out }
+    })
+}
+
+#[Subscription]
+impl Subscription {
+    /// New messages in a room. With `after`, every message after that id comes first (from
+    /// history), then live ones: no gap, no duplicate, in id order. Members only.
+    async fn message_added(
+        &self,
+        ctx: &Context<'_>,
+        room_id: ID,
+        after: Option<ID>,
+    ) -> Result<impl Stream<Item = Result<Message>>> {
+        let feed = domain(ctx)
+            .message_feed(viewer(ctx), &room_id, after.as_ref().map(|a| a.as_str()))
+            .await
+            .gql()?;
+        Ok(until_error(feed).map(|r| r.map(Message)))
+    }
+
+    /// Who starts and stops typing in a room (never the viewer). Members only.
+    async fn typing(
+        &self,
+        ctx: &Context<'_>,
+        room_id: ID,
+    ) -> Result<impl Stream<Item = TypingEvent>> {
+        let feed = domain(ctx).typing_feed(viewer(ctx), &room_id).await.gql()?;
+        Ok(feed.map(TypingEvent))
+    }
+
+    /// Presence in a room (members only), or everyone's: first who is online, then changes.
+    async fn presence(
+        &self,
+        ctx: &Context<'_>,
+        room_id: Option<ID>,
+    ) -> Result<impl Stream<Item = PresenceEvent>> {
+        let feed = domain(ctx)
+            .presence_feed(viewer(ctx), room_id.as_ref().map(|r| r.as_str()))
+            .await
+            .gql()?;
+        Ok(feed.map(PresenceEvent))
+    }
+
+    /// The viewer's notifications as they arrive.
+    async fn notifications(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<impl Stream<Item = Result<Notification>>> {
+        let feed = domain(ctx).notification_feed(viewer(ctx)).await.gql()?;
+        Ok(until_error(feed).map(|r| r.map(Notification)))
+    }
+
+    /// The top `limit` users: now, then whenever it changes (at most every 250 ms).
+    async fn leaderboard(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 10)] limit: Option<i32>,
+    ) -> Result<impl Stream<Item = LeaderboardSnapshot>> {
+        let feed = domain(ctx).leaderboard_feed(limit).gql()?;
+        Ok(feed.map(|(snapshot, limit)| LeaderboardSnapshot { snapshot, limit }))
+    }
+}

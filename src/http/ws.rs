@@ -1,0 +1,622 @@
+//! GraphQL over WebSocket at `GET /graphql`, in both subprotocols: `graphql-transport-ws`
+//! (graphql-ws, current) and `graphql-ws` (subscriptions-transport-ws, legacy).
+//!
+//! async-graphql executes; this loop is ours because the built-in one does not meet the
+//! graphql-transport-ws protocol's close codes (4400, 4401, 4403, 4408, 4409, 4429). Each
+//! connection is a reader (this task) and a writer task joined by a bounded queue of frames;
+//! operations run as tasks the connection owns and hand the writer finished frames.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_graphql::{Request, Variables};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::Query;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::AppState;
+use crate::auth::{bearer, Viewer};
+use crate::domain::presence::PresenceGuard;
+use crate::graphql::errors::stamp_codes;
+use crate::graphql::SocketConnection;
+
+/// How long an operation may wait for room in a full outgoing queue before the connection
+/// counts as a slow consumer and is closed (1008).
+const SLOW_CONSUMER_AFTER: Duration = Duration::from_secs(5);
+/// Read-buffer chunk: frames here are small, and tungstenite's 128 KiB default would be
+/// zero-filled and then resident for every socket.
+const READ_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 8 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    /// `graphql-transport-ws`
+    Transport,
+    /// `graphql-ws`
+    Legacy,
+}
+
+/// Open WebSocket connections, so shutdown can wait for them to close.
+#[derive(Default)]
+pub struct Connections {
+    open: AtomicUsize,
+    next_id: AtomicU64,
+    closed: Notify,
+}
+
+impl Connections {
+    fn open(self: &Arc<Self>) -> ConnectionTicket {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        ConnectionTicket {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+            connections: self.clone(),
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Waits (at most 10 s) until every connection has closed.
+    pub async fn wait_closed(&self) {
+        let wait = async {
+            while self.count() > 0 {
+                let notified = self.closed.notified();
+                if self.count() == 0 {
+                    break;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
+    }
+}
+
+struct ConnectionTicket {
+    id: u64,
+    connections: Arc<Connections>,
+}
+
+impl Drop for ConnectionTicket {
+    fn drop(&mut self) {
+        self.connections.open.fetch_sub(1, Ordering::SeqCst);
+        self.connections.closed.notify_waiters();
+    }
+}
+
+/// `GET /graphql` with `Upgrade: websocket`.
+pub async fn upgrade(
+    state: AppState,
+    headers: HeaderMap,
+    query: Query<HashMap<String, String>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let ws = ws.protocols(["graphql-transport-ws", "graphql-ws"]);
+    let protocol = match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
+        Some("graphql-ws") => Protocol::Legacy,
+        _ => Protocol::Transport,
+    };
+    // Browsers cannot set headers on a WebSocket: `?token=` stands in for Authorization.
+    let upgrade_token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .map(str::to_owned)
+        .or_else(|| query.get("token").cloned());
+    let max = state.config.max_frame_bytes;
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| run(socket, state, protocol, upgrade_token))
+}
+
+/// A GET that is not an upgrade.
+pub fn not_an_upgrade() -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        "POST GraphQL requests to /graphql, or open a WebSocket (graphql-transport-ws) for subscriptions",
+    )
+        .into_response()
+}
+
+/// What the writer is told besides data frames.
+enum Control {
+    /// Close now, dropping queued frames (a slow consumer).
+    CloseNow(CloseFrame),
+    /// Close after the queued frames are written.
+    CloseAfterQueue(CloseFrame),
+}
+
+fn close_frame(code: u16, reason: &str) -> CloseFrame {
+    CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason.to_owned()),
+    }
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut data: mpsc::Receiver<Message>,
+    mut control: mpsc::Receiver<Control>,
+) {
+    let mut data_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            c = control.recv() => {
+                let frame = match c {
+                    Some(Control::CloseNow(frame)) => frame,
+                    Some(Control::CloseAfterQueue(frame)) => {
+                        // Queued frames first, but never wait long on a peer that stopped
+                        // reading.
+                        let drain = async {
+                            while let Some(m) = data.recv().await {
+                                if sink.send(m).await.is_err() {
+                                    return false;
+                                }
+                            }
+                            true
+                        };
+                        match tokio::time::timeout(Duration::from_secs(5), drain).await {
+                            Ok(true) => frame,
+                            _ => break,
+                        }
+                    }
+                    None => break,
+                };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                break;
+            }
+            d = data.recv(), if data_open => match d {
+                Some(m) => {
+                    if sink.send(m).await.is_err() {
+                        break;
+                    }
+                }
+                None => data_open = false,
+            },
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// The operations running on one connection, by client id.
+type Operations = Arc<Mutex<HashMap<String, (u64, AbortHandle)>>>;
+
+struct Connection {
+    state: AppState,
+    protocol: Protocol,
+    id: u64,
+    upgrade_token: Option<String>,
+    out: mpsc::Sender<Message>,
+    init_received: bool,
+    viewer: Option<Viewer>,
+    operations: Operations,
+    tasks: JoinSet<()>,
+    next_op: u64,
+    /// Cancelled by an operation that found the queue full for too long.
+    slow: CancellationToken,
+    _presence: Option<PresenceGuard>,
+}
+
+/// Why the read loop stopped, and how to close.
+enum End {
+    /// The peer closed or vanished: nothing to send.
+    Gone,
+    Close(u16, String),
+    /// A slow consumer: close without writing what is queued.
+    CloseNow(u16, String),
+}
+
+async fn run(
+    socket: WebSocket,
+    state: AppState,
+    protocol: Protocol,
+    upgrade_token: Option<String>,
+) {
+    let ticket = state.connections.open();
+    let (sink, stream) = socket.split();
+    let (out, data_rx) = mpsc::channel(state.config.ws_queue.max(1));
+    let (control, control_rx) = mpsc::channel(2);
+    let writer = tokio::spawn(write_loop(sink, data_rx, control_rx));
+    let mut conn = Connection {
+        state: state.clone(),
+        protocol,
+        id: ticket.id,
+        upgrade_token,
+        out,
+        init_received: false,
+        viewer: None,
+        operations: Arc::default(),
+        tasks: JoinSet::new(),
+        next_op: 0,
+        slow: CancellationToken::new(),
+        _presence: None,
+    };
+    let end = conn.read_loop(stream).await;
+    // Stop every operation, then close: their frames already queued are written first.
+    conn.tasks.abort_all();
+    let typing_connection = conn.id;
+    drop(conn);
+    match &end {
+        End::Gone => tracing::debug!(
+            connection = typing_connection,
+            "WebSocket closed by the peer"
+        ),
+        End::Close(code, reason) | End::CloseNow(code, reason) => {
+            tracing::debug!(
+                connection = typing_connection,
+                code,
+                reason,
+                "closing WebSocket"
+            )
+        }
+    }
+    let _ = match end {
+        End::Gone => Ok(()),
+        End::Close(code, reason) => {
+            control
+                .send(Control::CloseAfterQueue(close_frame(code, &reason)))
+                .await
+        }
+        End::CloseNow(code, reason) => {
+            control
+                .send(Control::CloseNow(close_frame(code, &reason)))
+                .await
+        }
+    };
+    drop(control);
+    let _ = writer.await;
+    state.domain.typing.connection_closed(typing_connection);
+    drop(ticket);
+}
+
+impl Connection {
+    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) -> End {
+        let config = self.state.config.clone();
+        let init_deadline = Instant::now() + config.ws_init_timeout;
+        let mut last_heard = Instant::now();
+        let mut ping = tokio::time::interval_at(
+            Instant::now() + config.ws_ping_interval,
+            config.ws_ping_interval,
+        );
+        let shutdown = self.state.shutdown.clone();
+        let slow = self.slow.clone();
+        loop {
+            let expires = self.token_expiry();
+            tokio::select! {
+                frame = stream.next() => {
+                    last_heard = Instant::now();
+                    let end = match frame {
+                        None => Some(End::Gone),
+                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+                        Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
+                            Ok(text) => self.on_text(text).await,
+                            Err(_) => Some(End::Close(4400, "Invalid message received".into())),
+                        },
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                        Some(Ok(Message::Close(_))) => Some(End::Gone),
+                        Some(Err(e)) => Some(read_error(e)),
+                    };
+                    if let Some(end) = end {
+                        return end;
+                    }
+                }
+                _ = tokio::time::sleep_until(init_deadline), if !self.init_received => {
+                    return End::Close(4408, "Connection initialisation timeout".into());
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > config.ws_idle_timeout {
+                        return End::Close(1001, "ping timeout".into());
+                    }
+                    let keepalive = match self.protocol {
+                        Protocol::Transport => Some(json!({ "type": "ping" })),
+                        Protocol::Legacy if self.viewer.is_some() => Some(json!({ "type": "ka" })),
+                        Protocol::Legacy => None,
+                    };
+                    if let Some(k) = keepalive {
+                        self.send(&k);
+                    }
+                    // A WebSocket ping too: browsers answer it without any code of ours.
+                    let _ = self.out.try_send(Message::Ping(Default::default()));
+                }
+                _ = sleep_until_opt(expires) => {
+                    return End::Close(
+                        4403,
+                        "token expired".into(),
+                    );
+                }
+                _ = shutdown.cancelled() => {
+                    return End::Close(1001, "server shutting down".into());
+                }
+                _ = slow.cancelled() => {
+                    return End::CloseNow(1008, "slow consumer".into());
+                }
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+            }
+        }
+    }
+
+    fn token_expiry(&self) -> Option<Instant> {
+        let user = self.viewer.as_ref()?.user()?;
+        let left = user.expires_at - chrono::Utc::now().timestamp();
+        Some(Instant::now() + Duration::from_secs(left.max(0) as u64))
+    }
+
+    /// Queues a control-plane frame; one that does not fit is dropped (the peer is not reading).
+    fn send(&self, value: &Value) {
+        let _ = self
+            .out
+            .try_send(Message::Text(Utf8Bytes::from(value.to_string())));
+    }
+
+    async fn on_text(&mut self, text: &str) -> Option<End> {
+        let Ok(Value::Object(message)) = serde_json::from_str::<Value>(text) else {
+            return Some(End::Close(4400, "Invalid message received".into()));
+        };
+        let kind = message.get("type").and_then(Value::as_str).unwrap_or("");
+        let id = message.get("id").and_then(Value::as_str).map(str::to_owned);
+        let payload = message.get("payload").cloned().unwrap_or(Value::Null);
+        match (self.protocol, kind) {
+            (_, "connection_init") => self.on_init(&payload).await,
+            (Protocol::Transport, "ping") => {
+                let mut pong = json!({ "type": "pong" });
+                if !payload.is_null() {
+                    pong["payload"] = payload;
+                }
+                self.send(&pong);
+                None
+            }
+            (Protocol::Transport, "pong") => None,
+            (Protocol::Transport, "subscribe") | (Protocol::Legacy, "start") => {
+                if self.viewer.is_none() {
+                    return match self.protocol {
+                        Protocol::Transport => Some(End::Close(4401, "Unauthorized".into())),
+                        Protocol::Legacy => {
+                            self.send(&json!({ "type": "error", "id": id,
+                                "payload": { "message": "send connection_init first" } }));
+                            None
+                        }
+                    };
+                }
+                let Some(id) = id.filter(|id| !id.is_empty()) else {
+                    return self.invalid("subscribe needs an id");
+                };
+                let Some(query) = payload.get("query").and_then(Value::as_str) else {
+                    return self.invalid("subscribe needs a payload with a query");
+                };
+                if self.lock_ops().contains_key(&id) {
+                    return match self.protocol {
+                        Protocol::Transport => Some(End::Close(
+                            4409,
+                            format!("Subscriber for {id} already exists"),
+                        )),
+                        // subscriptions-transport-ws replaces an operation started again.
+                        Protocol::Legacy => {
+                            self.stop(&id);
+                            self.start(id, query.to_owned(), &payload);
+                            None
+                        }
+                    };
+                }
+                self.start(id, query.to_owned(), &payload);
+                None
+            }
+            (Protocol::Transport, "complete") | (Protocol::Legacy, "stop") => {
+                if let Some(id) = id {
+                    self.stop(&id);
+                }
+                None
+            }
+            (Protocol::Legacy, "connection_terminate") => {
+                Some(End::Close(1000, "terminated".into()))
+            }
+            (_, other) => {
+                let what = if other.is_empty() {
+                    "message without a type".to_owned()
+                } else {
+                    format!("unknown message type {other:?}")
+                };
+                self.invalid(&what)
+            }
+        }
+    }
+
+    /// A well-formed JSON message this protocol does not allow: graphql-transport-ws closes with
+    /// 4400, the legacy protocol answers with an error and stays open.
+    fn invalid(&self, what: &str) -> Option<End> {
+        match self.protocol {
+            Protocol::Transport => Some(End::Close(
+                4400,
+                format!("Invalid message received: {what}"),
+            )),
+            Protocol::Legacy => {
+                self.send(&json!({ "type": "error", "payload": { "message": what } }));
+                None
+            }
+        }
+    }
+
+    async fn on_init(&mut self, payload: &Value) -> Option<End> {
+        if self.init_received {
+            return Some(End::Close(4429, "Too many initialisation requests".into()));
+        }
+        self.init_received = true;
+        let token = token_from_init(payload).or_else(|| self.upgrade_token.clone());
+        let viewer = match token {
+            None => Viewer::Anonymous,
+            Some(token) => match self.state.domain.viewer_from_token(&token).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection_init refused");
+                    if self.protocol == Protocol::Legacy {
+                        self.send(&json!({ "type": "connection_error",
+                            "payload": { "message": e.to_string() } }));
+                    }
+                    return Some(End::Close(4403, "Forbidden".into()));
+                }
+            },
+        };
+        if let Some(user) = viewer.user() {
+            match self.state.domain.presence.connect(&user.id).await {
+                Ok(guard) => self._presence = Some(guard),
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence: could not count a connection");
+                    return Some(End::Close(4500, "Internal error".into()));
+                }
+            }
+        }
+        self.viewer = Some(viewer);
+        self.send(&json!({ "type": "connection_ack" }));
+        None
+    }
+
+    fn lock_ops(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, AbortHandle)>> {
+        self.operations.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stop(&mut self, id: &str) {
+        if let Some((_, handle)) = self.lock_ops().remove(id) {
+            handle.abort();
+        }
+    }
+
+    fn start(&mut self, id: String, query: String, payload: &Value) {
+        let viewer = self.viewer.clone().unwrap_or(Viewer::Anonymous);
+        let mut request = Request::new(query)
+            .variables(Variables::from_json(
+                payload.get("variables").cloned().unwrap_or(Value::Null),
+            ))
+            .data(viewer)
+            .data(SocketConnection(self.id));
+        if let Some(name) = payload.get("operationName").and_then(Value::as_str) {
+            request = request.operation_name(name);
+        }
+        self.next_op += 1;
+        let op = Operation {
+            id: id.clone(),
+            seq: self.next_op,
+            protocol: self.protocol,
+            out: self.out.clone(),
+            operations: self.operations.clone(),
+            slow: self.slow.clone(),
+        };
+        let schema = self.state.schema.clone();
+        let handle = self.tasks.spawn(op.run(schema, request));
+        self.lock_ops().insert(id, (self.next_op, handle));
+    }
+}
+
+/// One running operation: it executes, and hands finished frames to the writer.
+struct Operation {
+    id: String,
+    seq: u64,
+    protocol: Protocol,
+    out: mpsc::Sender<Message>,
+    operations: Operations,
+    slow: CancellationToken,
+}
+
+impl Operation {
+    async fn run(self, schema: crate::graphql::TidingsSchema, request: Request) {
+        let mut stream = schema.execute_stream(request);
+        let mut first = true;
+        while let Some(mut response) = stream.next().await {
+            stamp_codes(&mut response);
+            if first && is_request_error(&response) {
+                // Validation failed: `error` ends the operation (no `complete` follows).
+                self.finish();
+                let frame = json!({ "id": self.id, "type": "error", "payload": response.errors });
+                self.push(frame).await;
+                return;
+            }
+            first = false;
+            let kind = match self.protocol {
+                Protocol::Transport => "next",
+                Protocol::Legacy => "data",
+            };
+            if !self
+                .push(json!({ "id": self.id, "type": kind, "payload": response }))
+                .await
+            {
+                return;
+            }
+        }
+        // Free the id before `complete` goes out, so a client that reuses it at once is not
+        // refused as a duplicate.
+        self.finish();
+        self.push(json!({ "id": self.id, "type": "complete" }))
+            .await;
+    }
+
+    fn finish(&self) {
+        let mut ops = self.operations.lock().unwrap_or_else(|p| p.into_inner());
+        if ops.get(&self.id).is_some_and(|(seq, _)| *seq == self.seq) {
+            ops.remove(&self.id);
+        }
+    }
+
+    /// Queues a frame, waiting a bounded time for room; false when the connection is ending.
+    async fn push(&self, frame: Value) -> bool {
+        let message = Message::Text(Utf8Bytes::from(frame.to_string()));
+        match self.out.send_timeout(message, SLOW_CONSUMER_AFTER).await {
+            Ok(()) => true,
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                self.slow.cancel();
+                false
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
+        }
+    }
+}
+
+fn is_request_error(response: &async_graphql::Response) -> bool {
+    response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|e| e.path.is_empty())
+}
+
+/// The token a `connection_init` payload carries, in any of the shapes clients use.
+fn token_from_init(payload: &Value) -> Option<String> {
+    let raw = |v: &Value| -> Option<String> {
+        let s = v.as_str()?.trim();
+        let token = bearer(s).unwrap_or(s);
+        (!token.is_empty()).then(|| token.to_owned())
+    };
+    for key in ["authToken", "token", "Authorization", "authorization"] {
+        if let Some(t) = payload.get(key).and_then(raw) {
+            return Some(t);
+        }
+    }
+    let headers = payload.get("headers")?;
+    ["Authorization", "authorization"]
+        .iter()
+        .find_map(|k| headers.get(*k).and_then(raw))
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How to close after a read error: 1009 for a message over the size limit.
+fn read_error(e: axum::Error) -> End {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => End::CloseNow(1009, "message too big".into()),
+        _ => End::Gone,
+    }
+}

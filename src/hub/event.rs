@@ -1,0 +1,101 @@
+//! The events that travel the hub, and the topics they travel on. The serde form is the wire
+//! format between instances (versioned by `Envelope::v`).
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{message, notification, user};
+use crate::domain::presence::PresenceStatus;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    Message(MessageAdded),
+    Typing(Typing),
+    Presence(PresenceChanged),
+    Notification(NotificationAdded),
+    Leaderboard(LeaderboardChanged),
+}
+
+/// A message was committed to a room.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MessageAdded {
+    pub message: message::Model,
+    pub sender: Option<user::Model>,
+}
+
+/// Someone started or stopped typing in a room.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Typing {
+    pub room_id: String,
+    pub user: user::Model,
+    pub is_typing: bool,
+    pub at: DateTime<Utc>,
+}
+
+/// A user's presence changed: came online, went offline, changed status, or opened or closed
+/// a connection. `rooms` are the rooms they belong to (room-scoped subscribers filter on it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PresenceChanged {
+    pub user: user::Model,
+    pub status: PresenceStatus,
+    pub connections: u32,
+    pub rooms: Vec<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// A notification was stored for its recipient.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NotificationAdded {
+    pub notification: notification::Model,
+}
+
+/// The top of the leaderboard, recomputed after points changed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeaderboardChanged {
+    pub version: i64,
+    pub at: DateTime<Utc>,
+    pub entries: Vec<LeaderboardRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderboardRow {
+    pub user: user::Model,
+    pub points: i64,
+}
+
+/// Where an event is delivered.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Topic {
+    RoomMessages(String),
+    RoomTyping(String),
+    UserNotifications(String),
+    Presence,
+    Leaderboard,
+}
+
+impl Event {
+    pub fn topic(&self) -> Topic {
+        match self {
+            Event::Message(m) => Topic::RoomMessages(m.message.room_id.clone()),
+            Event::Typing(t) => Topic::RoomTyping(t.room_id.clone()),
+            Event::Presence(_) => Topic::Presence,
+            Event::Notification(n) => Topic::UserNotifications(n.notification.user_id.clone()),
+            Event::Leaderboard(_) => Topic::Leaderboard,
+        }
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Topic::RoomMessages(room) => write!(f, "room:{room}:messages"),
+            Topic::RoomTyping(room) => write!(f, "room:{room}:typing"),
+            Topic::UserNotifications(user) => write!(f, "user:{user}:notifications"),
+            Topic::Presence => f.write_str("presence"),
+            Topic::Leaderboard => f.write_str("leaderboard"),
+        }
+    }
+}
