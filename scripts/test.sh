@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs and starts what the tests need
-# (PostgreSQL, OpenSSL), then runs formatting, lints and every test on SQLite and PostgreSQL.
+# (PostgreSQL, OpenSSL, Node.js with the interop test's npm clients), then runs formatting,
+# lints and every test on SQLite and PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +49,15 @@ if [ -z "${TIDINGS_TEST_DATABASE_URL:-}" ]; then
   export TIDINGS_TEST_DATABASE_URL="$pg_url_default"
 fi
 have openssl || apt_install openssl
+
+# --- Node.js (tests/interop: real npm GraphQL clients against the server) ---------------------
+# Debian's own nodejs is 18; the interop clients (graphql-ws 6) want 20, which this project's
+# machines come with. The apt fallback is for a machine that has no Node.js at all.
+{ have node && have npm; } || apt_install nodejs npm
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+[ "$node_major" -ge 20 ] || echo "warning: Node.js $node_major is older than tests/interop wants (20)" >&2
+log "npm ci (tests/interop)"
+npm ci --prefix tests/interop --no-audit --no-fund
 
 # --- Rust ------------------------------------------------------------------------------------
 log "cargo fmt --check"

@@ -684,3 +684,73 @@ async fn sending_messages_awards_points_on_the_leaderboard() {
     }
     assert_eq!(standings(&last), vec![("alice".into(), 2)]);
 }
+
+#[tokio::test]
+async fn leaving_a_room_ends_its_subscriptions() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let (_, t) = admin_and(&server, &["alice", "bob"], "lobby").await;
+    let mut bob = GqlSocket::user(&server, &t[1]).await;
+    bob.subscribe("m", MESSAGES, json!({ "r": "lobby" })).await;
+    bob.subscribe("t", TYPING, json!({ "r": "lobby" })).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server
+        .ok(
+            Some(&t[1]),
+            "mutation { leaveRoom(roomId: \"lobby\") }",
+            json!({}),
+        )
+        .await;
+    // Bob sees his own departure, then the subscription ends with FORBIDDEN.
+    assert_eq!(bob.data("m").await["messageAdded"]["body"], "bob left");
+    assert_eq!(bob.error_code("m").await, "FORBIDDEN");
+    assert_eq!(bob.frame_for("m").await["type"], "complete");
+    assert_eq!(bob.frame_for("t").await["type"], "complete");
+    send(&server, &t[0], "lobby", "after bob left").await;
+    bob.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_burst_of_notifications_arrives_once_each_in_order_over_a_tiny_buffer() {
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        let server = TestServer::start(&db, &[("TIDINGS_BROADCAST_CAPACITY", "1")]);
+        let (admin, t) = admin_and(&server, &["bob"], "lobby").await;
+        let mut bob = GqlSocket::user(&server, &t[0]).await;
+        bob.subscribe("n", NOTIFICATIONS, json!({})).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        futures_util::future::join_all((0..40).map(|i| {
+            let (server, admin) = (&server, &admin);
+            async move {
+                server
+                    .ok(
+                        Some(admin),
+                        SEND_NOTIFICATION,
+                        json!({ "i": { "userId": "bob", "kind": "n", "title": format!("t{i}") } }),
+                    )
+                    .await
+            }
+        }))
+        .await;
+        let mut ids = Vec::new();
+        for _ in 0..40 {
+            let n = bob.data("n").await;
+            ids.push(
+                n["notifications"]["id"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<i64>()
+                    .unwrap(),
+            );
+        }
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "ascending, no duplicates: {ids:?} ({})",
+            backend.name()
+        );
+        bob.expect_silence(Duration::from_millis(300)).await;
+        let inbox = server
+            .ok(Some(&t[0]), "{ unreadNotificationCount }", json!({}))
+            .await;
+        assert_eq!(inbox["unreadNotificationCount"], 40);
+    }
+}

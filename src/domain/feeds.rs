@@ -6,19 +6,53 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::leaderboard::validate_limit;
 use super::messages::{parse_message_id, MessageView};
 use super::presence::PresenceStatus;
-use super::{require_user, Domain, DomainResult};
+use super::{require_user, Domain, DomainError, DomainResult};
 use crate::auth::Viewer;
 use crate::db::{message, notification, user};
 use crate::hub::event::LeaderboardChanged;
 use crate::hub::{Event, RecvError, Topic};
 
 /// Rows read per query when replaying or catching up.
-const PAGE: u64 = 500;
+pub(crate) const PAGE: u64 = 500;
+
+/// Everything after `cursor`, page by page, as one stream: `fetch(cursor)` reads one page of at
+/// most `PAGE` rows and `key` gives a row's cursor. Stops after a short page or an error.
+fn pages<T, F, Fut>(
+    mut cursor: i64,
+    key: fn(&T) -> i64,
+    fetch: F,
+) -> impl futures_util::Stream<Item = DomainResult<T>>
+where
+    F: Fn(i64) -> Fut,
+    Fut: std::future::Future<Output = DomainResult<Vec<T>>>,
+{
+    async_stream::stream! {
+        loop {
+            match fetch(cursor).await {
+                Ok(page) => {
+                    let full = page.len() as u64 == PAGE;
+                    for row in page {
+                        cursor = key(&row);
+                        yield Ok(row);
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    yield Err(e);
+                    break;
+                }
+            }
+        }
+    }
+}
 
 /// A typing change as a subscriber sees it.
 #[derive(Clone, Debug)]
@@ -49,6 +83,9 @@ impl Domain {
         after: Option<&str>,
     ) -> DomainResult<BoxStream<'static, DomainResult<MessageView>>> {
         self.require_member(viewer, room_id).await?;
+        let me = require_user(viewer)?;
+        // Admins read every room whether or not they belong to it.
+        let ends_on_leave = (!me.is_admin()).then(|| me.id.clone());
         let after = after.map(parse_message_id).transpose()?;
         // Follow the topic first, then read where the room stands: anything committed later
         // arrives as an event, anything before is in the database.
@@ -58,23 +95,15 @@ impl Domain {
         let room = room_id.to_owned();
         Ok(Box::pin(async_stream::stream! {
             if let Some(after) = after {
-                let mut cursor = after;
-                loop {
-                    match domain.replay_page(&room, cursor, baseline).await {
-                        Ok(page) => {
-                            let full = page.len() as u64 == PAGE;
-                            for view in page {
-                                cursor = view.message.id;
-                                yield Ok(view);
-                            }
-                            if !full {
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            yield Err(e);
-                            return;
-                        }
+                let replay = pages(after, |v: &MessageView| v.message.id, |cursor| {
+                    domain.replay_page(&room, cursor, baseline)
+                });
+                futures_util::pin_mut!(replay);
+                while let Some(item) = replay.next().await {
+                    let failed = item.is_err();
+                    yield item;
+                    if failed {
+                        return;
                     }
                 }
             }
@@ -82,7 +111,14 @@ impl Domain {
             loop {
                 let behind = match live.recv().await {
                     Ok(event) => {
-                        let Event::Message(added) = &*event else { continue };
+                        let added = match &*event {
+                            Event::Message(added) => added,
+                            Event::Left(left) if Some(&left.user_id) == ends_on_leave.as_ref() => {
+                                yield Err(DomainError::Forbidden(format!("you left room {room}")));
+                                return;
+                            }
+                            _ => continue,
+                        };
                         let seq = added.message.seq;
                         if seq <= last {
                             continue;
@@ -104,17 +140,15 @@ impl Domain {
                 };
                 if behind {
                     tracing::debug!(room = %room, after_seq = last, "message subscriber behind: caught up from the database");
-                    loop {
-                        match domain.messages_after_seq(&room, last).await {
-                            Ok(page) => {
-                                let full = page.len() as u64 == PAGE;
-                                for view in page {
-                                    last = view.message.seq;
-                                    yield Ok(view);
-                                }
-                                if !full {
-                                    break;
-                                }
+                    let missed = pages(last, |v: &MessageView| v.message.seq, |cursor| {
+                        domain.messages_after_seq(&room, cursor)
+                    });
+                    futures_util::pin_mut!(missed);
+                    while let Some(item) = missed.next().await {
+                        match item {
+                            Ok(view) => {
+                                last = view.message.seq;
+                                yield Ok(view);
                             }
                             Err(e) => {
                                 yield Err(e);
@@ -166,13 +200,18 @@ impl Domain {
         room_id: &str,
     ) -> DomainResult<BoxStream<'static, TypingView>> {
         self.require_member(viewer, room_id).await?;
+        let admin = viewer.is_admin();
         let me = require_user(viewer)?.id.clone();
         let mut live = self.hub.subscribe(Topic::RoomTyping(room_id.to_owned()));
         Ok(Box::pin(async_stream::stream! {
             loop {
                 match live.recv().await {
                     Ok(event) => {
-                        let Event::Typing(t) = &*event else { continue };
+                        let t = match &*event {
+                            Event::Typing(t) => t,
+                            Event::Left(left) if left.user_id == me && !admin => return,
+                            _ => continue,
+                        };
                         if t.user.id == me {
                             continue;
                         }
@@ -262,24 +301,25 @@ impl Domain {
                         last = n.notification.id;
                         yield Ok(n.notification.clone());
                     }
-                    Err(RecvError::Lagged(_)) => loop {
-                        match domain.notifications_after(&me, last).await {
-                            Ok(page) => {
-                                let full = page.len() as u64 == PAGE;
-                                for n in page {
+                    Err(RecvError::Lagged(_)) => {
+                        tracing::debug!(after_id = last, "notification subscriber behind: caught up from the database");
+                        let missed = pages(last, |n: &notification::Model| n.id, |cursor| {
+                            domain.notifications_after(&me, cursor)
+                        });
+                        futures_util::pin_mut!(missed);
+                        while let Some(item) = missed.next().await {
+                            match item {
+                                Ok(n) => {
                                     last = n.id;
                                     yield Ok(n);
                                 }
-                                if !full {
-                                    break;
+                                Err(e) => {
+                                    yield Err(e);
+                                    return;
                                 }
                             }
-                            Err(e) => {
-                                yield Err(e);
-                                return;
-                            }
                         }
-                    },
+                    }
                     Err(RecvError::Closed) => return,
                 }
             }

@@ -209,7 +209,7 @@ impl Domain {
             .filter(notification::Column::UserId.eq(user_id))
             .filter(notification::Column::Id.gt(after))
             .order_by_asc(notification::Column::Id)
-            .limit(500)
+            .limit(super::feeds::PAGE)
             .all(&self.db)
             .await?)
     }

@@ -13,6 +13,7 @@ use super::messages::{insert_message, MessageKind, MessageView};
 use super::{require_user, Domain, DomainError, DomainResult};
 use crate::auth::{AuthUser, Viewer};
 use crate::db::{room, room_member, user};
+use crate::hub::{Event, Topic};
 
 const TITLE_MAX: usize = 200;
 
@@ -314,6 +315,13 @@ impl Domain {
             sender: None,
         };
         self.publish_message(&announcement);
+        let left = crate::hub::event::LeftRoom {
+            room_id: id.to_owned(),
+            user_id: user.id.clone(),
+        };
+        self.hub
+            .publish_to(Topic::RoomTyping(id.to_owned()), Event::Left(left.clone()));
+        self.hub.publish(Event::Left(left));
         Ok(Some(announcement))
     }
 

@@ -17,6 +17,15 @@ pub enum Event {
     Presence(PresenceChanged),
     Notification(NotificationAdded),
     Leaderboard(LeaderboardChanged),
+    /// A member left a room: their subscriptions to it end. Sent on the room's message and
+    /// typing topics.
+    Left(LeftRoom),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeftRoom {
+    pub room_id: String,
+    pub user_id: String,
 }
 
 /// A message was committed to a room.
@@ -84,6 +93,7 @@ impl Event {
             Event::Presence(_) => Topic::Presence,
             Event::Notification(n) => Topic::UserNotifications(n.notification.user_id.clone()),
             Event::Leaderboard(_) => Topic::Leaderboard,
+            Event::Left(l) => Topic::RoomMessages(l.room_id.clone()),
         }
     }
 }

@@ -51,6 +51,11 @@ impl Hub {
     /// were.
     pub fn publish(&self, event: Event) -> usize {
         let topic = event.topic();
+        self.publish_to(topic, event)
+    }
+
+    /// Delivers an event on a topic other than its own (an event that concerns several).
+    pub fn publish_to(&self, topic: Topic, event: Event) -> usize {
         let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
         match topics.get(&topic) {
             Some(tx) => tx.send(Arc::new(event)).unwrap_or(0),
