@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261126_000001_initial;
 mod m20261126_000002_counters;
+mod m20261126_000003_notification_seq;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261126_000001_initial::Migration),
             Box::new(m20261126_000002_counters::Migration),
+            Box::new(m20261126_000003_notification_seq::Migration),
         ]
     }
 }

@@ -14,6 +14,8 @@ pub struct Model {
     pub data: Option<Json>,
     pub created_at: DateTimeUtc,
     pub read_at: Option<DateTimeUtc>,
+    /// 1, 2, 3… per recipient, in commit order: a gap tells a subscriber it missed one.
+    pub seq: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

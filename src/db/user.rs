@@ -17,6 +17,9 @@ pub struct Model {
     pub status: String,
     pub last_seen_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
+    /// Sequence number of the user's last notification (see `notifications.seq`).
+    #[serde(default)]
+    pub notification_seq: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

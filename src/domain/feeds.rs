@@ -274,19 +274,18 @@ impl Domain {
         }))
     }
 
-    /// `notifications`: the viewer's new notifications as they are stored.
+    /// `notifications`: the viewer's new notifications as they are stored, in order, none
+    /// missed (a gap in the viewer's numbering, or lag, is read from the database).
     pub async fn notification_feed(
         self: &Arc<Self>,
         viewer: &Viewer,
     ) -> DomainResult<BoxStream<'static, DomainResult<notification::Model>>> {
         let me = require_user(viewer)?.id.clone();
         let mut live = self.hub.subscribe(Topic::UserNotifications(me.clone()));
-        let baseline = notification::Entity::find()
-            .filter(notification::Column::UserId.eq(me.as_str()))
-            .order_by_desc(notification::Column::Id)
-            .one(&self.db)
+        let baseline = self
+            .user_by_id(&me)
             .await?
-            .map(|n| n.id)
+            .map(|u| u.notification_seq)
             .unwrap_or(0);
         let domain = self.clone();
         Ok(Box::pin(async_stream::stream! {
@@ -295,32 +294,35 @@ impl Domain {
                 match live.recv().await {
                     Ok(event) => {
                         let Event::Notification(n) = &*event else { continue };
-                        if n.notification.id <= last {
+                        let seq = n.notification.seq;
+                        if seq <= last {
                             continue;
                         }
-                        last = n.notification.id;
-                        yield Ok(n.notification.clone());
-                    }
-                    Err(RecvError::Lagged(_)) => {
-                        tracing::debug!(after_id = last, "notification subscriber behind: caught up from the database");
-                        let missed = pages(last, |n: &notification::Model| n.id, |cursor| {
-                            domain.notifications_after(&me, cursor)
-                        });
-                        futures_util::pin_mut!(missed);
-                        while let Some(item) = missed.next().await {
-                            match item {
-                                Ok(n) => {
-                                    last = n.id;
-                                    yield Ok(n);
-                                }
-                                Err(e) => {
-                                    yield Err(e);
-                                    return;
-                                }
-                            }
+                        if seq == last + 1 {
+                            last = seq;
+                            yield Ok(n.notification.clone());
+                            continue;
                         }
                     }
+                    Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => return,
+                }
+                tracing::debug!(after_seq = last, "notification subscriber behind: caught up from the database");
+                let missed = pages(last, |n: &notification::Model| n.seq, |cursor| {
+                    domain.notifications_after_seq(&me, cursor)
+                });
+                futures_util::pin_mut!(missed);
+                while let Some(item) = missed.next().await {
+                    match item {
+                        Ok(n) => {
+                            last = n.seq;
+                            yield Ok(n);
+                        }
+                        Err(e) => {
+                            yield Err(e);
+                            return;
+                        }
+                    }
                 }
             }
         }))

@@ -3,8 +3,10 @@
 
 use chrono::Utc;
 use sea_orm::{
-    sea_query::Expr, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    sea_query::{Expr, ExprTrait},
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
 };
 
 use super::{require_admin, require_user, Domain, DomainError, DomainResult};
@@ -143,24 +145,66 @@ impl Domain {
     }
 
     /// Stores one notification per recipient, then pushes each to its recipient's topic.
+    /// Each recipient's notifications are numbered in the same transaction that stores them,
+    /// which locks the recipient's row: per user, commit order is number order.
     pub(crate) async fn notify(&self, recipients: &[String], draft: &Draft) -> DomainResult<usize> {
+        let mut recipients = recipients.to_vec();
+        // Sorted, so concurrent senders lock users in one order and cannot deadlock.
+        recipients.sort();
+        recipients.dedup();
         let now = Utc::now();
         let mut count = 0;
         for chunk in recipients.chunks(BATCH) {
-            let rows = chunk.iter().map(|user_id| notification::ActiveModel {
-                user_id: Set(user_id.clone()),
-                kind: Set(draft.kind.clone()),
-                level: Set(draft.level.as_str().to_owned()),
-                title: Set(draft.title.clone()),
-                body: Set(draft.body.clone()),
-                data: Set(draft.data.clone()),
-                created_at: Set(now),
-                read_at: Set(None),
-                ..Default::default()
-            });
-            let stored = notification::Entity::insert_many(rows)
-                .exec_with_returning(&self.db)
+            let txn = self.db.begin().await?;
+            if txn.get_database_backend() == DbBackend::Postgres {
+                user::Entity::find()
+                    .select_only()
+                    .column(user::Column::Id)
+                    .filter(user::Column::Id.is_in(chunk.iter().cloned()))
+                    .order_by_asc(user::Column::Id)
+                    .lock_exclusive()
+                    .into_tuple::<String>()
+                    .all(&txn)
+                    .await?;
+            }
+            user::Entity::update_many()
+                .col_expr(
+                    user::Column::NotificationSeq,
+                    Expr::col(user::Column::NotificationSeq).add(1),
+                )
+                .filter(user::Column::Id.is_in(chunk.iter().cloned()))
+                .exec(&txn)
                 .await?;
+            let numbered: Vec<(String, i64)> = user::Entity::find()
+                .select_only()
+                .column(user::Column::Id)
+                .column(user::Column::NotificationSeq)
+                .filter(user::Column::Id.is_in(chunk.iter().cloned()))
+                .into_tuple()
+                .all(&txn)
+                .await?;
+            if numbered.is_empty() {
+                txn.rollback().await?;
+                continue;
+            }
+            let rows = numbered
+                .into_iter()
+                .map(|(user_id, seq)| notification::ActiveModel {
+                    user_id: Set(user_id),
+                    seq: Set(seq),
+                    kind: Set(draft.kind.clone()),
+                    level: Set(draft.level.as_str().to_owned()),
+                    title: Set(draft.title.clone()),
+                    body: Set(draft.body.clone()),
+                    data: Set(draft.data.clone()),
+                    created_at: Set(now),
+                    read_at: Set(None),
+                    ..Default::default()
+                });
+            let stored = notification::Entity::insert_many(rows)
+                .exec_with_returning(&txn)
+                .await?;
+            txn.commit().await?;
             count += stored.len();
             for notification in stored {
                 self.hub
@@ -199,16 +243,16 @@ impl Domain {
         Ok(rows)
     }
 
-    /// Notifications of `user_id` with ids above `after`, oldest first (catch-up after lag).
-    pub(crate) async fn notifications_after(
+    /// Notifications of `user_id` numbered above `after_seq`, in order (catch-up).
+    pub(crate) async fn notifications_after_seq(
         &self,
         user_id: &str,
-        after: i64,
+        after_seq: i64,
     ) -> DomainResult<Vec<notification::Model>> {
         Ok(notification::Entity::find()
             .filter(notification::Column::UserId.eq(user_id))
-            .filter(notification::Column::Id.gt(after))
-            .order_by_asc(notification::Column::Id)
+            .filter(notification::Column::Seq.gt(after_seq))
+            .order_by_asc(notification::Column::Seq)
             .limit(super::feeds::PAGE)
             .all(&self.db)
             .await?)

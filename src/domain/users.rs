@@ -57,6 +57,7 @@ impl Domain {
             status: Set("ONLINE".to_owned()),
             last_seen_at: Set(None),
             created_at: Set(Utc::now()),
+            ..Default::default()
         };
         let taken = || DomainError::bad_input("username is taken");
         if user::Entity::find()
@@ -166,6 +167,7 @@ impl Domain {
                 status: Set("ONLINE".to_owned()),
                 last_seen_at: Set(None),
                 created_at: Set(Utc::now()),
+                ..Default::default()
             };
             match user::Entity::insert(model)
                 .exec_with_returning(&self.db)
