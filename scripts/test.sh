@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs and starts what the tests need
-# (PostgreSQL, OpenSSL, Node.js with the interop test's npm clients), then runs formatting,
-# lints and every test on SQLite and PostgreSQL.
+# (PostgreSQL, OpenSSL, Redis, nginx, Node.js with the interop test's npm clients), then runs
+# formatting, lints and every test on SQLite and PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +49,9 @@ if [ -z "${TIDINGS_TEST_DATABASE_URL:-}" ]; then
   export TIDINGS_TEST_DATABASE_URL="$pg_url_default"
 fi
 have openssl || apt_install openssl
+# The scale-out tests start (and kill) their own redis-server; the deployment test runs nginx.
+have redis-server || apt_install redis-server
+have nginx || apt_install nginx-light || apt_install nginx
 
 # --- Node.js (tests/interop: real npm GraphQL clients against the server) ---------------------
 # Debian's own nodejs is 18; the interop clients (graphql-ws 6) want 20, which this project's

@@ -94,6 +94,11 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_PRESENCE_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub presence_grace: Duration,
 
+    /// With Redis: an instance that has not renewed its presence counts for this long stops
+    /// counting (its users go offline for the others). Renewed every third of it.
+    #[arg(long, env = "TIDINGS_PRESENCE_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub presence_ttl: Duration,
+
     /// How long a typing indicator lasts without a refresh.
     #[arg(long, env = "TIDINGS_TYPING_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub typing_timeout: Duration,
@@ -126,6 +131,7 @@ impl Config {
             ws_queue: 1024,
             broadcast_capacity: 1024,
             presence_grace: Duration::from_secs(5),
+            presence_ttl: Duration::from_secs(15),
             typing_timeout: Duration::from_secs(5),
             leaderboard_interval: Duration::from_millis(250),
         }

@@ -20,6 +20,7 @@ pub mod domain;
 pub mod graphql;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,8 +31,10 @@ use tokio::net::{TcpListener, TcpSocket};
 
 use crate::auth::TokenKeys;
 use crate::config::Config;
+use crate::domain::presence::SharedCounts;
 use crate::domain::{Domain, Rules};
 use crate::http::AppState;
+use crate::hub::redis::RedisBridge;
 use crate::hub::Hub;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +45,7 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// The assembled server: its router and the state behind it.
 pub struct App {
     pub state: AppState,
+    bridge_shutdown: CancellationToken,
 }
 
 impl App {
@@ -51,9 +55,6 @@ impl App {
             anyhow::anyhow!("cannot open database {}: {e}", redact(&config.database_url))
         })?;
         let tokens = TokenKeys::load(&config, Some(&db)).await?;
-        if config.redis_url.is_some() {
-            tracing::warn!("TIDINGS_REDIS_URL is set, but this build keeps events in-process");
-        }
         let rules = Rules {
             points_per_message: config.points_per_message,
             token_ttl: config.token_ttl,
@@ -62,8 +63,31 @@ impl App {
             leaderboard_interval: config.leaderboard_interval,
         };
         let shutdown = CancellationToken::new();
-        let hub = Hub::new(config.broadcast_capacity);
-        let domain = Domain::start(db, tokens, rules, hub, shutdown.clone())
+        // The bridge outlives the sockets at shutdown, so the last offline announcements still
+        // reach the other instances.
+        let bridge_shutdown = CancellationToken::new();
+        crate::metrics::set_redis_up(false);
+        let (hub, bridge) = match &config.redis_url {
+            None => (Hub::new(config.broadcast_capacity), None),
+            Some(url) => {
+                let (hub, outbound) = Hub::bridged(config.broadcast_capacity);
+                let instance = instance_id();
+                let bridge = RedisBridge::start(
+                    url,
+                    instance,
+                    hub.clone(),
+                    outbound,
+                    bridge_shutdown.clone(),
+                )?;
+                (hub, Some(bridge))
+            }
+        };
+        let shared_presence = bridge.as_ref().map(|b| SharedCounts {
+            connection: b.connection(),
+            instance: b.instance().to_owned(),
+            ttl: config.presence_ttl,
+        });
+        let domain = Domain::start(db, tokens, rules, hub, shared_presence, shutdown.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
         let schema = graphql::build_schema(Some(domain.clone()), config.introspection);
@@ -74,7 +98,9 @@ impl App {
                 config: Arc::new(config),
                 shutdown,
                 connections: Arc::new(http::ws::Connections::default()),
+                bridge,
             },
+            bridge_shutdown,
         })
     }
 
@@ -102,6 +128,7 @@ impl App {
             .await?;
         self.state.connections.wait_closed().await;
         self.state.domain.presence.drain().await;
+        self.bridge_shutdown.cancel();
         Ok(())
     }
 }
@@ -117,6 +144,14 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// A random id for this process, distinguishing it from the other instances on one Redis.
+fn instance_id() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A database URL without its password, for messages.

@@ -109,51 +109,49 @@ impl Domain {
             }
             let mut last = baseline;
             loop {
-                let behind = match live.recv().await {
-                    Ok(event) => {
-                        let added = match &*event {
-                            Event::Message(added) => added,
-                            Event::Left(left) if Some(&left.user_id) == ends_on_leave.as_ref() => {
-                                yield Err(DomainError::Forbidden(format!("you left room {room}")));
-                                return;
+                match live.recv().await {
+                    Ok(event) => match &*event {
+                        Event::Message(added) => {
+                            let seq = added.message.seq;
+                            if seq <= last {
+                                continue;
                             }
-                            _ => continue,
-                        };
-                        let seq = added.message.seq;
-                        if seq <= last {
-                            continue;
+                            if seq == last + 1 {
+                                last = seq;
+                                yield Ok(MessageView {
+                                    message: added.message.clone(),
+                                    sender: added.sender.clone(),
+                                });
+                                continue;
+                            }
+                            // A gap: published elsewhere, or before we subscribed, and not
+                            // heard. It is committed: read it below.
                         }
-                        if seq == last + 1 {
-                            last = seq;
-                            yield Ok(MessageView {
-                                message: added.message.clone(),
-                                sender: added.sender.clone(),
-                            });
-                            continue;
+                        Event::Left(left) if Some(&left.user_id) == ends_on_leave.as_ref() => {
+                            yield Err(DomainError::Forbidden(format!("you left room {room}")));
+                            return;
                         }
-                        // A gap: something was published elsewhere, or before we subscribed,
-                        // and has not reached us. It is committed: read it.
-                        true
-                    }
-                    Err(RecvError::Lagged(_)) => true,
+                        // Other instances' events may have gone unheard: check the database.
+                        Event::Resync => {}
+                        _ => continue,
+                    },
+                    Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => return,
-                };
-                if behind {
-                    tracing::debug!(room = %room, after_seq = last, "message subscriber behind: caught up from the database");
-                    let missed = pages(last, |v: &MessageView| v.message.seq, |cursor| {
-                        domain.messages_after_seq(&room, cursor)
-                    });
-                    futures_util::pin_mut!(missed);
-                    while let Some(item) = missed.next().await {
-                        match item {
-                            Ok(view) => {
-                                last = view.message.seq;
-                                yield Ok(view);
-                            }
-                            Err(e) => {
-                                yield Err(e);
-                                return;
-                            }
+                }
+                tracing::debug!(room = %room, after_seq = last, "message subscriber behind: caught up from the database");
+                let missed = pages(last, |v: &MessageView| v.message.seq, |cursor| {
+                    domain.messages_after_seq(&room, cursor)
+                });
+                futures_util::pin_mut!(missed);
+                while let Some(item) = missed.next().await {
+                    match item {
+                        Ok(view) => {
+                            last = view.message.seq;
+                            yield Ok(view);
+                        }
+                        Err(e) => {
+                            yield Err(e);
+                            return;
                         }
                     }
                 }
@@ -292,18 +290,21 @@ impl Domain {
             let mut last = baseline;
             loop {
                 match live.recv().await {
-                    Ok(event) => {
-                        let Event::Notification(n) = &*event else { continue };
-                        let seq = n.notification.seq;
-                        if seq <= last {
-                            continue;
+                    Ok(event) => match &*event {
+                        Event::Notification(n) => {
+                            let seq = n.notification.seq;
+                            if seq <= last {
+                                continue;
+                            }
+                            if seq == last + 1 {
+                                last = seq;
+                                yield Ok(n.notification.clone());
+                                continue;
+                            }
                         }
-                        if seq == last + 1 {
-                            last = seq;
-                            yield Ok(n.notification.clone());
-                            continue;
-                        }
-                    }
+                        Event::Resync => {}
+                        _ => continue,
+                    },
                     Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => return,
                 }

@@ -19,7 +19,7 @@ use super::{require_admin, Domain, DomainError, DomainResult};
 use crate::auth::Viewer;
 use crate::db::{counter, points_ledger, user};
 use crate::hub::event::{LeaderboardChanged, LeaderboardRow};
-use crate::hub::{Event, Hub};
+use crate::hub::{Event, Hub, RecvError, Topic};
 
 /// The deepest `limit` a query or subscription may ask for.
 pub const LEADERBOARD_MAX: i32 = 100;
@@ -51,20 +51,42 @@ impl Leaderboard {
             })),
             dirty: Notify::new(),
         });
-        let weak = Arc::downgrade(&board);
+        // Snapshots other instances compute arrive on the topic too: keep the newest.
+        let mut published = hub.subscribe(Topic::Leaderboard);
+        let task_board = board.clone();
         tokio::spawn(async move {
-            while let Some(board) = weak.upgrade() {
+            let board = task_board;
+            loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = board.dirty.notified() => {}
-                }
-                tokio::time::sleep(COALESCE).await;
-                if let Err(e) = board.recompute(&db, &hub).await {
-                    tracing::warn!(error = %e, "leaderboard: recomputation failed");
+                    _ = board.dirty.notified() => {
+                        tokio::time::sleep(COALESCE).await;
+                        if let Err(e) = board.recompute(&db, &hub).await {
+                            tracing::warn!(error = %e, "leaderboard: recomputation failed");
+                        }
+                    }
+                    event = published.recv() => match event {
+                        Ok(event) => match &*event {
+                            Event::Leaderboard(snapshot) => board.adopt(snapshot),
+                            // Changes made elsewhere may have gone unheard.
+                            Event::Resync => board.points_changed(),
+                            _ => {}
+                        },
+                        Err(RecvError::Lagged(_)) => board.points_changed(),
+                        Err(RecvError::Closed) => break,
+                    },
                 }
             }
         });
         Ok(board)
+    }
+
+    /// Takes a snapshot computed elsewhere when it is newer than ours.
+    fn adopt(&self, snapshot: &LeaderboardChanged) {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if snapshot.version > current.version {
+            *current = Arc::new(snapshot.clone());
+        }
     }
 
     /// The latest snapshot (the top `LEADERBOARD_MAX`).
@@ -201,10 +223,12 @@ impl Domain {
             ));
         }
         let txn = self.db.begin().await?;
+        // Bound as i64, as sendMessage binds it: on PostgreSQL both share one cached prepared
+        // statement, whose parameter type is fixed by whichever ran first.
         let updated = user::Entity::update_many()
             .col_expr(
                 user::Column::Points,
-                Expr::col(user::Column::Points).add(points),
+                Expr::col(user::Column::Points).add(i64::from(points)),
             )
             .filter(user::Column::Id.eq(user_id))
             .exec(&txn)

@@ -23,7 +23,7 @@ pub use error::{DomainError, DomainResult};
 use crate::auth::{AuthUser, TokenKeys, Viewer};
 use crate::hub::Hub;
 use leaderboard::Leaderboard;
-use presence::PresenceTracker;
+use presence::{PresenceTracker, SharedCounts};
 use typing::TypingTracker;
 
 /// Settings the domain rules read.
@@ -57,14 +57,17 @@ impl Domain {
         tokens: TokenKeys,
         rules: Rules,
         hub: Arc<Hub>,
+        shared_presence: Option<SharedCounts>,
         shutdown: CancellationToken,
     ) -> DomainResult<Arc<Self>> {
-        let presence = PresenceTracker::new(
+        let presence = PresenceTracker::start(
             db.clone(),
             hub.clone(),
             rules.presence_grace,
+            shared_presence,
             shutdown.clone(),
-        );
+        )
+        .await;
         let typing = TypingTracker::start(hub.clone(), rules.typing_timeout, shutdown.clone());
         let leaderboard = Leaderboard::start(db.clone(), hub.clone(), shutdown).await?;
         Ok(Arc::new(Self {

@@ -1,14 +1,17 @@
 //! Presence: who is connected, on how many connections, with which status. A user is online
-//! while at least one of their connections is open; going offline is announced after a grace
-//! period, so a page reload does not flap. `lastSeenAt` is persisted on connect and on going
-//! offline.
+//! while at least one of their connections is open, on any instance; going offline is announced
+//! after a grace period, so a page reload does not flap. `lastSeenAt` is persisted on connect
+//! and on going offline.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
-use sea_orm::{ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
+use sea_orm::{
+    sea_query::Expr, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
+};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,7 +20,7 @@ use super::{require_user, Domain, DomainError, DomainResult};
 use crate::auth::Viewer;
 use crate::db::{room_member, user};
 use crate::hub::event::PresenceChanged;
-use crate::hub::{Event, Hub};
+use crate::hub::{Event, Hub, RecvError, Topic, TopicReceiver};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -56,16 +59,26 @@ pub struct PresenceView {
     pub connections: u32,
 }
 
-struct Live {
+/// A user's connections to this instance.
+struct Local {
     user: user::Model,
     connections: u32,
     /// Bumped on every connect: a pending offline announcement checks it is still current.
     generation: u64,
 }
 
-/// This instance's connections per user.
+/// What this instance knows of a user's presence anywhere, from the announcements every
+/// instance publishes (its own included).
+struct Known {
+    view: PresenceView,
+    at: DateTime<Utc>,
+}
+
+/// Presence: connections counted here, totals across every instance, and the announcements.
 pub struct PresenceTracker {
-    live: Mutex<HashMap<String, Live>>,
+    local: Mutex<HashMap<String, Local>>,
+    known: Mutex<HashMap<String, Known>>,
+    counts: Option<RedisCounts>,
     grace: Duration,
     hub: Arc<Hub>,
     db: DatabaseConnection,
@@ -74,34 +87,49 @@ pub struct PresenceTracker {
 }
 
 impl PresenceTracker {
-    pub fn new(
+    /// Starts tracking. With `shared` (a Redis connection, this instance's id and the
+    /// heartbeat TTL) counts are global: a user is online while any live instance counts a
+    /// connection of theirs, and an instance that stops heartbeating stops counting.
+    pub async fn start(
         db: DatabaseConnection,
         hub: Arc<Hub>,
         grace: Duration,
+        shared: Option<SharedCounts>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        Arc::new(Self {
-            live: Mutex::new(HashMap::new()),
+        let tracker = Arc::new(Self {
+            local: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
+            counts: shared.map(RedisCounts::new),
             grace,
             hub,
             db,
             tasks: TaskTracker::new(),
             shutdown,
-        })
+        });
+        // Follow every announcement, from here or elsewhere, before making any.
+        let announcements = tracker.hub.subscribe(Topic::Presence);
+        tokio::spawn(tracker.clone().follow(announcements));
+        if tracker.counts.is_some() {
+            tracker.reseed().await;
+            tokio::spawn(tracker.clone().heartbeat());
+        }
+        tracker
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_local(&self) -> std::sync::MutexGuard<'_, HashMap<String, Local>> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Counts a new connection of `user_id`; the returned guard counts it out when dropped.
     pub async fn connect(self: &Arc<Self>, user_id: &str) -> DomainResult<PresenceGuard> {
         let now = Utc::now();
         user::Entity::update_many()
-            .col_expr(
-                user::Column::LastSeenAt,
-                sea_orm::sea_query::Expr::value(now),
-            )
+            .col_expr(user::Column::LastSeenAt, Expr::value(now))
             .filter(user::Column::Id.eq(user_id))
             .exec(&self.db)
             .await?;
@@ -109,9 +137,9 @@ impl PresenceTracker {
             .one(&self.db)
             .await?
             .ok_or_else(|| DomainError::NotFound(format!("user {user_id} not found")))?;
-        let (user, connections) = {
-            let mut live = self.lock();
-            let entry = live.entry(user_id.to_owned()).or_insert_with(|| Live {
+        let (user, here) = {
+            let mut local = self.lock_local();
+            let entry = local.entry(user_id.to_owned()).or_insert_with(|| Local {
                 user: stored,
                 connections: 0,
                 generation: 0,
@@ -120,8 +148,9 @@ impl PresenceTracker {
             entry.generation += 1;
             (entry.user.clone(), entry.connections)
         };
+        let total = self.count(user_id, here).await;
         let status = PresenceStatus::chosen(&user.status);
-        self.announce(user, status, connections).await;
+        self.announce(user, status, total).await;
         Ok(PresenceGuard {
             user_id: user_id.to_owned(),
             tracker: self.clone(),
@@ -129,9 +158,9 @@ impl PresenceTracker {
     }
 
     fn disconnect(self: &Arc<Self>, user_id: &str) {
-        let remaining = {
-            let mut live = self.lock();
-            let Some(entry) = live.get_mut(user_id) else {
+        let (here, generation, user) = {
+            let mut local = self.lock_local();
+            let Some(entry) = local.get_mut(user_id) else {
                 return;
             };
             entry.connections = entry.connections.saturating_sub(1);
@@ -141,10 +170,11 @@ impl PresenceTracker {
         let user_id = user_id.to_owned();
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {
-            let (connections, generation, user) = remaining;
-            if connections > 0 {
+            let total = tracker.count(&user_id, here).await;
+            if total > 0 {
+                // Another tab or device is still open.
                 let status = PresenceStatus::chosen(&user.status);
-                tracker.announce(user, status, connections).await;
+                tracker.announce(user, status, total).await;
                 return;
             }
             tokio::select! {
@@ -156,30 +186,52 @@ impl PresenceTracker {
         });
     }
 
+    /// Records this instance's count for the user and returns the total over every instance.
+    async fn count(&self, user_id: &str, here: u32) -> u32 {
+        let Some(counts) = &self.counts else {
+            return here;
+        };
+        match counts.set_and_total(user_id, here).await {
+            Ok(total) => total,
+            Err(e) => {
+                // Redis is away: this instance's own count is the best there is.
+                tracing::debug!(error = %e, "presence: counting without Redis");
+                here
+            }
+        }
+    }
+
     async fn go_offline_if_idle(&self, user_id: &str, generation: u64) {
         let gone = {
-            let mut live = self.lock();
-            match live.get(user_id) {
-                Some(e) if e.connections == 0 && e.generation == generation => live.remove(user_id),
+            let mut local = self.lock_local();
+            match local.get(user_id) {
+                Some(e) if e.connections == 0 && e.generation == generation => {
+                    local.remove(user_id)
+                }
                 _ => None,
             }
         };
         let Some(gone) = gone else {
             return;
         };
+        if self.count(user_id, 0).await > 0 {
+            // Back on another instance meanwhile: its connect was announced there.
+            return;
+        }
+        self.went_offline(gone.user).await;
+    }
+
+    /// Persists `lastSeenAt` and announces OFFLINE.
+    async fn went_offline(&self, mut user: user::Model) {
         let now = Utc::now();
-        let mut user = gone.user;
         user.last_seen_at = Some(now);
         let persisted = user::Entity::update_many()
-            .col_expr(
-                user::Column::LastSeenAt,
-                sea_orm::sea_query::Expr::value(now),
-            )
-            .filter(user::Column::Id.eq(user_id))
+            .col_expr(user::Column::LastSeenAt, Expr::value(now))
+            .filter(user::Column::Id.eq(user.id.as_str()))
             .exec(&self.db)
             .await;
         if let Err(e) = persisted {
-            tracing::warn!(error = %e, user_id, "could not persist lastSeenAt");
+            tracing::warn!(error = %e, user_id = %user.id, "could not persist lastSeenAt");
         }
         self.announce(user, PresenceStatus::Offline, 0).await;
     }
@@ -192,13 +244,145 @@ impl PresenceTracker {
                 Vec::new()
             }
         };
-        self.hub.publish(Event::Presence(PresenceChanged {
+        let change = PresenceChanged {
             user,
             status,
             connections,
             rooms,
             at: Utc::now(),
-        }));
+        };
+        // Known here at once, before any subscriber (or query) can ask.
+        self.learn(&change);
+        self.hub.publish(Event::Presence(change));
+    }
+
+    fn learn(&self, change: &PresenceChanged) {
+        let mut known = self.lock_known();
+        if known.get(&change.user.id).is_some_and(|k| k.at > change.at) {
+            return;
+        }
+        known.insert(
+            change.user.id.clone(),
+            Known {
+                view: PresenceView {
+                    user: change.user.clone(),
+                    status: change.status,
+                    connections: change.connections,
+                },
+                at: change.at,
+            },
+        );
+    }
+
+    /// Applies every announcement (other instances' too) to what this instance knows.
+    async fn follow(self: Arc<Self>, mut announcements: TopicReceiver) {
+        loop {
+            let event = tokio::select! {
+                e = announcements.recv() => e,
+                _ = self.shutdown.cancelled() => break,
+            };
+            match event {
+                Ok(event) => match &*event {
+                    Event::Presence(change) => self.learn(change),
+                    Event::Resync => self.reseed().await,
+                    _ => {}
+                },
+                Err(RecvError::Lagged(_)) => self.reseed().await,
+                Err(RecvError::Closed) => break,
+            }
+        }
+    }
+
+    /// Rebuilds what is known from the shared counts (after missing announcements).
+    async fn reseed(&self) {
+        let Some(counts) = &self.counts else {
+            return;
+        };
+        let totals = match counts.everyone().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(error = %e, "presence: cannot reseed without Redis");
+                return;
+            }
+        };
+        let ids: Vec<String> = totals.keys().cloned().collect();
+        let users = match user::Entity::find()
+            .filter(user::Column::Id.is_in(ids))
+            .all(&self.db)
+            .await
+        {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "presence: cannot reseed");
+                return;
+            }
+        };
+        let now = Utc::now();
+        let mut known = self.lock_known();
+        known.retain(|id, k| totals.contains_key(id) || k.view.status == PresenceStatus::Offline);
+        for user in users {
+            let connections = totals.get(&user.id).copied().unwrap_or(0);
+            let status = PresenceStatus::chosen(&user.status);
+            known.insert(
+                user.id.clone(),
+                Known {
+                    view: PresenceView {
+                        user,
+                        status,
+                        connections,
+                    },
+                    at: now,
+                },
+            );
+        }
+    }
+
+    /// Beats this instance's counts into Redis, and announces OFFLINE the users of instances
+    /// that stopped beating (killed, or cut off).
+    async fn heartbeat(self: Arc<Self>) {
+        let Some(counts) = &self.counts else {
+            return;
+        };
+        let mut tick = tokio::time::interval(counts.beat_every());
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => break,
+            }
+            let here: Vec<(String, u32)> = self
+                .lock_local()
+                .iter()
+                .filter(|(_, l)| l.connections > 0)
+                .map(|(id, l)| (id.clone(), l.connections))
+                .collect();
+            if let Err(e) = counts.beat(&here).await {
+                tracing::debug!(error = %e, "presence heartbeat failed");
+                continue;
+            }
+            let orphans = match counts.take_dead().await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::debug!(error = %e, "presence: cannot check for dead instances");
+                    continue;
+                }
+            };
+            for user_id in orphans {
+                if self.count(&user_id, self.here(&user_id)).await > 0 {
+                    continue;
+                }
+                if let Ok(Some(user)) = user::Entity::find_by_id(user_id.as_str())
+                    .one(&self.db)
+                    .await
+                {
+                    tracing::info!(user_id, "presence: offline with its instance");
+                    self.went_offline(user).await;
+                }
+            }
+        }
+    }
+
+    fn here(&self, user_id: &str) -> u32 {
+        self.lock_local().get(user_id).map_or(0, |l| l.connections)
     }
 
     async fn rooms_of(&self, user_id: &str) -> Result<Vec<String>, sea_orm::DbErr> {
@@ -211,13 +395,12 @@ impl PresenceTracker {
             .collect())
     }
 
-    /// The user's live presence, if connected here.
+    /// The user's presence, if online anywhere.
     pub fn live(&self, user_id: &str) -> Option<PresenceView> {
-        self.lock().get(user_id).map(|e| PresenceView {
-            user: e.user.clone(),
-            status: PresenceStatus::chosen(&e.user.status),
-            connections: e.connections,
-        })
+        self.lock_known()
+            .get(user_id)
+            .filter(|k| k.view.status != PresenceStatus::Offline)
+            .map(|k| k.view.clone())
     }
 
     /// The status to show for a user: their chosen one while online, else OFFLINE.
@@ -227,16 +410,13 @@ impl PresenceTracker {
             .unwrap_or(PresenceStatus::Offline)
     }
 
-    /// Everyone online here, by user id.
+    /// Everyone online, by user id.
     pub fn online(&self) -> Vec<PresenceView> {
         let mut all: Vec<_> = self
-            .lock()
+            .lock_known()
             .values()
-            .map(|e| PresenceView {
-                user: e.user.clone(),
-                status: PresenceStatus::chosen(&e.user.status),
-                connections: e.connections,
-            })
+            .filter(|k| k.view.status != PresenceStatus::Offline)
+            .map(|k| k.view.clone())
             .collect();
         all.sort_by(|a, b| a.user.id.cmp(&b.user.id));
         all
@@ -251,23 +431,25 @@ impl PresenceTracker {
     }
 
     async fn set_chosen(&self, user: user::Model) {
-        let live = {
-            let mut live = self.lock();
-            live.get_mut(&user.id).map(|e| {
-                e.user.status = user.status.clone();
-                e.connections
-            })
-        };
-        if let Some(connections) = live {
+        if let Some(local) = self.lock_local().get_mut(&user.id) {
+            local.user.status = user.status.clone();
+        }
+        if let Some(p) = self.live(&user.id) {
             let status = PresenceStatus::chosen(&user.status);
-            self.announce(user, status, connections).await;
+            self.announce(user, status, p.connections).await;
         }
     }
 
-    /// Waits for pending offline announcements (they finish at once after shutdown).
+    /// Waits for pending offline announcements (they finish at once after shutdown), then
+    /// removes this instance's counts from Redis.
     pub async fn drain(&self) {
         self.tasks.close();
         self.tasks.wait().await;
+        if let Some(counts) = &self.counts {
+            if let Err(e) = counts.leave().await {
+                tracing::debug!(error = %e, "presence: could not remove this instance's counts");
+            }
+        }
     }
 }
 
@@ -280,6 +462,155 @@ pub struct PresenceGuard {
 impl Drop for PresenceGuard {
     fn drop(&mut self) {
         self.tracker.disconnect(&self.user_id);
+    }
+}
+
+/// How to share connection counts between instances.
+pub struct SharedCounts {
+    pub connection: ConnectionManager,
+    pub instance: String,
+    /// An instance that has not beaten for this long counts no more.
+    pub ttl: Duration,
+}
+
+/// Connection counts in Redis: a hash per instance (user id → connections), which expires
+/// unless the instance beats, and a sorted set of instances by their last beat.
+struct RedisCounts {
+    connection: ConnectionManager,
+    instance: String,
+    ttl: Duration,
+}
+
+const INSTANCES: &str = "tidings:presence:instances";
+
+fn counts_key(instance: &str) -> String {
+    format!("tidings:presence:{instance}")
+}
+
+impl RedisCounts {
+    fn new(shared: SharedCounts) -> Self {
+        Self {
+            connection: shared.connection,
+            instance: shared.instance,
+            ttl: shared.ttl,
+        }
+    }
+
+    fn beat_every(&self) -> Duration {
+        (self.ttl / 3).max(Duration::from_millis(100))
+    }
+
+    /// A dead instance's hash outlives its last beat long enough for a survivor to read it.
+    fn hash_ttl_ms(&self) -> i64 {
+        (self.ttl.as_millis() as i64).saturating_mul(3)
+    }
+
+    fn now_ms() -> i64 {
+        Utc::now().timestamp_millis()
+    }
+
+    async fn live_instances(&self) -> redis::RedisResult<Vec<String>> {
+        let mut conn = self.connection.clone();
+        let since = Self::now_ms() - self.ttl.as_millis() as i64;
+        redis::cmd("ZRANGEBYSCORE")
+            .arg(INSTANCES)
+            .arg(since)
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await
+    }
+
+    async fn set_and_total(&self, user_id: &str, here: u32) -> redis::RedisResult<u32> {
+        let mut conn = self.connection.clone();
+        let key = counts_key(&self.instance);
+        let mut pipe = redis::pipe();
+        if here > 0 {
+            pipe.hset(&key, user_id, here).ignore();
+        } else {
+            pipe.hdel(&key, user_id).ignore();
+        }
+        pipe.pexpire(&key, self.hash_ttl_ms()).ignore();
+        pipe.zadd(INSTANCES, &self.instance, Self::now_ms())
+            .ignore();
+        pipe.query_async::<()>(&mut conn).await?;
+        let instances = self.live_instances().await?;
+        let mut pipe = redis::pipe();
+        for instance in &instances {
+            pipe.hget(counts_key(instance), user_id);
+        }
+        let counts: Vec<Option<u32>> = pipe.query_async(&mut conn).await?;
+        Ok(counts.into_iter().flatten().sum())
+    }
+
+    async fn beat(&self, here: &[(String, u32)]) -> redis::RedisResult<()> {
+        let mut conn = self.connection.clone();
+        let key = counts_key(&self.instance);
+        // Rewritten whole each beat: after an outage Redis holds exactly this instance's truth.
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(&key).ignore();
+        if !here.is_empty() {
+            pipe.hset_multiple(&key, here).ignore();
+        }
+        pipe.pexpire(&key, self.hash_ttl_ms()).ignore();
+        pipe.zadd(INSTANCES, &self.instance, Self::now_ms())
+            .ignore();
+        pipe.query_async(&mut conn).await
+    }
+
+    /// Claims the instances that stopped beating and returns their users. Each dead instance
+    /// is claimed by exactly one survivor (whose ZREM removed it).
+    async fn take_dead(&self) -> redis::RedisResult<Vec<String>> {
+        let mut conn = self.connection.clone();
+        let before = Self::now_ms() - self.ttl.as_millis() as i64;
+        let dead: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(INSTANCES)
+            .arg("-inf")
+            .arg(format!("({before}"))
+            .query_async(&mut conn)
+            .await?;
+        let mut users = Vec::new();
+        for instance in dead {
+            let claimed: i64 = redis::cmd("ZREM")
+                .arg(INSTANCES)
+                .arg(&instance)
+                .query_async(&mut conn)
+                .await?;
+            if claimed == 1 {
+                let key = counts_key(&instance);
+                let ids: Vec<String> = redis::cmd("HKEYS").arg(&key).query_async(&mut conn).await?;
+                redis::cmd("DEL")
+                    .arg(&key)
+                    .query_async::<()>(&mut conn)
+                    .await?;
+                users.extend(ids);
+            }
+        }
+        Ok(users)
+    }
+
+    /// Every user with a connection on a live instance, with their total.
+    async fn everyone(&self) -> redis::RedisResult<HashMap<String, u32>> {
+        let mut conn = self.connection.clone();
+        let instances = self.live_instances().await?;
+        let mut totals = HashMap::new();
+        for instance in instances {
+            let counts: HashMap<String, u32> = redis::cmd("HGETALL")
+                .arg(counts_key(&instance))
+                .query_async(&mut conn)
+                .await?;
+            for (user, n) in counts {
+                *totals.entry(user).or_insert(0) += n;
+            }
+        }
+        Ok(totals)
+    }
+
+    async fn leave(&self) -> redis::RedisResult<()> {
+        let mut conn = self.connection.clone();
+        let mut pipe = redis::pipe();
+        pipe.del(counts_key(&self.instance)).ignore();
+        pipe.zrem(INSTANCES, &self.instance).ignore();
+        pipe.query_async(&mut conn).await
     }
 }
 

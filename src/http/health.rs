@@ -14,8 +14,11 @@ pub fn router() -> Router<AppState> {
 
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let database_ok = crate::db::ping(&state.domain.db).await;
-    // Events stay in this process until the Redis bridge exists.
-    let redis = "disabled";
+    let redis = match &state.bridge {
+        None => "disabled",
+        Some(b) if b.is_up() => "ok",
+        Some(_) => "down",
+    };
     let status = if database_ok {
         StatusCode::OK
     } else {

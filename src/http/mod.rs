@@ -25,6 +25,8 @@ pub struct AppState {
     /// Cancelled when the server shuts down: open sockets close with 1001.
     pub shutdown: CancellationToken,
     pub connections: Arc<ws::Connections>,
+    /// The Redis bridge, when several instances share one Redis.
+    pub bridge: Option<Arc<crate::hub::redis::RedisBridge>>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -20,7 +20,23 @@ pub enum Event {
     /// A member left a room: their subscriptions to it end. Sent on the room's message and
     /// typing topics.
     Left(LeftRoom),
+    /// Local only, never sent between instances: events from other instances may have been
+    /// missed (the Redis bridge was down), so persistent streams check the database.
+    Resync,
 }
+
+/// An event as it travels between instances. `v` is the wire format's version: an instance
+/// ignores (and counts) versions it does not know, so two versions can share a Redis during a
+/// rolling upgrade.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u32,
+    pub origin: String,
+    pub topic: Topic,
+    pub event: Event,
+}
+
+pub const WIRE_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LeftRoom {
@@ -76,7 +92,8 @@ pub struct LeaderboardRow {
 }
 
 /// Where an event is delivered.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
 pub enum Topic {
     RoomMessages(String),
     RoomTyping(String),
@@ -94,6 +111,7 @@ impl Event {
             Event::Notification(n) => Topic::UserNotifications(n.notification.user_id.clone()),
             Event::Leaderboard(_) => Topic::Leaderboard,
             Event::Left(l) => Topic::RoomMessages(l.room_id.clone()),
+            Event::Resync => Topic::Presence,
         }
     }
 }

@@ -3,13 +3,19 @@
 //! pub/sub channels). Publishing to a topic nobody follows costs a map lookup.
 
 pub mod event;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc, Notify};
 
 pub use event::{Event, Topic};
+
+/// Events queued for other instances (through Redis) before the bridge drops them: a burst
+/// larger than this while Redis is slow loses nothing persistent (subscribers elsewhere see the
+/// gap and read the database) and only stale ephemeral events.
+pub const OUTBOUND_QUEUE: usize = 16 * 1024;
 
 /// What a receiver gets when it falls behind: how many events it missed. Persistent streams
 /// (messages, notifications) catch up from the database; ephemeral ones count it in a metric.
@@ -18,15 +24,32 @@ pub use broadcast::error::RecvError;
 pub struct Hub {
     topics: Mutex<HashMap<Topic, broadcast::Sender<Arc<Event>>>>,
     capacity: usize,
+    /// Where events for other instances go, when a bridge is attached.
+    outbound: Option<mpsc::Sender<(Topic, Arc<Event>)>>,
+    /// Wakes the bridge when topics come and go, so it follows exactly the local ones.
+    topics_changed: Notify,
 }
 
 impl Hub {
-    /// `capacity` is each topic's buffer: a subscriber further behind than that lags.
+    /// An in-process hub. `capacity` is each topic's buffer: a subscriber further behind than
+    /// that lags.
     pub fn new(capacity: usize) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new(Self::build(capacity, None))
+    }
+
+    /// A hub whose events also go out to other instances: the receiver is the bridge's.
+    pub fn bridged(capacity: usize) -> (Arc<Self>, mpsc::Receiver<(Topic, Arc<Event>)>) {
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        (Arc::new(Self::build(capacity, Some(tx))), rx)
+    }
+
+    fn build(capacity: usize, outbound: Option<mpsc::Sender<(Topic, Arc<Event>)>>) -> Self {
+        Self {
             topics: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
-        })
+            outbound,
+            topics_changed: Notify::new(),
+        }
     }
 
     /// Follows a topic from now on.
@@ -37,6 +60,7 @@ impl Hub {
             None => {
                 let (tx, rx) = broadcast::channel(self.capacity);
                 topics.insert(topic.clone(), tx);
+                self.topics_changed.notify_one();
                 rx
             }
         };
@@ -56,11 +80,42 @@ impl Hub {
 
     /// Delivers an event on a topic other than its own (an event that concerns several).
     pub fn publish_to(&self, topic: Topic, event: Event) -> usize {
+        let event = Arc::new(event);
+        if let Some(outbound) = &self.outbound {
+            if !matches!(*event, Event::Resync) {
+                if let Err(mpsc::error::TrySendError::Full(_)) =
+                    outbound.try_send((topic.clone(), event.clone()))
+                {
+                    tracing::warn!(%topic, "Redis bridge queue full: event not sent to other instances");
+                }
+            }
+        }
+        self.deliver_local(&topic, event)
+    }
+
+    /// Delivers an event to this instance's subscribers only (events relayed from other
+    /// instances, and local signals).
+    pub fn deliver_local(&self, topic: &Topic, event: Arc<Event>) -> usize {
         let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-        match topics.get(&topic) {
-            Some(tx) => tx.send(Arc::new(event)).unwrap_or(0),
+        match topics.get(topic) {
+            Some(tx) => tx.send(event).unwrap_or(0),
             None => 0,
         }
+    }
+
+    /// The topics with local subscribers right now.
+    pub fn topics(&self) -> Vec<Topic> {
+        self.topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Resolves when topics were added or removed since the last call.
+    pub async fn topics_changed(&self) {
+        self.topics_changed.notified().await
     }
 
     /// Topics with at least one local subscriber.
@@ -72,6 +127,7 @@ impl Hub {
         let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
         if topics.get(topic).is_some_and(|tx| tx.receiver_count() == 0) {
             topics.remove(topic);
+            self.topics_changed.notify_one();
         }
     }
 }

@@ -156,15 +156,16 @@ pub struct TestServer {
     pub addr: String,
     child: Child,
     log: PathBuf,
+    _log_dir: tempfile::TempDir,
 }
 
 impl TestServer {
     /// Starts a server on `db` with the test secret and `env` on top.
     pub fn start(db: &TestDb, env: &[(&str, &str)]) -> Self {
-        let log = db.dir().join(format!(
-            "server-{}.log",
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
+        // The log lives with the server, not the database, so it can still be printed when a
+        // failing test drops its database first.
+        let log_dir = tempfile::tempdir().expect("temp dir");
+        let log = log_dir.path().join("server.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
@@ -205,6 +206,7 @@ impl TestServer {
             addr,
             child,
             log,
+            _log_dir: log_dir,
         }
     }
 
@@ -217,6 +219,19 @@ impl TestServer {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
+    }
+
+    /// SIGTERM, then waits up to `within` for the process to exit; true when it did.
+    pub fn terminate_and_wait(mut self, within: Duration) -> bool {
+        self.terminate();
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// Stops the server (SIGKILL) and waits for it.
@@ -390,8 +405,18 @@ impl GqlSocket {
         query: &str,
         authorization: Option<&str>,
     ) -> Self {
+        Self::open_at(&server.addr, protocol, query, authorization).await
+    }
+
+    /// Opens a socket to `/graphql` at `addr` (a server, or a proxy in front of servers).
+    pub async fn open_at(
+        addr: &str,
+        protocol: &'static str,
+        query: &str,
+        authorization: Option<&str>,
+    ) -> Self {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let url = format!("ws://{}/graphql{query}", server.addr);
+        let url = format!("ws://{addr}/graphql{query}");
         let mut request = url.into_client_request().expect("request");
         request
             .headers_mut()
@@ -598,4 +623,101 @@ impl GqlSocket {
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
+}
+
+/// A `redis-server` of the test's own on a free port, so the test can kill and restart it.
+pub struct TestRedis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl TestRedis {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut redis = TestRedis { port, child: None };
+        redis.restart();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port; waits until it accepts connections.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}): install it (scripts/test.sh does: apt-get install redis-server)")
+            });
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: Redis vanishes mid-stream.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A command connection for inspecting Redis.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test redis")
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` every 50 ms until it holds or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn health(server: &TestServer) -> Value {
+    http()
+        .get(server.url("/health"))
+        .send()
+        .await
+        .expect("GET /health")
+        .json()
+        .await
+        .expect("health JSON")
 }

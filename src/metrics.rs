@@ -1,0 +1,16 @@
+//! Every metric Tidings records, named in one place (Prometheus names, `tidings_` prefix).
+
+/// 1 while the Redis bridge is connected, 0 otherwise (and when Redis is not configured).
+pub fn set_redis_up(up: bool) {
+    metrics::gauge!("tidings_redis_up").set(if up { 1.0 } else { 0.0 });
+}
+
+/// The Redis bridge lost its connection.
+pub fn redis_disconnected() {
+    metrics::counter!("tidings_redis_disconnects_total").increment(1);
+}
+
+/// An event from Redis this version could not read (another wire version, or garbage).
+pub fn redis_undecodable() {
+    metrics::counter!("tidings_redis_undecodable_total").increment(1);
+}

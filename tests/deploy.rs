@@ -1,0 +1,134 @@
+//! The deployment the README describes, run for real: two instances sharing one database and
+//! one Redis, behind nginx with `deploy/nginx.conf`.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+struct Nginx {
+    child: Child,
+    _dir: tempfile::TempDir,
+    addr: String,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `deploy/nginx.conf` with its upstreams pointed at `upstreams` and listening on a free
+/// port.
+fn nginx(upstreams: [&str; 2]) -> Nginx {
+    let template =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf"))
+            .expect("deploy/nginx.conf");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    for needle in [
+        "server 127.0.0.1:8001;",
+        "server 127.0.0.1:8002;",
+        "listen 8000;",
+    ] {
+        assert!(
+            template.contains(needle),
+            "deploy/nginx.conf no longer has {needle:?}"
+        );
+    }
+    let config = template
+        .replace(
+            "server 127.0.0.1:8001;",
+            &format!("server {};", upstreams[0]),
+        )
+        .replace(
+            "server 127.0.0.1:8002;",
+            &format!("server {};", upstreams[1]),
+        )
+        .replace("listen 8000;", &format!("listen 127.0.0.1:{port};"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(&conf, config).expect("write config");
+    let globals = format!(
+        "daemon off; master_process off; pid {0}/nginx.pid; error_log {0}/error.log;",
+        dir.path().display()
+    );
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&conf)
+        .args(["-g", &globals])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start nginx ({e}): install it (scripts/test.sh does: apt-get install nginx)"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "nginx did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Nginx {
+        child,
+        _dir: dir,
+        addr: format!("127.0.0.1:{port}"),
+    }
+}
+
+#[tokio::test]
+async fn two_instances_behind_nginx_serve_http_and_subscriptions() {
+    let redis = TestRedis::start();
+    let db = TestDb::new(&Backend::Sqlite).await;
+    let url = redis.url();
+    let env = [("TIDINGS_REDIS_URL", url.as_str())];
+    let a = TestServer::start(&db, &env);
+    let b = TestServer::start(&db, &env);
+    for s in [&a, &b] {
+        eventually(Duration::from_secs(10), "the bridge connects", || async {
+            health(s).await["redis"] == "ok"
+        })
+        .await;
+    }
+    let proxy = nginx([&a.addr, &b.addr]);
+    let alice = cli_token("alice", "user");
+    let bob = cli_token("bob", "user");
+
+    // HTTP through the proxy.
+    let through = format!("http://{}/graphql", proxy.addr);
+    let resp: serde_json::Value = http()
+        .post(&through)
+        .bearer_auth(&alice)
+        .json(&json!({ "query": "mutation { joinRoom(roomId: \"lobby\") { id } }" }))
+        .send()
+        .await
+        .expect("POST through nginx")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(resp["data"]["joinRoom"]["id"], "lobby");
+    join(&a, &bob, "lobby").await;
+
+    // Subscriptions through the proxy (the upgrade and the subprotocol pass through), fed by
+    // writes on either instance.
+    let mut ws = GqlSocket::open_at(&proxy.addr, TRANSPORT_WS, "", None).await;
+    ws.send(json!({ "type": "connection_init", "payload": { "authToken": alice } }))
+        .await;
+    assert_eq!(ws.next_frame().await["type"], "connection_ack");
+    ws.subscribe(
+        "m",
+        "subscription { messageAdded(roomId: \"lobby\") { body } }",
+        json!({}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send(&a, &bob, "lobby", "via a").await;
+    send(&b, &bob, "lobby", "via b").await;
+    assert_eq!(ws.data("m").await["messageAdded"]["body"], "via a");
+    assert_eq!(ws.data("m").await["messageAdded"]["body"], "via b");
+}
