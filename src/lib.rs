@@ -61,6 +61,7 @@ impl App {
             presence_grace: config.presence_grace,
             typing_timeout: config.typing_timeout,
             leaderboard_interval: config.leaderboard_interval,
+            max_event_bytes: config.max_frame_bytes,
         };
         let shutdown = CancellationToken::new();
         // The bridge outlives the sockets at shutdown, so the last offline announcements still

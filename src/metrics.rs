@@ -14,3 +14,18 @@ pub fn redis_disconnected() {
 pub fn redis_undecodable() {
     metrics::counter!("tidings_redis_undecodable_total").increment(1);
 }
+
+/// A backend published an event to a channel of this kind (`public`, `user`, …).
+pub fn channel_published(kind: &'static str) {
+    metrics::counter!("tidings_channel_events_published_total", "kind" => kind).increment(1);
+}
+
+/// A channel event reached one subscriber.
+pub fn channel_delivered(kind: &'static str) {
+    metrics::counter!("tidings_channel_events_delivered_total", "kind" => kind).increment(1);
+}
+
+/// A slow subscriber missed channel events (they are not kept).
+pub fn channel_lagged(kind: &'static str, missed: u64) {
+    metrics::counter!("tidings_channel_events_missed_total", "kind" => kind).increment(missed);
+}

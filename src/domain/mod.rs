@@ -2,6 +2,7 @@
 //! transport calls it. A service checks the viewer's rights and the input, writes to the
 //! database, then publishes what happened.
 
+pub mod channels;
 pub mod error;
 pub mod feeds;
 pub mod leaderboard;
@@ -37,6 +38,8 @@ pub struct Rules {
     pub typing_timeout: Duration,
     /// The shortest time between two leaderboard updates to one subscriber.
     pub leaderboard_interval: Duration,
+    /// Largest channel event `data`, as JSON.
+    pub max_event_bytes: usize,
 }
 
 /// The services over one database and one hub; shared behind an `Arc`.

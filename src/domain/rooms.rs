@@ -319,8 +319,13 @@ impl Domain {
             room_id: id.to_owned(),
             user_id: user.id.clone(),
         };
+        // Every stream of the room ends for the leaver: messages, typing, its channel.
         self.hub
             .publish_to(Topic::RoomTyping(id.to_owned()), Event::Left(left.clone()));
+        self.hub.publish_to(
+            Topic::Channel(format!("room:{id}")),
+            Event::Left(left.clone()),
+        );
         self.hub.publish(Event::Left(left));
         Ok(Some(announcement))
     }

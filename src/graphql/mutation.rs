@@ -2,8 +2,8 @@ use async_graphql::{Context, Object, Result, ID};
 
 use super::errors::IntoGql;
 use super::types::{
-    AuthPayload, LeaderboardEntry, Message, Presence, PresenceStatus, Room, SendNotificationInput,
-    User,
+    AuthPayload, ChannelEvent, LeaderboardEntry, Message, Presence, PresenceStatus, Room,
+    SendNotificationInput, User,
 };
 use super::{domain, viewer, SocketConnection};
 use crate::domain::notifications::{Audience, Draft};
@@ -178,5 +178,19 @@ impl Mutation {
             .await
             .gql()?;
         Ok(LeaderboardEntry(entry))
+    }
+
+    /// Admin: publishes an app event to a channel's live subscribers (not stored).
+    async fn publish(
+        &self,
+        ctx: &Context<'_>,
+        channel: String,
+        #[graphql(name = "type")] kind: String,
+        data: Option<async_graphql::Json<serde_json::Value>>,
+    ) -> Result<ChannelEvent> {
+        let event = domain(ctx)
+            .publish_event(viewer(ctx), &channel, &kind, data.map(|d| d.0))
+            .gql()?;
+        Ok(ChannelEvent(event))
     }
 }

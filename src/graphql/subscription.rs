@@ -2,7 +2,9 @@ use async_graphql::{Context, Result, Subscription, ID};
 use futures_util::{Stream, StreamExt};
 
 use super::errors::IntoGql;
-use super::types::{LeaderboardSnapshot, Message, Notification, PresenceEvent, TypingEvent};
+use super::types::{
+    ChannelEvent, LeaderboardSnapshot, Message, Notification, PresenceEvent, TypingEvent,
+};
 use super::{domain, viewer};
 use crate::domain::DomainResult;
 
@@ -80,5 +82,19 @@ impl Subscription {
     ) -> Result<impl Stream<Item = LeaderboardSnapshot>> {
         let feed = domain(ctx).leaderboard_feed(limit).gql()?;
         Ok(feed.map(|(snapshot, limit)| LeaderboardSnapshot { snapshot, limit }))
+    }
+
+    /// App events published to channels. Without `channels` (or with none): the viewer's own,
+    /// `user:<id>`, `role:<role>` and `broadcast`.
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        channels: Option<Vec<String>>,
+    ) -> Result<impl Stream<Item = ChannelEvent>> {
+        let feed = domain(ctx)
+            .event_feed(viewer(ctx), channels.as_deref())
+            .await
+            .gql()?;
+        Ok(feed.map(ChannelEvent))
     }
 }

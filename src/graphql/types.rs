@@ -345,3 +345,31 @@ impl LeaderboardSnapshot {
         self.snapshot.at
     }
 }
+
+pub struct ChannelEvent(pub crate::hub::event::ChannelEvent);
+
+#[Object]
+impl ChannelEvent {
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+
+    async fn channel(&self) -> &str {
+        &self.0.channel
+    }
+
+    /// The event's type, as the backend named it (e.g. `ticket.created`).
+    #[graphql(name = "type")]
+    async fn kind(&self) -> &str {
+        &self.0.kind
+    }
+
+    /// The data exactly as published (null when none was).
+    async fn data(&self) -> Json<serde_json::Value> {
+        Json(self.0.data.clone())
+    }
+
+    async fn at(&self) -> DateTime<Utc> {
+        self.0.at
+    }
+}

@@ -1,6 +1,7 @@
 //! The HTTP side: the shared state every handler gets, and one router per resource merged into
 //! the app.
 
+mod api;
 mod graphql;
 mod health;
 pub mod ws;
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
     Router::new()
         .merge(graphql::router())
+        .merge(api::router())
         .merge(health::router())
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)

@@ -17,6 +17,8 @@ pub enum Event {
     Presence(PresenceChanged),
     Notification(NotificationAdded),
     Leaderboard(LeaderboardChanged),
+    /// An app event a backend published to a channel.
+    Channel(ChannelEvent),
     /// A member left a room: their subscriptions to it end. Sent on the room's message and
     /// typing topics.
     Left(LeftRoom),
@@ -42,6 +44,17 @@ pub const WIRE_VERSION: u32 = 1;
 pub struct LeftRoom {
     pub room_id: String,
     pub user_id: String,
+}
+
+/// An app event on a channel (`public:game`, `user:42`, …). Not persisted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChannelEvent {
+    pub id: String,
+    pub channel: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub data: serde_json::Value,
+    pub at: DateTime<Utc>,
 }
 
 /// A message was committed to a room.
@@ -100,6 +113,8 @@ pub enum Topic {
     UserNotifications(String),
     Presence,
     Leaderboard,
+    /// A channel, by its full name (`public:game`, `room:lobby`, …).
+    Channel(String),
 }
 
 impl Event {
@@ -111,6 +126,7 @@ impl Event {
             Event::Notification(n) => Topic::UserNotifications(n.notification.user_id.clone()),
             Event::Leaderboard(_) => Topic::Leaderboard,
             Event::Left(l) => Topic::RoomMessages(l.room_id.clone()),
+            Event::Channel(c) => Topic::Channel(c.channel.clone()),
             Event::Resync => Topic::Presence,
         }
     }
@@ -124,6 +140,7 @@ impl fmt::Display for Topic {
             Topic::UserNotifications(user) => write!(f, "user:{user}:notifications"),
             Topic::Presence => f.write_str("presence"),
             Topic::Leaderboard => f.write_str("leaderboard"),
+            Topic::Channel(name) => write!(f, "channel:{name}"),
         }
     }
 }
