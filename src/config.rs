@@ -54,6 +54,32 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_RATE_LIMITS", default_value = "on", value_parser = ["on", "off"])]
     pub rate_limits: String,
 
+    /// Messages per user: COUNT/PERIOD (every transport and instance together).
+    #[arg(long, env = "TIDINGS_RATE_MESSAGES", default_value = "10/10s")]
+    pub rate_messages: String,
+
+    /// Messages a user may send in a burst above the rate.
+    #[arg(long, env = "TIDINGS_BURST_MESSAGES", default_value_t = 20)]
+    pub burst_messages: u32,
+
+    /// Typing updates per user: COUNT/PERIOD.
+    #[arg(long, env = "TIDINGS_RATE_TYPING", default_value = "30/10s")]
+    pub rate_typing: String,
+
+    #[arg(long, env = "TIDINGS_BURST_TYPING", default_value_t = 10)]
+    pub burst_typing: u32,
+
+    /// Notifications an admin may send (each call counts once): COUNT/PERIOD.
+    #[arg(long, env = "TIDINGS_RATE_NOTIFICATIONS", default_value = "60/60s")]
+    pub rate_notifications: String,
+
+    #[arg(long, env = "TIDINGS_BURST_NOTIFICATIONS", default_value_t = 30)]
+    pub burst_notifications: u32,
+
+    /// Rooms one user may belong to at once.
+    #[arg(long, env = "TIDINGS_MAX_ROOMS_PER_USER", default_value_t = 500)]
+    pub max_rooms_per_user: u64,
+
     /// Points awarded for each message sent (0 disables).
     #[arg(long, env = "TIDINGS_POINTS_PER_MESSAGE", default_value_t = 1)]
     pub points_per_message: i64,
@@ -109,6 +135,19 @@ pub struct Config {
 }
 
 impl Config {
+    /// The per-user rates, or `None` when limits are off.
+    pub fn rates(&self) -> Result<Option<crate::domain::limits::Rates>, String> {
+        use crate::domain::limits::{Rate, Rates};
+        if self.rate_limits == "off" {
+            return Ok(None);
+        }
+        Ok(Some(Rates {
+            messages: Rate::parse(&self.rate_messages, self.burst_messages)?,
+            typing: Rate::parse(&self.rate_typing, self.burst_typing)?,
+            notifications: Rate::parse(&self.rate_notifications, self.burst_notifications)?,
+        }))
+    }
+
     /// The defaults, as `tidings serve` with nothing set would use them.
     pub fn for_database(database_url: impl Into<String>) -> Self {
         Self {
@@ -121,7 +160,14 @@ impl Config {
             jwt_audience: None,
             token_ttl: Duration::from_secs(24 * 3600),
             rate_limits: "on".into(),
+            rate_messages: "10/10s".into(),
+            burst_messages: 20,
+            rate_typing: "30/10s".into(),
+            burst_typing: 10,
+            rate_notifications: "60/60s".into(),
+            burst_notifications: 30,
             points_per_message: 1,
+            max_rooms_per_user: 500,
             introspection: true,
             max_body_bytes: 1024 * 1024,
             max_frame_bytes: 64 * 1024,

@@ -31,6 +31,7 @@ use tokio::net::{TcpListener, TcpSocket};
 
 use crate::auth::TokenKeys;
 use crate::config::Config;
+use crate::domain::limits::RateLimits;
 use crate::domain::presence::SharedCounts;
 use crate::domain::{Domain, Rules};
 use crate::http::AppState;
@@ -62,6 +63,7 @@ impl App {
             typing_timeout: config.typing_timeout,
             leaderboard_interval: config.leaderboard_interval,
             max_event_bytes: config.max_frame_bytes,
+            max_rooms_per_user: config.max_rooms_per_user,
         };
         let shutdown = CancellationToken::new();
         // The bridge outlives the sockets at shutdown, so the last offline announcements still
@@ -88,9 +90,25 @@ impl App {
             instance: b.instance().to_owned(),
             ttl: config.presence_ttl,
         });
-        let domain = Domain::start(db, tokens, rules, hub, shared_presence, shutdown.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
+        let rates = config
+            .rates()
+            .map_err(|e| anyhow::anyhow!("invalid rate limit: {e}"))?;
+        let limits = RateLimits::start(
+            rates,
+            bridge.as_ref().map(|b| b.connection()),
+            shutdown.clone(),
+        );
+        let domain = Domain::start(
+            db,
+            tokens,
+            rules,
+            hub,
+            shared_presence,
+            limits,
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
         let schema = graphql::build_schema(Some(domain.clone()), config.introspection);
         Ok(Self {
             state: AppState {

@@ -29,3 +29,8 @@ pub fn channel_delivered(kind: &'static str) {
 pub fn channel_lagged(kind: &'static str, missed: u64) {
     metrics::counter!("tidings_channel_events_missed_total", "kind" => kind).increment(missed);
 }
+
+/// A request was refused by a per-user rate limit.
+pub fn rate_limited(action: &'static str) {
+    metrics::counter!("tidings_rate_limited_total", "action" => action).increment(1);
+}

@@ -713,7 +713,14 @@ async fn leaving_a_room_ends_its_subscriptions() {
 async fn a_burst_of_notifications_arrives_once_each_in_order_over_a_tiny_buffer() {
     for backend in backends() {
         let db = TestDb::new(&backend).await;
-        let server = TestServer::start(&db, &[("TIDINGS_BROADCAST_CAPACITY", "1")]);
+        // Rate limits off: this admin sends 40 notifications at once.
+        let server = TestServer::start(
+            &db,
+            &[
+                ("TIDINGS_BROADCAST_CAPACITY", "1"),
+                ("TIDINGS_RATE_LIMITS", "off"),
+            ],
+        );
         let (admin, t) = admin_and(&server, &["bob"], "lobby").await;
         let mut bob = GqlSocket::user(&server, &t[0]).await;
         bob.subscribe("n", NOTIFICATIONS, json!({})).await;

@@ -9,6 +9,7 @@ use sea_orm::{
     TransactionTrait,
 };
 
+use super::limits::Action;
 use super::notifications::{mentioned_names, Draft, Level};
 use super::rooms::next_seq;
 use super::{Domain, DomainError, DomainResult};
@@ -121,11 +122,13 @@ impl Domain {
         let body = validate_body(body)?;
         let client_id = validate_client_id(client_message_id)?;
         if let Some(first) = self.find_by_client_id(&user.id, client_id).await? {
+            // A retry costs nothing: it finds the first message and publishes nothing.
             return Ok(Sent {
                 view: self.with_sender(first).await?,
                 created: false,
             });
         }
+        self.limits.check(&user.id, Action::Message).await?;
         let txn = self.db.begin().await?;
         let inserted = insert_message(
             &txn,

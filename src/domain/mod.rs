@@ -6,6 +6,7 @@ pub mod channels;
 pub mod error;
 pub mod feeds;
 pub mod leaderboard;
+pub mod limits;
 pub mod messages;
 pub mod notifications;
 pub mod presence;
@@ -24,6 +25,7 @@ pub use error::{DomainError, DomainResult};
 use crate::auth::{AuthUser, TokenKeys, Viewer};
 use crate::hub::Hub;
 use leaderboard::Leaderboard;
+use limits::RateLimits;
 use presence::{PresenceTracker, SharedCounts};
 use typing::TypingTracker;
 
@@ -40,6 +42,8 @@ pub struct Rules {
     pub leaderboard_interval: Duration,
     /// Largest channel event `data`, as JSON.
     pub max_event_bytes: usize,
+    /// Rooms one user may belong to at once.
+    pub max_rooms_per_user: u64,
 }
 
 /// The services over one database and one hub; shared behind an `Arc`.
@@ -51,6 +55,7 @@ pub struct Domain {
     pub presence: Arc<PresenceTracker>,
     pub typing: Arc<TypingTracker>,
     pub leaderboard: Arc<Leaderboard>,
+    pub limits: Arc<RateLimits>,
 }
 
 impl Domain {
@@ -61,6 +66,7 @@ impl Domain {
         rules: Rules,
         hub: Arc<Hub>,
         shared_presence: Option<SharedCounts>,
+        limits: Arc<RateLimits>,
         shutdown: CancellationToken,
     ) -> DomainResult<Arc<Self>> {
         let presence = PresenceTracker::start(
@@ -81,6 +87,7 @@ impl Domain {
             presence,
             typing,
             leaderboard,
+            limits,
         }))
     }
 }

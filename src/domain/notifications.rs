@@ -107,8 +107,11 @@ impl Domain {
         audience: Audience,
         draft: Draft,
     ) -> DomainResult<usize> {
-        require_admin(viewer)?;
+        let admin = require_admin(viewer)?;
         draft.validate()?;
+        self.limits
+            .check(&admin.id, super::limits::Action::Notification)
+            .await?;
         let recipients: Vec<String> = match &audience {
             Audience::User(id) => {
                 self.user_by_id(id)

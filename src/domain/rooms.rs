@@ -169,6 +169,7 @@ impl Domain {
         if self.room(id).await?.is_some() {
             return Err(DomainError::bad_input(format!("room {id} already exists")));
         }
+        self.check_room_count(&user.id).await?;
         match self.insert_room(id, &title, is_private, user).await {
             Ok(()) => {}
             Err(DomainError::BadInput(_)) => {
@@ -214,6 +215,7 @@ impl Domain {
         let room = match self.room(id).await? {
             Some(room) => room,
             None => {
+                self.check_room_count(&user.id).await?;
                 // A concurrent join may create it first; either way it exists afterwards.
                 let _ = self.insert_room(id, id, false, user).await;
                 self.existing_room(id).await?
@@ -233,6 +235,21 @@ impl Domain {
         self.add_member(id, &user.id, &user.username).await
     }
 
+    /// Refuses a user who already belongs to the most rooms allowed.
+    async fn check_room_count(&self, user_id: &str) -> DomainResult<()> {
+        let rooms = room_member::Entity::find()
+            .filter(room_member::Column::UserId.eq(user_id))
+            .count(&self.db)
+            .await?;
+        if rooms >= self.rules.max_rooms_per_user {
+            return Err(DomainError::Forbidden(format!(
+                "at most {} rooms per user: leave one first",
+                self.rules.max_rooms_per_user
+            )));
+        }
+        Ok(())
+    }
+
     /// Adds a member and posts "NAME joined", in one transaction.
     async fn add_member(
         &self,
@@ -240,6 +257,7 @@ impl Domain {
         user_id: &str,
         username: &str,
     ) -> DomainResult<Joined> {
+        self.check_room_count(user_id).await?;
         let txn = self.db.begin().await?;
         // The message insert bumps the room's counter first: that locks the room row, so the
         // membership change and its announcement are ordered with the room's other writes.

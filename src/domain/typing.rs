@@ -141,6 +141,9 @@ impl Domain {
     ) -> DomainResult<bool> {
         self.require_member(viewer, room_id).await?;
         let me = super::require_user(viewer)?;
+        self.limits
+            .check(&me.id, super::limits::Action::Typing)
+            .await?;
         let user = self
             .user_by_id(&me.id)
             .await?

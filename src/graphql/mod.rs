@@ -3,6 +3,7 @@
 //! `domain/`.
 
 pub mod errors;
+pub mod limits;
 pub mod mutation;
 pub mod query;
 pub mod subscription;
@@ -10,6 +11,9 @@ pub mod types;
 
 use std::sync::Arc;
 
+use async_graphql::extensions::apollo_persisted_queries::{
+    ApolloPersistedQueries, LruCacheStorage,
+};
 use async_graphql::{Context, SDLExportOptions, Schema};
 
 use crate::auth::Viewer;
@@ -30,11 +34,21 @@ pub struct SocketConnection(pub crate::domain::typing::ConnectionId);
 pub const MAX_DEPTH: usize = 16;
 /// Largest complexity (roughly: fields a query may resolve) a query may have.
 pub const MAX_COMPLEXITY: usize = 5000;
+/// Most directives on one field.
+pub const MAX_DIRECTIVES: usize = 5;
+/// Persisted queries (Apollo APQ) remembered per instance; a client whose hash was forgotten
+/// sends the query again, as the protocol provides.
+pub const PERSISTED_QUERIES: usize = 1024;
 
 pub fn build_schema(domain: Option<Arc<Domain>>, introspection: bool) -> TidingsSchema {
     let mut builder = Schema::build(Query, Mutation, Subscription)
         .limit_depth(MAX_DEPTH)
-        .limit_complexity(MAX_COMPLEXITY);
+        .limit_complexity(MAX_COMPLEXITY)
+        .limit_directives(MAX_DIRECTIVES)
+        .extension(limits::AliasLimit)
+        .extension(ApolloPersistedQueries::new(LruCacheStorage::new(
+            PERSISTED_QUERIES,
+        )));
     if let Some(domain) = domain {
         builder = builder.data(domain);
     }

@@ -1,0 +1,259 @@
+//! Per-user rate limits, the same for every transport: messages, typing, notifications. A token
+//! bucket per user and action (GCRA): `governor` in this process, or one shared bucket in Redis
+//! when instances share one, so a user cannot multiply their budget by spreading connections.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+
+use super::{DomainError, DomainResult};
+
+/// What a user does that is limited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Message,
+    Typing,
+    Notification,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Message => "message",
+            Action::Typing => "typing",
+            Action::Notification => "notification",
+        }
+    }
+}
+
+/// A rate: `count` per `period`, with bursts up to `burst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub period: Duration,
+    pub burst: u32,
+}
+
+impl Rate {
+    /// Parses `COUNT/PERIOD` (e.g. `10/10s`); the burst is set apart.
+    pub fn parse(s: &str, burst: u32) -> Result<Self, String> {
+        let (count, period) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?}: expected COUNT/PERIOD, e.g. 10/10s"))?;
+        let count: u32 = count
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{s:?}: COUNT must be a positive number"))?;
+        let period = humantime::parse_duration(period.trim()).map_err(|e| format!("{s:?}: {e}"))?;
+        if period.is_zero() {
+            return Err(format!("{s:?}: PERIOD must be positive"));
+        }
+        Ok(Self {
+            count,
+            period,
+            burst: burst.max(1),
+        })
+    }
+
+    /// Time between two tokens.
+    fn interval(&self) -> Duration {
+        (self.period / self.count).max(Duration::from_micros(1))
+    }
+
+    fn quota(&self) -> Quota {
+        let burst = NonZeroU32::new(self.burst).unwrap_or(NonZeroU32::MIN);
+        Quota::with_period(self.interval())
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst)
+    }
+}
+
+/// The configured rates; `None` turns limits off.
+#[derive(Clone, Debug)]
+pub struct Rates {
+    pub messages: Rate,
+    pub typing: Rate,
+    pub notifications: Rate,
+}
+
+struct Bucket {
+    rate: Rate,
+    local: DefaultKeyedRateLimiter<String>,
+}
+
+/// Shared buckets in Redis: one key per user and action holding the bucket's "theoretical
+/// arrival time"; the script is GCRA, the algorithm governor uses, so both behave alike.
+const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if tat - now > tolerance then return tat - tolerance - now end
+local next_tat = tat + interval
+redis.call('SET', KEYS[1], next_tat, 'PX', math.ceil(next_tat - now) + 1000)
+return -1
+"#;
+
+pub struct RateLimits {
+    buckets: Option<[Bucket; 3]>,
+    shared: Option<ConnectionManager>,
+    script: redis::Script,
+}
+
+impl RateLimits {
+    /// `rates: None` turns every limit off (for load tests). With `shared`, buckets live in
+    /// Redis (falling back to this process's while Redis is away).
+    pub fn start(
+        rates: Option<Rates>,
+        shared: Option<ConnectionManager>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let bucket = |rate: Rate| Bucket {
+            rate,
+            local: DefaultKeyedRateLimiter::keyed(rate.quota()),
+        };
+        let limits = Arc::new(Self {
+            buckets: rates.map(|r| {
+                [
+                    bucket(r.messages),
+                    bucket(r.typing),
+                    bucket(r.notifications),
+                ]
+            }),
+            shared,
+            script: redis::Script::new(GCRA),
+        });
+        if limits.buckets.is_some() {
+            // Forget users whose buckets are full again, so memory follows active users.
+            let weak = Arc::downgrade(&limits);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    let Some(limits) = weak.upgrade() else { break };
+                    for b in limits.buckets.iter().flatten() {
+                        b.local.retain_recent();
+                    }
+                }
+            });
+        }
+        limits
+    }
+
+    /// Takes one token for `user_id` doing `action`, or `RATE_LIMITED` with when to retry.
+    pub async fn check(&self, user_id: &str, action: Action) -> DomainResult<()> {
+        let Some(buckets) = &self.buckets else {
+            return Ok(());
+        };
+        let bucket = &buckets[action as usize];
+        let wait = match &self.shared {
+            Some(conn) => match self
+                .check_shared(conn.clone(), user_id, action, bucket.rate)
+                .await
+            {
+                Ok(wait) => wait,
+                Err(e) => {
+                    tracing::debug!(error = %e, "rate limit: using this instance's bucket");
+                    check_local(bucket, user_id)
+                }
+            },
+            None => check_local(bucket, user_id),
+        };
+        match wait {
+            None => Ok(()),
+            Some(wait) => {
+                crate::metrics::rate_limited(action.name());
+                Err(DomainError::RateLimited(format!(
+                    "too many {} requests: retry in {:.1} s",
+                    action.name(),
+                    wait.as_secs_f64().max(0.1)
+                )))
+            }
+        }
+    }
+
+    async fn check_shared(
+        &self,
+        mut conn: ConnectionManager,
+        user_id: &str,
+        action: Action,
+        rate: Rate,
+    ) -> redis::RedisResult<Option<Duration>> {
+        let interval = rate.interval().as_millis().max(1) as u64;
+        let tolerance = interval * u64::from(rate.burst - 1);
+        let wait_ms: i64 = self
+            .script
+            .key(format!("tidings:rate:{}:{user_id}", action.name()))
+            .arg(interval)
+            .arg(tolerance)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((wait_ms >= 0).then(|| Duration::from_millis(wait_ms as u64)))
+    }
+}
+
+fn check_local(bucket: &Bucket, user_id: &str) -> Option<Duration> {
+    bucket
+        .local
+        .check_key(&user_id.to_owned())
+        .err()
+        .map(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_count_period_and_keep_the_burst() {
+        let r = Rate::parse("10/10s", 20).expect("valid");
+        assert_eq!(
+            (r.count, r.period, r.burst),
+            (10, Duration::from_secs(10), 20)
+        );
+        assert_eq!(r.interval(), Duration::from_secs(1));
+        assert!(Rate::parse("10", 1).is_err());
+        assert!(Rate::parse("0/1s", 1).is_err());
+        assert!(Rate::parse("5/0s", 1).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_allowed_then_requests_wait_for_tokens() {
+        let rate = Rate::parse("1/1h", 3).expect("valid");
+        let rates = Rates {
+            messages: rate,
+            typing: rate,
+            notifications: rate,
+        };
+        let limits = RateLimits::start(Some(rates), None, CancellationToken::new());
+        for _ in 0..3 {
+            assert!(limits.check("u", Action::Message).await.is_ok());
+        }
+        let refused = limits.check("u", Action::Message).await;
+        assert!(matches!(refused, Err(DomainError::RateLimited(_))));
+        assert!(
+            limits.check("other", Action::Message).await.is_ok(),
+            "per user"
+        );
+        assert!(
+            limits.check("u", Action::Typing).await.is_ok(),
+            "per action"
+        );
+        let off = RateLimits::start(None, None, CancellationToken::new());
+        for _ in 0..100 {
+            assert!(off.check("u", Action::Message).await.is_ok());
+        }
+    }
+}
