@@ -2,13 +2,14 @@
 //! and app events, over GraphQL (HTTP and WebSocket subscriptions).
 //!
 //! The crate's layers, from the edge in:
-//! - `http`: the router, the GraphQL endpoint, health; holds no rules.
+//! - `http`: the router, the GraphQL endpoint, health, metrics; holds no rules.
 //! - `graphql`: the schema; resolvers call the domain.
 //! - `hub`: the events, and the topics they travel on to subscribers.
 //! - `domain`: every rule (rights, validation), writing to the database.
 //! - `db`: sea-orm entities and the connection (SQLite by default, PostgreSQL by URL).
 //! - `auth`: JWT, passwords, the `Viewer`.
 //! - `config`: every setting.
+//! - `metrics`: every metric's name, and the recorder `GET /metrics` renders.
 //!
 //! `App::build` assembles the whole server from a `Config`; the binary and the tests both use
 //! it.
@@ -20,6 +21,7 @@ pub mod domain;
 pub mod graphql;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -62,6 +64,7 @@ impl App {
             leaderboard_interval: config.leaderboard_interval,
         };
         let shutdown = CancellationToken::new();
+        metrics::install(&shutdown);
         let hub = Hub::new(config.broadcast_capacity);
         let domain = Domain::start(db, tokens, rules, hub, shutdown.clone())
             .await

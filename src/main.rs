@@ -137,6 +137,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )?;
         writeln!(out, "  GraphQL:  http://{addr}/graphql")?;
         writeln!(out, "  health:   http://{addr}/health")?;
+        writeln!(out, "  metrics:  http://{addr}/metrics")?;
         out.flush()?;
     }
     app.serve(listener, shutdown_signal()).await

@@ -3,6 +3,8 @@
 
 mod graphql;
 mod health;
+mod metrics;
+pub(crate) mod socket;
 pub mod ws;
 
 use std::sync::Arc;
@@ -32,6 +34,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(graphql::router())
         .merge(health::router())
+        .merge(metrics::router())
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

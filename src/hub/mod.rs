@@ -40,6 +40,7 @@ impl Hub {
                 rx
             }
         };
+        crate::metrics::subscribed(&topic);
         TopicReceiver {
             rx: Some(rx),
             topic,
@@ -56,11 +57,15 @@ impl Hub {
 
     /// Delivers an event on a topic other than its own (an event that concerns several).
     pub fn publish_to(&self, topic: Topic, event: Event) -> usize {
-        let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-        match topics.get(&topic) {
-            Some(tx) => tx.send(Arc::new(event)).unwrap_or(0),
-            None => 0,
-        }
+        let reached = {
+            let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+            match topics.get(&topic) {
+                Some(tx) => tx.send(Arc::new(event)).unwrap_or(0),
+                None => 0,
+            }
+        };
+        crate::metrics::published(&topic, reached);
+        reached
     }
 
     /// Topics with at least one local subscriber.
@@ -101,6 +106,7 @@ impl Drop for TopicReceiver {
         // Drop the receiver first so the count the hub checks no longer includes it.
         self.rx.take();
         self.hub.release(&self.topic);
+        crate::metrics::unsubscribed(&self.topic);
     }
 }
 

@@ -1,0 +1,110 @@
+//! `GET /metrics`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+async fn metrics(server: &TestServer) -> String {
+    let resp = http()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert_eq!(resp.status(), 200);
+    let content_type = resp.headers()["content-type"]
+        .to_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    resp.text().await.expect("text")
+}
+
+/// The value of one series (`name{labels}` exactly as exposed), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Polls `/metrics` until `series` has `value` (gauges follow closes a moment later).
+async fn wait_for_sample(server: &TestServer, series: &str, value: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = metrics(server).await;
+        if sample(&text, series) == Some(value) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} never became {value}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_gauge_open_connections_by_transport() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let graphql = "tidings_connections{transport=\"graphql_ws\"}";
+    let text = metrics(&server).await;
+    assert_eq!(sample(&text, graphql), Some(0.0), "{text}");
+
+    let alice = cli_token("alice", "user");
+    let first = GqlSocket::user(&server, &alice).await;
+    let _second = GqlSocket::user(&server, &alice).await;
+    let text = metrics(&server).await;
+    assert_eq!(sample(&text, graphql), Some(2.0), "{text}");
+
+    first.close().await;
+    wait_for_sample(&server, graphql, 1.0).await;
+}
+
+#[tokio::test]
+async fn metrics_count_subscriptions_and_events_by_kind() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let alice = cli_token("alice", "user");
+    let bob = cli_token("bob", "user");
+    join(&server, &alice, "lobby").await;
+    join(&server, &bob, "lobby").await;
+    let mut ws = GqlSocket::user(&server, &alice).await;
+    ws.subscribe(
+        "m",
+        "subscription { messageAdded(roomId: \"lobby\") { id } }",
+        json!({}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    send(&server, &bob, "lobby", "measured").await;
+    ws.data("m").await;
+
+    let text = metrics(&server).await;
+    let at_least_one = |series: &str| {
+        let v = sample(&text, series).unwrap_or_else(|| panic!("no {series}:\n{text}"));
+        assert!(v >= 1.0, "{series} = {v}");
+    };
+    at_least_one("tidings_subscriptions{kind=\"room_messages\"}");
+    at_least_one("tidings_events_published_total{kind=\"room_messages\"}");
+    at_least_one("tidings_events_delivered_total{kind=\"room_messages\"}");
+}
+
+#[tokio::test]
+async fn metrics_expose_slow_consumers_rate_limits_and_redis_from_the_start() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let text = metrics(&server).await;
+    for (series, value) in [
+        ("tidings_slow_consumers_total{transport=\"legacy_ws\"}", 0.0),
+        (
+            "tidings_slow_consumers_total{transport=\"graphql_ws\"}",
+            0.0,
+        ),
+        ("tidings_rate_limited_total", 0.0),
+        ("tidings_redis_up", 0.0),
+        ("tidings_subscriptions{kind=\"leaderboard\"}", 0.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(value), "{series}:\n{text}");
+    }
+    assert!(text.contains("# TYPE tidings_connections gauge"), "{text}");
+}
