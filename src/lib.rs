@@ -2,7 +2,8 @@
 //! and app events, over GraphQL (HTTP and WebSocket subscriptions).
 //!
 //! The crate's layers, from the edge in:
-//! - `http`: the router, the GraphQL endpoint, health, metrics; holds no rules.
+//! - `http`: the router, the GraphQL endpoint, the legacy `/ws` protocol, health, metrics;
+//!   holds no rules.
 //! - `graphql`: the schema; resolvers call the domain.
 //! - `hub`: the events, and the topics they travel on to subscribers.
 //! - `domain`: every rule (rights, validation), writing to the database.

@@ -48,46 +48,58 @@ async fn wait_for_sample(server: &TestServer, series: &str, value: f64) {
 #[tokio::test]
 async fn metrics_gauge_open_connections_by_transport() {
     let (server, _db) = server(&Backend::Sqlite).await;
+    let legacy = "tidings_connections{transport=\"legacy_ws\"}";
     let graphql = "tidings_connections{transport=\"graphql_ws\"}";
     let text = metrics(&server).await;
+    assert_eq!(sample(&text, legacy), Some(0.0), "{text}");
     assert_eq!(sample(&text, graphql), Some(0.0), "{text}");
 
     let alice = cli_token("alice", "user");
-    let first = GqlSocket::user(&server, &alice).await;
-    let _second = GqlSocket::user(&server, &alice).await;
+    let first = LegacyClient::user(&server, &alice).await;
+    let _second = LegacyClient::user(&server, &alice).await;
+    let _graphql = GqlSocket::user(&server, &alice).await;
     let text = metrics(&server).await;
-    assert_eq!(sample(&text, graphql), Some(2.0), "{text}");
+    assert_eq!(sample(&text, legacy), Some(2.0), "{text}");
+    assert_eq!(sample(&text, graphql), Some(1.0), "{text}");
 
     first.close().await;
-    wait_for_sample(&server, graphql, 1.0).await;
+    wait_for_sample(&server, legacy, 1.0).await;
 }
 
 #[tokio::test]
-async fn metrics_count_subscriptions_and_events_by_kind() {
+async fn metrics_count_subscriptions_events_and_delivery_latency_by_kind() {
     let (server, _db) = server(&Backend::Sqlite).await;
     let alice = cli_token("alice", "user");
     let bob = cli_token("bob", "user");
     join(&server, &alice, "lobby").await;
     join(&server, &bob, "lobby").await;
-    let mut ws = GqlSocket::user(&server, &alice).await;
-    ws.subscribe(
-        "m",
-        "subscription { messageAdded(roomId: \"lobby\") { id } }",
-        json!({}),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut c = LegacyClient::user(&server, &alice).await;
+    c.send(json!({ "type": "join_room", "room": "lobby" }))
+        .await;
+    c.next_of("joined_room").await;
+    c.sync().await;
     send(&server, &bob, "lobby", "measured").await;
-    ws.data("m").await;
+    c.next_of("message").await;
 
     let text = metrics(&server).await;
     let at_least_one = |series: &str| {
         let v = sample(&text, series).unwrap_or_else(|| panic!("no {series}:\n{text}"));
         assert!(v >= 1.0, "{series} = {v}");
     };
+    // The socket follows the room's messages and typing, its user's notifications and presence.
     at_least_one("tidings_subscriptions{kind=\"room_messages\"}");
+    at_least_one("tidings_subscriptions{kind=\"room_typing\"}");
+    at_least_one("tidings_subscriptions{kind=\"user_notifications\"}");
+    at_least_one("tidings_subscriptions{kind=\"presence\"}");
     at_least_one("tidings_events_published_total{kind=\"room_messages\"}");
     at_least_one("tidings_events_delivered_total{kind=\"room_messages\"}");
+    at_least_one(
+        "tidings_delivery_latency_seconds_count{transport=\"legacy_ws\",kind=\"room_messages\"}",
+    );
+    assert!(
+        text.contains("tidings_delivery_latency_seconds_bucket{transport=\"legacy_ws\",kind=\"room_messages\",le=\"0.005\"}"),
+        "latency is a histogram with buckets:\n{text}"
+    );
 }
 
 #[tokio::test]

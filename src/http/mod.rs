@@ -3,6 +3,8 @@
 
 mod graphql;
 mod health;
+mod legacy;
+mod legacy_ws;
 mod metrics;
 pub(crate) mod socket;
 pub mod ws;
@@ -33,6 +35,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
     Router::new()
         .merge(graphql::router())
+        .merge(legacy_ws::router())
         .merge(health::router())
         .merge(metrics::router())
         .layer(DefaultBodyLimit::max(body_limit))
