@@ -1,11 +1,19 @@
-//! `GET /metrics`.
+//! The REST extras: `GET /api/presence/online` and `GET /metrics`.
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
+
+async fn online(server: &TestServer, token: Option<&str>) -> reqwest::Response {
+    let mut req = http().get(server.url("/api/presence/online"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.expect("GET /api/presence/online")
+}
 
 async fn metrics(server: &TestServer) -> String {
     let resp = http()
@@ -43,6 +51,48 @@ async fn wait_for_sample(server: &TestServer, series: &str, value: f64) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn online_presence_lists_who_is_online_with_status_and_connections() {
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let alice = cli_token("alice", "user");
+        let bob = cli_token("bob", "user");
+        let _alice_legacy = LegacyClient::user(&server, &alice).await;
+        let _alice_graphql = GqlSocket::user(&server, &alice).await;
+        let _bob = LegacyClient::user(&server, &bob).await;
+        server
+            .ok(
+                Some(&bob),
+                "mutation { setPresence(status: BUSY) { status } }",
+                json!({}),
+            )
+            .await;
+        let resp = online(&server, Some(&alice)).await;
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(
+            body,
+            json!({ "online_count": 2, "users": [
+                { "id": "alice", "username": "alice", "status": "online", "connections": 2 },
+                { "id": "bob", "username": "bob", "status": "busy", "connections": 1 },
+            ] }),
+            "{}",
+            backend.name()
+        );
+    }
+}
+
+#[tokio::test]
+async fn online_presence_needs_a_signed_in_user() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let resp = online(&server, None).await;
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
+    let resp = online(&server, Some("not-a-jwt")).await;
+    assert_eq!(resp.status(), 401);
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ mod health;
 mod legacy;
 mod legacy_ws;
 mod metrics;
+mod presence;
 pub(crate) mod socket;
 pub mod ws;
 
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .merge(graphql::router())
         .merge(legacy_ws::router())
         .merge(health::router())
+        .merge(presence::router())
         .merge(metrics::router())
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)

@@ -250,7 +250,7 @@ fn notification_data(n: &notification::Model) -> Value {
 }
 
 /// A status as the legacy clients write it.
-fn status_name(status: PresenceStatus) -> &'static str {
+pub(crate) fn status_name(status: PresenceStatus) -> &'static str {
     match status {
         PresenceStatus::Online => "online",
         PresenceStatus::Away => "away",
