@@ -2,13 +2,15 @@
 //! and app events, over GraphQL (HTTP and WebSocket subscriptions).
 //!
 //! The crate's layers, from the edge in:
-//! - `http`: the router, the GraphQL endpoint, health; holds no rules.
+//! - `http`: the router, the GraphQL endpoint, the legacy `/ws` protocol, health, metrics;
+//!   holds no rules.
 //! - `graphql`: the schema; resolvers call the domain.
 //! - `hub`: the events, and the topics they travel on to subscribers.
 //! - `domain`: every rule (rights, validation), writing to the database.
 //! - `db`: sea-orm entities and the connection (SQLite by default, PostgreSQL by URL).
 //! - `auth`: JWT, passwords, the `Viewer`.
 //! - `config`: every setting.
+//! - `metrics`: every metric's name, and the recorder `GET /metrics` renders.
 //!
 //! `App::build` assembles the whole server from a `Config`; the binary and the tests both use
 //! it.
@@ -69,6 +71,8 @@ impl App {
         // The bridge outlives the sockets at shutdown, so the last offline announcements still
         // reach the other instances.
         let bridge_shutdown = CancellationToken::new();
+        // Before anything records a metric, or its early counts are lost.
+        metrics::install(&shutdown);
         crate::metrics::set_redis_up(false);
         let (hub, bridge) = match &config.redis_url {
             None => (Hub::new(config.broadcast_capacity), None),

@@ -136,7 +136,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             env!("CARGO_PKG_VERSION")
         )?;
         writeln!(out, "  GraphQL:  http://{addr}/graphql")?;
+        writeln!(out, "  /ws:      ws://{addr}/ws (legacy JSON protocol)")?;
         writeln!(out, "  health:   http://{addr}/health")?;
+        writeln!(out, "  metrics:  http://{addr}/metrics")?;
         out.flush()?;
     }
     app.serve(listener, shutdown_signal()).await

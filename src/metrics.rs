@@ -1,36 +1,304 @@
-//! Every metric Tidings records, named in one place (Prometheus names, `tidings_` prefix).
+//! Every metric Tidings exports, named in this one place, and the Prometheus recorder that
+//! `GET /metrics` renders.
+//!
+//! The `metrics` facade is a no-op until a recorder is installed: `App::build` calls `install`
+//! before the hub and the domain start, so nothing they record is lost. Recording is cheap (an
+//! atomic add after a registry lookup) and never fails.
 
-/// 1 while the Redis bridge is connected, 0 otherwise (and when Redis is not configured).
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::Topic;
+
+/// Open WebSocket connections, by `transport`.
+pub const CONNECTIONS: &str = "tidings_connections";
+/// Live hub subscriptions (one per subscribed topic and subscriber), by topic `kind`.
+pub const SUBSCRIPTIONS: &str = "tidings_subscriptions";
+/// Events published on the hub, by topic `kind`.
+pub const EVENTS_PUBLISHED: &str = "tidings_events_published_total";
+/// Events handed to local subscribers (one per subscriber reached), by topic `kind`.
+pub const EVENTS_DELIVERED: &str = "tidings_events_delivered_total";
+/// From an event's creation to the write of its frame to a socket, by `transport` and `kind`.
+pub const DELIVERY_LATENCY: &str = "tidings_delivery_latency_seconds";
+/// Connections closed because they stopped reading (1008 slow consumer), by `transport`.
+pub const SLOW_CONSUMERS: &str = "tidings_slow_consumers_total";
+/// Requests and frames refused by a rate limit, by `action`.
+pub const RATE_LIMITED: &str = "tidings_rate_limited_total";
+/// Times the Redis bridge lost its connection.
+pub const REDIS_DISCONNECTS: &str = "tidings_redis_disconnects_total";
+/// Events from Redis this version could not read (another wire version, or garbage).
+pub const REDIS_UNDECODABLE: &str = "tidings_redis_undecodable_total";
+/// Channel events published, by channel `kind` (public, broadcast, user, role, room).
+pub const CHANNEL_PUBLISHED: &str = "tidings_channel_events_published_total";
+/// Channel events handed to subscribers, by channel `kind`.
+pub const CHANNEL_DELIVERED: &str = "tidings_channel_events_delivered_total";
+/// Channel events a slow subscriber missed (they are not kept), by channel `kind`.
+pub const CHANNEL_MISSED: &str = "tidings_channel_events_missed_total";
+const CHANNEL_KINDS: [&str; 5] = ["public", "broadcast", "user", "role", "room"];
+const RATE_ACTIONS: [&str; 3] = ["message", "typing", "notification"];
+/// 1 while the Redis bridge is connected; 0 when it is down or Redis is not configured.
+pub const REDIS_UP: &str = "tidings_redis_up";
+
+/// Latency buckets, in seconds: a local delivery takes well under a millisecond, one across
+/// instances a few; the tail shows slow consumers and catch-ups.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// How often recorded latencies are folded into their buckets between scrapes, so an instance
+/// nobody scrapes does not keep every sample.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The WebSocket transports, as the `transport` label names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// GraphQL over WebSocket at `/graphql` (both subprotocols).
+    GraphqlWs,
+    /// The legacy JSON protocol at `/ws` and its other paths.
+    LegacyWs,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 2] = [Transport::GraphqlWs, Transport::LegacyWs];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::GraphqlWs => "graphql_ws",
+            Transport::LegacyWs => "legacy_ws",
+        }
+    }
+}
+
+/// Topic kinds, as the `kind` label names them (a topic's id would make one series per room
+/// and user).
+pub const ROOM_MESSAGES: &str = "room_messages";
+pub const ROOM_TYPING: &str = "room_typing";
+pub const USER_NOTIFICATIONS: &str = "user_notifications";
+pub const PRESENCE: &str = "presence";
+pub const LEADERBOARD: &str = "leaderboard";
+pub const CHANNEL: &str = "channel";
+const TOPIC_KINDS: [&str; 6] = [
+    ROOM_MESSAGES,
+    ROOM_TYPING,
+    USER_NOTIFICATIONS,
+    PRESENCE,
+    LEADERBOARD,
+    CHANNEL,
+];
+
+pub fn topic_kind(topic: &Topic) -> &'static str {
+    match topic {
+        Topic::RoomMessages(_) => ROOM_MESSAGES,
+        Topic::RoomTyping(_) => ROOM_TYPING,
+        Topic::UserNotifications(_) => USER_NOTIFICATIONS,
+        Topic::Presence => PRESENCE,
+        Topic::Leaderboard => LEADERBOARD,
+        Topic::Channel(_) => CHANNEL,
+    }
+}
+
+/// The installed recorder's handle; `None` when another recorder was installed first (an
+/// application embedding Tidings that brought its own).
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+/// Kept apart from the gauge so a state set before `install` is not lost.
+static REDIS_CONNECTED: AtomicBool = AtomicBool::new(false);
+
+/// Installs the Prometheus recorder (once per process) and folds latencies into buckets until
+/// `shutdown`.
+pub fn install(shutdown: &CancellationToken) {
+    let handle = HANDLE.get_or_init(|| {
+        let builder = match PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY.to_owned()), LATENCY_BUCKETS)
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: invalid latency buckets");
+                PrometheusBuilder::new()
+            }
+        };
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if let Err(e) = metrics::set_global_recorder(recorder) {
+            tracing::warn!(error = %e, "metrics: another recorder is installed; /metrics is off");
+            return None;
+        }
+        describe();
+        register_at_zero();
+        Some(handle)
+    });
+    if let Some(handle) = handle.clone() {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(UPKEEP_EVERY);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => handle.run_upkeep(),
+                }
+            }
+        });
+    }
+}
+
+fn describe() {
+    describe_gauge!(CONNECTIONS, "Open WebSocket connections, by transport");
+    describe_gauge!(
+        SUBSCRIPTIONS,
+        "Live hub subscriptions, by topic kind (a subscriber per topic it follows)"
+    );
+    describe_counter!(
+        EVENTS_PUBLISHED,
+        "Events published on the hub, by topic kind"
+    );
+    describe_counter!(
+        EVENTS_DELIVERED,
+        "Events handed to local subscribers (one per subscriber reached), by topic kind"
+    );
+    describe_histogram!(
+        DELIVERY_LATENCY,
+        Unit::Seconds,
+        "From an event's creation to the write of its frame to a socket"
+    );
+    describe_counter!(
+        SLOW_CONSUMERS,
+        "Connections closed with 1008 because they stopped reading, by transport"
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "Requests and frames refused by a rate limit, by action"
+    );
+    describe_counter!(
+        REDIS_DISCONNECTS,
+        "Times the Redis bridge lost its connection"
+    );
+    describe_counter!(
+        REDIS_UNDECODABLE,
+        "Events from Redis this version could not read"
+    );
+    describe_counter!(
+        CHANNEL_PUBLISHED,
+        "Channel events published, by channel kind"
+    );
+    describe_counter!(
+        CHANNEL_DELIVERED,
+        "Channel events handed to subscribers, by channel kind"
+    );
+    describe_counter!(
+        CHANNEL_MISSED,
+        "Channel events a slow subscriber missed, by channel kind"
+    );
+    describe_gauge!(REDIS_UP, "1 while the Redis bridge is connected, else 0");
+}
+
+/// Every series a dashboard expects to find, present from the start rather than from its first
+/// event.
+fn register_at_zero() {
+    for transport in Transport::ALL {
+        gauge!(CONNECTIONS, "transport" => transport.label()).set(0.0);
+        counter!(SLOW_CONSUMERS, "transport" => transport.label()).absolute(0);
+    }
+    for kind in TOPIC_KINDS {
+        gauge!(SUBSCRIPTIONS, "kind" => kind).set(0.0);
+        counter!(EVENTS_PUBLISHED, "kind" => kind).absolute(0);
+        counter!(EVENTS_DELIVERED, "kind" => kind).absolute(0);
+    }
+    for action in RATE_ACTIONS {
+        counter!(RATE_LIMITED, "action" => action).absolute(0);
+    }
+    for kind in CHANNEL_KINDS {
+        counter!(CHANNEL_PUBLISHED, "kind" => kind).absolute(0);
+        counter!(CHANNEL_DELIVERED, "kind" => kind).absolute(0);
+    }
+    counter!(REDIS_DISCONNECTS).absolute(0);
+    gauge!(REDIS_UP).set(if REDIS_CONNECTED.load(Ordering::Relaxed) {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+/// The current metrics in Prometheus' text format; `None` when this process has no recorder
+/// of ours.
+pub fn render() -> Option<String> {
+    HANDLE.get()?.as_ref().map(PrometheusHandle::render)
+}
+
+/// The Redis bridge connected (`true`) or lost its connection (`false`).
 pub fn set_redis_up(up: bool) {
-    metrics::gauge!("tidings_redis_up").set(if up { 1.0 } else { 0.0 });
+    REDIS_CONNECTED.store(up, Ordering::Relaxed);
+    gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn connection_opened(transport: Transport) {
+    gauge!(CONNECTIONS, "transport" => transport.label()).increment(1.0);
+}
+
+pub fn connection_closed(transport: Transport) {
+    gauge!(CONNECTIONS, "transport" => transport.label()).decrement(1.0);
+}
+
+pub fn subscribed(topic: &Topic) {
+    gauge!(SUBSCRIPTIONS, "kind" => topic_kind(topic)).increment(1.0);
+}
+
+pub fn unsubscribed(topic: &Topic) {
+    gauge!(SUBSCRIPTIONS, "kind" => topic_kind(topic)).decrement(1.0);
+}
+
+/// One event published on `topic`, reaching `subscribers` local subscribers.
+pub fn published(topic: &Topic, subscribers: usize) {
+    let kind = topic_kind(topic);
+    counter!(EVENTS_PUBLISHED, "kind" => kind).increment(1);
+    counter!(EVENTS_DELIVERED, "kind" => kind).increment(subscribers as u64);
+}
+
+/// A frame for an event created at `created` (of topic kind `kind`) was written to a socket.
+pub fn frame_written(transport: Transport, kind: &'static str, created: DateTime<Utc>) {
+    let seconds = (Utc::now() - created)
+        .to_std()
+        .map(|d| d.as_secs_f64())
+        // A clock step can put `created` in the future: count it as instant.
+        .unwrap_or(0.0);
+    histogram!(DELIVERY_LATENCY, "transport" => transport.label(), "kind" => kind).record(seconds);
+}
+
+pub fn slow_consumer(transport: Transport) {
+    counter!(SLOW_CONSUMERS, "transport" => transport.label()).increment(1);
 }
 
 /// The Redis bridge lost its connection.
 pub fn redis_disconnected() {
-    metrics::counter!("tidings_redis_disconnects_total").increment(1);
+    counter!(REDIS_DISCONNECTS).increment(1);
 }
 
-/// An event from Redis this version could not read (another wire version, or garbage).
+/// An event from Redis this version could not read.
 pub fn redis_undecodable() {
-    metrics::counter!("tidings_redis_undecodable_total").increment(1);
+    counter!(REDIS_UNDECODABLE).increment(1);
 }
 
-/// A backend published an event to a channel of this kind (`public`, `user`, …).
+/// A backend published an event to a channel of this kind.
 pub fn channel_published(kind: &'static str) {
-    metrics::counter!("tidings_channel_events_published_total", "kind" => kind).increment(1);
+    counter!(CHANNEL_PUBLISHED, "kind" => kind).increment(1);
 }
 
 /// A channel event reached one subscriber.
 pub fn channel_delivered(kind: &'static str) {
-    metrics::counter!("tidings_channel_events_delivered_total", "kind" => kind).increment(1);
+    counter!(CHANNEL_DELIVERED, "kind" => kind).increment(1);
 }
 
-/// A slow subscriber missed channel events (they are not kept).
+/// A slow subscriber missed channel events.
 pub fn channel_lagged(kind: &'static str, missed: u64) {
-    metrics::counter!("tidings_channel_events_missed_total", "kind" => kind).increment(missed);
+    counter!(CHANNEL_MISSED, "kind" => kind).increment(missed);
 }
 
 /// A request was refused by a per-user rate limit.
 pub fn rate_limited(action: &'static str) {
-    metrics::counter!("tidings_rate_limited_total", "action" => action).increment(1);
+    counter!(RATE_LIMITED, "action" => action).increment(1);
 }

@@ -139,6 +139,17 @@ impl Domain {
             .collect())
     }
 
+    /// The ids of the rooms a user belongs to.
+    pub async fn rooms_of_member(&self, user_id: &str) -> DomainResult<Vec<String>> {
+        Ok(room_member::Entity::find()
+            .filter(room_member::Column::UserId.eq(user_id))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|m| m.room_id)
+            .collect())
+    }
+
     /// Members in the order they joined.
     pub async fn members(&self, room_id: &str) -> DomainResult<Vec<user::Model>> {
         let ids: Vec<String> = room_member::Entity::find()

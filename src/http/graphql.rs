@@ -38,7 +38,7 @@ async fn graphql_get(
 }
 
 /// An error response in GraphQL's shape, for failures before execution.
-fn request_error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(super) fn request_error(status: StatusCode, code: &str, message: &str) -> Response {
     let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
     (status, axum::Json(body)).into_response()
 }

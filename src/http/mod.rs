@@ -4,6 +4,11 @@
 mod api;
 mod graphql;
 mod health;
+mod legacy;
+mod legacy_ws;
+mod metrics;
+mod presence;
+pub(crate) mod socket;
 pub mod ws;
 
 use std::sync::Arc;
@@ -35,7 +40,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(graphql::router())
         .merge(api::router())
+        .merge(legacy_ws::router())
         .merge(health::router())
+        .merge(presence::router())
+        .merge(metrics::router())
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

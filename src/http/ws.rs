@@ -3,40 +3,33 @@
 //!
 //! async-graphql executes; this loop is ours because the built-in one does not meet the
 //! graphql-transport-ws protocol's close codes (4400, 4401, 4403, 4408, 4409, 4429). Each
-//! connection is a reader (this task) and a writer task joined by a bounded queue of frames;
-//! operations run as tasks the connection owns and hand the writer finished frames.
+//! connection is a reader (this task) and a writer task joined by a bounded queue of frames
+//! (`socket.rs`); operations run as tasks the connection owns and hand the writer finished
+//! frames.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_graphql::{Request, Variables};
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::Query;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::SplitStream;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, Notify};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
+use super::socket::{self, End, Outbox, SocketWriter};
 use super::AppState;
 use crate::auth::{bearer, Viewer};
 use crate::domain::presence::PresenceGuard;
 use crate::graphql::errors::stamp_codes;
 use crate::graphql::SocketConnection;
+use crate::metrics::Transport;
 
-/// How long an operation may wait for room in a full outgoing queue before the connection
-/// counts as a slow consumer and is closed (1008).
-const SLOW_CONSUMER_AFTER: Duration = Duration::from_secs(5);
-/// Read-buffer chunk: frames here are small, and tungstenite's 128 KiB default would be
-/// zero-filled and then resident for every socket.
-const READ_BUFFER: usize = 4 * 1024;
-const WRITE_BUFFER: usize = 8 * 1024;
+pub use super::socket::Connections;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Protocol {
@@ -44,54 +37,6 @@ enum Protocol {
     Transport,
     /// `graphql-ws`
     Legacy,
-}
-
-/// Open WebSocket connections, so shutdown can wait for them to close.
-#[derive(Default)]
-pub struct Connections {
-    open: AtomicUsize,
-    next_id: AtomicU64,
-    closed: Notify,
-}
-
-impl Connections {
-    fn open(self: &Arc<Self>) -> ConnectionTicket {
-        self.open.fetch_add(1, Ordering::SeqCst);
-        ConnectionTicket {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
-            connections: self.clone(),
-        }
-    }
-
-    pub fn count(&self) -> usize {
-        self.open.load(Ordering::SeqCst)
-    }
-
-    /// Waits (at most 10 s) until every connection has closed.
-    pub async fn wait_closed(&self) {
-        let wait = async {
-            while self.count() > 0 {
-                let notified = self.closed.notified();
-                if self.count() == 0 {
-                    break;
-                }
-                let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
-    }
-}
-
-struct ConnectionTicket {
-    id: u64,
-    connections: Arc<Connections>,
-}
-
-impl Drop for ConnectionTicket {
-    fn drop(&mut self) {
-        self.connections.open.fetch_sub(1, Ordering::SeqCst);
-        self.connections.closed.notify_waiters();
-    }
 }
 
 /// `GET /graphql` with `Upgrade: websocket`.
@@ -114,11 +59,7 @@ pub async fn upgrade(
         .map(str::to_owned)
         .or_else(|| query.get("token").cloned());
     let max = state.config.max_frame_bytes;
-    ws.read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| run(socket, state, protocol, upgrade_token))
+    socket::sized(ws, max).on_upgrade(move |socket| run(socket, state, protocol, upgrade_token))
 }
 
 /// A GET that is not an upgrade.
@@ -130,67 +71,6 @@ pub fn not_an_upgrade() -> Response {
         .into_response()
 }
 
-/// What the writer is told besides data frames.
-enum Control {
-    /// Close now, dropping queued frames (a slow consumer).
-    CloseNow(CloseFrame),
-    /// Close after the queued frames are written.
-    CloseAfterQueue(CloseFrame),
-}
-
-fn close_frame(code: u16, reason: &str) -> CloseFrame {
-    CloseFrame {
-        code,
-        reason: Utf8Bytes::from(reason.to_owned()),
-    }
-}
-
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut data: mpsc::Receiver<Message>,
-    mut control: mpsc::Receiver<Control>,
-) {
-    let mut data_open = true;
-    loop {
-        tokio::select! {
-            biased;
-            c = control.recv() => {
-                let frame = match c {
-                    Some(Control::CloseNow(frame)) => frame,
-                    Some(Control::CloseAfterQueue(frame)) => {
-                        // Queued frames first, but never wait long on a peer that stopped
-                        // reading.
-                        let drain = async {
-                            while let Some(m) = data.recv().await {
-                                if sink.send(m).await.is_err() {
-                                    return false;
-                                }
-                            }
-                            true
-                        };
-                        match tokio::time::timeout(Duration::from_secs(5), drain).await {
-                            Ok(true) => frame,
-                            _ => break,
-                        }
-                    }
-                    None => break,
-                };
-                let _ = sink.send(Message::Close(Some(frame))).await;
-                break;
-            }
-            d = data.recv(), if data_open => match d {
-                Some(m) => {
-                    if sink.send(m).await.is_err() {
-                        break;
-                    }
-                }
-                None => data_open = false,
-            },
-        }
-    }
-    let _ = sink.close().await;
-}
-
 /// The operations running on one connection, by client id.
 type Operations = Arc<Mutex<HashMap<String, (u64, AbortHandle)>>>;
 
@@ -199,24 +79,13 @@ struct Connection {
     protocol: Protocol,
     id: u64,
     upgrade_token: Option<String>,
-    out: mpsc::Sender<Message>,
+    out: Outbox,
     init_received: bool,
     viewer: Option<Viewer>,
     operations: Operations,
     tasks: JoinSet<()>,
     next_op: u64,
-    /// Cancelled by an operation that found the queue full for too long.
-    slow: CancellationToken,
     _presence: Option<PresenceGuard>,
-}
-
-/// Why the read loop stopped, and how to close.
-enum End {
-    /// The peer closed or vanished: nothing to send.
-    Gone,
-    Close(u16, String),
-    /// A slow consumer: close without writing what is queued.
-    CloseNow(u16, String),
 }
 
 async fn run(
@@ -225,11 +94,9 @@ async fn run(
     protocol: Protocol,
     upgrade_token: Option<String>,
 ) {
-    let ticket = state.connections.open();
-    let (sink, stream) = socket.split();
-    let (out, data_rx) = mpsc::channel(state.config.ws_queue.max(1));
-    let (control, control_rx) = mpsc::channel(2);
-    let writer = tokio::spawn(write_loop(sink, data_rx, control_rx));
+    let ticket = state.connections.open(Transport::GraphqlWs);
+    let (writer, out, stream) =
+        SocketWriter::start(socket, state.config.ws_queue, Transport::GraphqlWs);
     let mut conn = Connection {
         state: state.clone(),
         protocol,
@@ -241,7 +108,6 @@ async fn run(
         operations: Arc::default(),
         tasks: JoinSet::new(),
         next_op: 0,
-        slow: CancellationToken::new(),
         _presence: None,
     };
     let end = conn.read_loop(stream).await;
@@ -263,21 +129,7 @@ async fn run(
             )
         }
     }
-    let _ = match end {
-        End::Gone => Ok(()),
-        End::Close(code, reason) => {
-            control
-                .send(Control::CloseAfterQueue(close_frame(code, &reason)))
-                .await
-        }
-        End::CloseNow(code, reason) => {
-            control
-                .send(Control::CloseNow(close_frame(code, &reason)))
-                .await
-        }
-    };
-    drop(control);
-    let _ = writer.await;
+    writer.finish(end).await;
     state.domain.typing.connection_closed(typing_connection);
     drop(ticket);
 }
@@ -292,9 +144,9 @@ impl Connection {
             config.ws_ping_interval,
         );
         let shutdown = self.state.shutdown.clone();
-        let slow = self.slow.clone();
+        let out = self.out.clone();
         loop {
-            let expires = self.token_expiry();
+            let expires = socket::token_expiry(self.viewer.as_ref());
             tokio::select! {
                 frame = stream.next() => {
                     last_heard = Instant::now();
@@ -307,7 +159,7 @@ impl Connection {
                         },
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
                         Some(Ok(Message::Close(_))) => Some(End::Gone),
-                        Some(Err(e)) => Some(read_error(e)),
+                        Some(Err(e)) => Some(socket::read_error(e)),
                     };
                     if let Some(end) = end {
                         return end;
@@ -329,9 +181,9 @@ impl Connection {
                         self.send(&k);
                     }
                     // A WebSocket ping too: browsers answer it without any code of ours.
-                    let _ = self.out.try_send(Message::Ping(Default::default()));
+                    self.out.offer(Message::Ping(Default::default()));
                 }
-                _ = sleep_until_opt(expires) => {
+                _ = socket::sleep_until_opt(expires) => {
                     return End::Close(
                         4403,
                         "token expired".into(),
@@ -340,7 +192,7 @@ impl Connection {
                 _ = shutdown.cancelled() => {
                     return End::Close(1001, "server shutting down".into());
                 }
-                _ = slow.cancelled() => {
+                _ = out.stalled() => {
                     return End::CloseNow(1008, "slow consumer".into());
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
@@ -348,17 +200,10 @@ impl Connection {
         }
     }
 
-    fn token_expiry(&self) -> Option<Instant> {
-        let user = self.viewer.as_ref()?.user()?;
-        let left = user.expires_at - chrono::Utc::now().timestamp();
-        Some(Instant::now() + Duration::from_secs(left.max(0) as u64))
-    }
-
     /// Queues a control-plane frame; one that does not fit is dropped (the peer is not reading).
     fn send(&self, value: &Value) {
-        let _ = self
-            .out
-            .try_send(Message::Text(Utf8Bytes::from(value.to_string())));
+        self.out
+            .offer(Message::Text(Utf8Bytes::from(value.to_string())));
     }
 
     async fn on_text(&mut self, text: &str) -> Option<End> {
@@ -510,7 +355,6 @@ impl Connection {
             protocol: self.protocol,
             out: self.out.clone(),
             operations: self.operations.clone(),
-            slow: self.slow.clone(),
         };
         let schema = self.state.schema.clone();
         let handle = self.tasks.spawn(op.run(schema, request));
@@ -523,9 +367,8 @@ struct Operation {
     id: String,
     seq: u64,
     protocol: Protocol,
-    out: mpsc::Sender<Message>,
+    out: Outbox,
     operations: Operations,
-    slow: CancellationToken,
 }
 
 impl Operation {
@@ -569,15 +412,7 @@ impl Operation {
 
     /// Queues a frame, waiting a bounded time for room; false when the connection is ending.
     async fn push(&self, frame: Value) -> bool {
-        let message = Message::Text(Utf8Bytes::from(frame.to_string()));
-        match self.out.send_timeout(message, SLOW_CONSUMER_AFTER).await {
-            Ok(()) => true,
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                self.slow.cancel();
-                false
-            }
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
-        }
+        self.out.push(frame.to_string(), None).await
     }
 }
 
@@ -603,20 +438,4 @@ fn token_from_init(payload: &Value) -> Option<String> {
     ["Authorization", "authorization"]
         .iter()
         .find_map(|k| headers.get(*k).and_then(raw))
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// How to close after a read error: 1009 for a message over the size limit.
-fn read_error(e: axum::Error) -> End {
-    let inner = e.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => End::CloseNow(1009, "message too big".into()),
-        _ => End::Gone,
-    }
 }

@@ -64,6 +64,7 @@ impl Hub {
                 rx
             }
         };
+        crate::metrics::subscribed(&topic);
         TopicReceiver {
             rx: Some(rx),
             topic,
@@ -90,7 +91,9 @@ impl Hub {
                 }
             }
         }
-        self.deliver_local(&topic, event)
+        let reached = self.deliver_local(&topic, event);
+        crate::metrics::published(&topic, reached);
+        reached
     }
 
     /// Delivers an event to this instance's subscribers only (events relayed from other
@@ -157,6 +160,7 @@ impl Drop for TopicReceiver {
         // Drop the receiver first so the count the hub checks no longer includes it.
         self.rx.take();
         self.hub.release(&self.topic);
+        crate::metrics::unsubscribed(&self.topic);
     }
 }
 

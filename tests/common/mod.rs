@@ -721,3 +721,178 @@ pub async fn health(server: &TestServer) -> Value {
         .await
         .expect("health JSON")
 }
+/// A raw client of the legacy JSON protocol (`/ws` and its other paths), frame by frame.
+pub struct LegacyClient {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    /// Frames read while waiting for another type, in arrival order.
+    pending: std::collections::VecDeque<Value>,
+}
+
+impl LegacyClient {
+    /// Opens `path` (with its query), e.g. `/ws?token=T`.
+    pub async fn open(server: &TestServer, path: &str) -> Self {
+        Self::open_with(server, path, None).await
+    }
+
+    pub async fn open_with(server: &TestServer, path: &str, authorization: Option<&str>) -> Self {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://{}{path}", server.addr)
+            .into_client_request()
+            .expect("request");
+        if let Some(auth) = authorization {
+            request
+                .headers_mut()
+                .insert("Authorization", auth.parse().expect("header"));
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("WebSocket connect");
+        LegacyClient {
+            ws,
+            pending: Default::default(),
+        }
+    }
+
+    /// Opens `/ws?token=` and reads the welcome: every feed of the socket is live after it.
+    pub async fn user(server: &TestServer, token: &str) -> Self {
+        Self::at(server, &format!("/ws?token={token}")).await
+    }
+
+    /// Opens `path` and reads its first frame, the welcome.
+    pub async fn at(server: &TestServer, path: &str) -> Self {
+        let mut c = Self::open(server, path).await;
+        let welcome = c.next().await;
+        assert!(
+            welcome["type"] == "system" || welcome["type"] == "connection",
+            "a welcome first: {welcome}"
+        );
+        c
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.send_text(frame.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send frame");
+    }
+
+    /// A frame if one arrives within `wait`.
+    async fn read(&mut self, wait: Duration) -> Option<Value> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?
+            {
+                Some(Ok(Message::Text(t))) => {
+                    return Some(serde_json::from_str(t.as_str()).expect("server frames are JSON"))
+                }
+                Some(Ok(Message::Close(frame))) => panic!("socket closed unexpectedly: {frame:?}"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("socket error: {e}"),
+                None => panic!("socket ended"),
+            }
+        }
+    }
+
+    /// The next frame, whatever its type.
+    pub async fn next(&mut self) -> Value {
+        if let Some(f) = self.pending.pop_front() {
+            return f;
+        }
+        self.read(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("no frame within 10 s"))
+    }
+
+    /// The next frame of type `kind`; frames of other types stay queued for later reads.
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        if let Some(pos) = self.pending.iter().position(|f| f["type"] == kind) {
+            return self.pending.remove(pos).expect("frame");
+        }
+        loop {
+            let f = self
+                .read(Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|| panic!("no {kind} frame within 10 s; got {:?}", self.pending));
+            if f["type"] == kind {
+                return f;
+            }
+            self.pending.push_back(f);
+        }
+    }
+
+    /// Asserts no frame of type `kind` arrives within `wait` (others stay queued).
+    pub async fn expect_none_of(&mut self, kind: &str, wait: Duration) {
+        if let Some(f) = self.pending.iter().find(|f| f["type"] == kind) {
+            panic!("expected no {kind} frame, got {f}");
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.read(left).await {
+                None => return,
+                Some(f) if f["type"] == kind => panic!("expected no {kind} frame, got {f}"),
+                Some(f) => self.pending.push_back(f),
+            }
+        }
+    }
+
+    /// Asserts nothing at all arrives within `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Some(f) = self.pending.pop_front() {
+            panic!("expected nothing, got {f}");
+        }
+        if let Some(f) = self.read(wait).await {
+            panic!("expected nothing, got {f}");
+        }
+    }
+
+    /// A `ping` round trip: the server has handled every frame sent before it.
+    pub async fn sync(&mut self) {
+        self.send(json!({ "type": "ping" })).await;
+        self.next_of("pong").await;
+    }
+
+    /// Waits for the server to close the socket; returns its code and reason.
+    pub async fn closed(&mut self) -> Closed {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("the server did not close the socket"),
+                Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                    return Closed {
+                        code: frame.code.into(),
+                        reason: frame.reason.to_string(),
+                    }
+                }
+                Ok(Some(Ok(Message::Close(None)))) | Ok(None) | Ok(Some(Err(_))) => {
+                    return Closed {
+                        code: 1006,
+                        reason: String::new(),
+                    }
+                }
+                Ok(Some(Ok(Message::Text(t)))) => self
+                    .pending
+                    .push_back(serde_json::from_str(t.as_str()).unwrap_or(Value::Null)),
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}

@@ -1,0 +1,264 @@
+//! What a legacy socket follows: each a task that reads a domain feed (already authorised by
+//! the domain) or a hub topic and writes its events to the socket as frames. The socket owns
+//! them in its `Follows`, which stops them when the socket ends.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use tokio::task::JoinHandle;
+
+use super::{Frames, Outgoing, PresenceChange};
+use crate::auth::AuthUser;
+use crate::db::notification;
+use crate::domain::feeds::TypingView;
+use crate::domain::leaderboard::ranked;
+use crate::domain::messages::{MessageKind, MessageView};
+use crate::domain::presence::PresenceStatus;
+use crate::domain::{Domain, DomainError, DomainResult};
+use crate::http::socket::EventStamp;
+use crate::hub::event::LeaderboardChanged;
+use crate::hub::TopicReceiver;
+use crate::hub::{Event, RecvError};
+use crate::metrics;
+
+/// One thing a socket follows.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Follow {
+    /// A room joined on this socket: its messages and typing.
+    Room(String),
+    /// The user's own notifications.
+    Notifications,
+    /// Users sharing a room with the user (everyone, for admins) going online and offline.
+    Presence,
+    Leaderboard,
+}
+
+/// The tasks following feeds for one socket. Dropping it stops them all.
+#[derive(Default)]
+pub(crate) struct Follows {
+    tasks: HashMap<Follow, JoinHandle<()>>,
+}
+
+impl Follows {
+    /// Whether `follow` runs (a room's task ends by itself when the user leaves it elsewhere).
+    pub(crate) fn is_active(&self, follow: &Follow) -> bool {
+        self.tasks.get(follow).is_some_and(|t| !t.is_finished())
+    }
+
+    pub(crate) fn start(
+        &mut self,
+        follow: Follow,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
+        if let Some(previous) = self.tasks.insert(follow, tokio::spawn(task)) {
+            previous.abort();
+        }
+    }
+
+    /// Stops following and waits until the task is gone, so it writes nothing more.
+    pub(crate) async fn stop(&mut self, follow: &Follow) {
+        if let Some(task) = self.tasks.remove(follow) {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Follows {
+    fn drop(&mut self) {
+        for task in self.tasks.values() {
+            task.abort();
+        }
+    }
+}
+
+/// The rooms the socket's user belongs to, which decide whose presence the socket is told:
+/// loaded when the socket opens, kept up by its own joins and leaves and by the user's own
+/// presence events (which carry their rooms).
+#[derive(Clone, Default)]
+pub(crate) struct MemberRooms(Arc<Mutex<HashSet<String>>>);
+
+impl MemberRooms {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn replace(&self, rooms: &[String]) {
+        let mut mine = self.lock();
+        mine.clear();
+        mine.extend(rooms.iter().cloned());
+    }
+
+    pub(crate) fn add(&self, room: &str) {
+        self.lock().insert(room.to_owned());
+    }
+
+    pub(crate) fn remove(&self, room: &str) {
+        self.lock().remove(room);
+    }
+
+    fn share_any(&self, rooms: &[String]) -> bool {
+        let mine = self.lock();
+        rooms.iter().any(|r| mine.contains(r))
+    }
+}
+
+fn stamp(kind: &'static str, created: chrono::DateTime<chrono::Utc>) -> Option<EventStamp> {
+    Some(EventStamp { kind, created })
+}
+
+/// A room's messages and typing, until the user leaves the room (the feeds end) or the socket
+/// stops following it.
+pub(crate) async fn room(
+    domain: Arc<Domain>,
+    mut messages: BoxStream<'static, DomainResult<MessageView>>,
+    mut typing: BoxStream<'static, TypingView>,
+    frames: Frames,
+) {
+    let mut typing_open = true;
+    loop {
+        tokio::select! {
+            item = messages.next() => match item {
+                Some(Ok(view)) => {
+                    if !send_message(&domain, &view, &frames).await {
+                        return;
+                    }
+                }
+                // The user left the room (on any connection): the room's frames stop.
+                None | Some(Err(DomainError::Forbidden(_))) => return,
+                Some(Err(e)) => {
+                    frames.error(e.code(), &e.to_string()).await;
+                    return;
+                }
+            },
+            item = typing.next(), if typing_open => match item {
+                Some(t) => {
+                    let event = Outgoing::Typing(&t);
+                    if !frames.send(&event, stamp(metrics::ROOM_TYPING, t.at)).await {
+                        return;
+                    }
+                }
+                None => typing_open = false,
+            },
+        }
+    }
+}
+
+/// A room message as its frame: a user's message, or a room announcement with the room's
+/// members.
+pub(crate) async fn send_message(domain: &Domain, view: &MessageView, frames: &Frames) -> bool {
+    let at = stamp(metrics::ROOM_MESSAGES, view.message.created_at);
+    if MessageKind::parse(&view.message.kind) == MessageKind::User {
+        return frames.send(&Outgoing::Message(view), at).await;
+    }
+    let room = view.message.room_id.as_str();
+    let members: Vec<String> = match domain.members(room).await {
+        Ok(users) => users.into_iter().map(|u| u.username).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, room, "legacy /ws: could not list a room's members");
+            Vec::new()
+        }
+    };
+    let event = Outgoing::System {
+        room,
+        text: &view.message.body,
+        members: &members,
+    };
+    frames.send(&event, at).await
+}
+
+/// Presence of the users who share a room with `me` (everyone's for admins), never `me`'s own,
+/// as changes: the hub carries each user's state after every change (a connection more or
+/// less included), and this socket tells only what it has not told yet.
+pub(crate) async fn presence(
+    mut live: TopicReceiver,
+    me: AuthUser,
+    rooms: MemberRooms,
+    frames: Frames,
+) {
+    // The status last told per user; only users in the audience get an entry, and going
+    // offline removes it, so it holds at most the online users the socket can see.
+    let mut told: HashMap<String, PresenceStatus> = HashMap::new();
+    loop {
+        let event = match live.recv().await {
+            Ok(event) => event,
+            // Presence is a state: the next change of a user tells it again.
+            Err(RecvError::Lagged(missed)) => {
+                tracing::debug!(missed, "legacy /ws presence follower lagged");
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let Event::Presence(p) = &*event else {
+            continue;
+        };
+        if p.user.id == me.id {
+            rooms.replace(&p.rooms);
+            continue;
+        }
+        if !me.is_admin() && !rooms.share_any(&p.rooms) {
+            continue;
+        }
+        let change = match (p.status, told.get(&p.user.id)) {
+            (PresenceStatus::Offline, _) => {
+                told.remove(&p.user.id);
+                PresenceChange::Offline
+            }
+            (status, None) => {
+                told.insert(p.user.id.clone(), status);
+                PresenceChange::Online(status)
+            }
+            (status, Some(before)) if *before != status => {
+                told.insert(p.user.id.clone(), status);
+                PresenceChange::Status(status)
+            }
+            // Only the number of their connections changed.
+            _ => continue,
+        };
+        let event = Outgoing::Presence {
+            user: &p.user,
+            change,
+            at: p.at,
+        };
+        if !frames.send(&event, stamp(metrics::PRESENCE, p.at)).await {
+            return;
+        }
+    }
+}
+
+/// The user's notifications as they are stored.
+pub(crate) async fn notifications(
+    mut feed: BoxStream<'static, DomainResult<notification::Model>>,
+    frames: Frames,
+) {
+    while let Some(item) = feed.next().await {
+        match item {
+            Ok(n) => {
+                let at = stamp(metrics::USER_NOTIFICATIONS, n.created_at);
+                if !frames.send(&Outgoing::Notification(&n), at).await {
+                    return;
+                }
+            }
+            Err(e) => {
+                frames.error(e.code(), &e.to_string()).await;
+                return;
+            }
+        }
+    }
+}
+
+/// The top of the leaderboard now, then on each change of it.
+pub(crate) async fn leaderboard(
+    mut feed: BoxStream<'static, (Arc<LeaderboardChanged>, usize)>,
+    frames: Frames,
+) {
+    while let Some((snapshot, limit)) = feed.next().await {
+        let entries = ranked(&snapshot, limit);
+        if !frames.send(&Outgoing::Leaderboard(&entries), None).await {
+            return;
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The `rooms` dialect, LEGACY_WS.md's own frames and every other dialect's fallback. Flat
+//! frames also carry their fields in `data`, so clients that read either place work.
+
+use serde_json::{json, Map, Value};
+
+use super::{iso, notification_data, object, sender_id, sender_name, Outgoing, PresenceChange};
+
+/// A frame before the `rooms` dialect's `data` mirror.
+pub(super) enum Shape {
+    /// Fields at the top level (`message`, `system`, `typing`, `error`, `online_users`): the
+    /// `rooms` dialect mirrors them in `data`.
+    Flat(Map<String, Value>),
+    /// A frame with exactly this shape (`joined_room`, `user.online`, `notification`, `pong`).
+    Exact(Map<String, Value>),
+}
+
+impl Shape {
+    /// As the `rooms` dialect sends it.
+    pub(super) fn mirrored(self) -> Value {
+        match self {
+            Shape::Flat(mut frame) => {
+                let data: Map<String, Value> = frame
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "type")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                frame.insert("data".into(), Value::Object(data));
+                Value::Object(frame)
+            }
+            Shape::Exact(frame) => Value::Object(frame),
+        }
+    }
+
+    /// Without the mirror, as other dialects fall back to it.
+    pub(super) fn plain(self) -> Map<String, Value> {
+        match self {
+            Shape::Flat(frame) | Shape::Exact(frame) => frame,
+        }
+    }
+}
+
+/// `{"type": kind, "data": data}`.
+fn wrapped(kind: &str, data: Value) -> Shape {
+    Shape::Exact(object([("type", kind.into()), ("data", data)]))
+}
+
+/// The table; `None` for what this dialect does not tell (a status change).
+pub(super) fn frame(event: &Outgoing<'_>) -> Option<Shape> {
+    Some(match event {
+        Outgoing::Welcome { user, online_count } => Shape::Flat(object([
+            ("type", "system".into()),
+            ("message", "Connected successfully".into()),
+            ("user_id", user.map_or(Value::Null, |u| u.id.clone().into())),
+            ("online_count", (*online_count).into()),
+        ])),
+        Outgoing::Joined { room } => wrapped("joined_room", json!({ "room": room })),
+        Outgoing::Message(m) => Shape::Flat(object([
+            ("type", "message".into()),
+            ("id", m.message.id.to_string().into()),
+            ("from", sender_id(m)),
+            ("username", sender_name(m)),
+            ("room", m.message.room_id.clone().into()),
+            ("text", m.message.body.clone().into()),
+            ("timestamp", iso(m.message.created_at).into()),
+        ])),
+        Outgoing::System {
+            room,
+            text,
+            members,
+        } => Shape::Flat(object([
+            ("type", "system".into()),
+            ("message", (*text).into()),
+            ("room", (*room).into()),
+            ("members", (*members).into()),
+        ])),
+        Outgoing::Typing(t) => Shape::Flat(object([
+            ("type", "typing".into()),
+            ("user_id", t.user.id.clone().into()),
+            ("username", t.user.username.clone().into()),
+            ("room", t.room_id.clone().into()),
+            ("is_typing", t.is_typing.into()),
+        ])),
+        Outgoing::Presence { user, change, .. } => {
+            let kind = match change {
+                PresenceChange::Online(_) => "user.online",
+                PresenceChange::Offline => "user.offline",
+                PresenceChange::Status(_) => return None,
+            };
+            wrapped(
+                kind,
+                json!({ "user_id": user.id, "username": user.username }),
+            )
+        }
+        Outgoing::Notification(n) => wrapped("notification", notification_data(n)),
+        Outgoing::Leaderboard(entries) => wrapped(
+            "leaderboard_update",
+            super::arena::leaderboard_entries(entries),
+        ),
+        Outgoing::OnlineUsers(users) => Shape::Flat(object([
+            ("type", "online_users".into()),
+            ("users", (*users).into()),
+        ])),
+        Outgoing::Error { code, message } => Shape::Flat(object([
+            ("type", "error".into()),
+            ("message", (*message).into()),
+            ("code", (*code).into()),
+        ])),
+        Outgoing::Pong => Shape::Exact(object([("type", "pong".into())])),
+    })
+}
