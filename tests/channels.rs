@@ -334,3 +334,186 @@ async fn an_event_published_on_one_instance_reaches_a_subscriber_on_another() {
     .await;
     assert_eq!(on_a.data("e").await["events"]["data"], json!({ "by": "b" }));
 }
+
+// ---- The legacy /ws protocol ------------------------------------------------------------
+
+#[tokio::test]
+async fn an_anonymous_channel_socket_gets_public_events_in_their_own_shape() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let backend = cli_token("backend", "admin");
+    let mut game = LegacyClient::open(&server, "/ws/game").await;
+    let welcome = game.next().await;
+    assert_eq!(welcome["type"], "system");
+    assert_eq!(welcome["user_id"], Value::Null, "anonymous: {welcome}");
+    game.sync().await;
+    publish(
+        &server,
+        &backend,
+        "public:game",
+        "round.started",
+        json!({ "round": 1 }),
+    )
+    .await;
+    let event = game.next().await;
+    assert_eq!(event["type"], "round.started");
+    assert_eq!(event["channel"], "public:game");
+    assert_eq!(event["data"], json!({ "round": 1 }));
+    assert!(event["timestamp"].is_string());
+    assert_eq!(
+        event.as_object().map(|o| o.len()),
+        Some(4),
+        "exactly type, channel, data, timestamp: {event}"
+    );
+    // And a GraphQL subscriber of the same channel gets the same event.
+    let mut gql = listening(&server, json!({}), json!(["public:game"])).await;
+    publish(&server, &backend, "public:game", "round.ended", Value::Null).await;
+    assert_eq!(game.next().await["data"], Value::Null);
+    assert_eq!(gql.data("e").await["events"]["type"], "round.ended");
+    // Anonymous sockets cannot chat.
+    game.send(json!({ "type": "join_room", "room": "lobby" }))
+        .await;
+    assert_eq!(game.next_of("error").await["code"], "UNAUTHENTICATED");
+}
+
+#[tokio::test]
+async fn a_bad_token_on_a_channel_socket_still_closes_with_4001() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let mut game = LegacyClient::open(&server, "/ws/game?token=garbage").await;
+    assert_eq!(game.closed().await.code, 4001);
+}
+
+#[tokio::test]
+async fn a_signed_in_socket_follows_its_own_channels_without_asking() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let backend = cli_token("backend", "admin");
+    let alice = cli_token("alice", "user");
+    let mut a = LegacyClient::user(&server, &alice).await;
+    a.sync().await;
+    publish(
+        &server,
+        &backend,
+        "user:alice",
+        "ticket.created",
+        json!({ "id": 1 }),
+    )
+    .await;
+    assert_eq!(
+        a.next_of("ticket.created").await["data"],
+        json!({ "id": 1 })
+    );
+    publish(&server, &backend, "role:user", "tip", json!("hello users")).await;
+    assert_eq!(a.next_of("tip").await["channel"], "role:user");
+    publish(&server, &backend, "broadcast", "maintenance", json!({})).await;
+    assert_eq!(a.next_of("maintenance").await["channel"], "broadcast");
+    publish(
+        &server,
+        &backend,
+        "user:bob",
+        "ticket.created",
+        json!({ "id": 2 }),
+    )
+    .await;
+    a.expect_none_of("ticket.created", Duration::from_millis(300))
+        .await;
+    // A socket may unsubscribe from its own channels.
+    a.send(json!({ "type": "unsubscribe", "channel": "user:alice" }))
+        .await;
+    assert_eq!(
+        a.next_of("unsubscribed").await["data"],
+        json!({ "channel": "user:alice" })
+    );
+    publish(
+        &server,
+        &backend,
+        "user:alice",
+        "ticket.created",
+        json!({ "id": 3 }),
+    )
+    .await;
+    a.expect_none_of("ticket.created", Duration::from_millis(300))
+        .await;
+}
+
+#[tokio::test]
+async fn subscribe_and_unsubscribe_follow_the_same_rules_as_graphql() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let backend = cli_token("backend", "admin");
+    let alice = cli_token("alice", "user");
+    let mut a = LegacyClient::user(&server, &alice).await;
+    a.sync().await;
+    a.send(json!({ "type": "subscribe", "channel": "user:bob" }))
+        .await;
+    let refused = a.next_of("error").await;
+    assert_eq!(refused["code"], "FORBIDDEN");
+    a.send(json!({ "type": "subscribe", "channel": "not a channel" }))
+        .await;
+    assert_eq!(a.next_of("error").await["code"], "BAD_USER_INPUT");
+    a.send(json!({ "type": "subscribe", "channel": "public:dashboard" }))
+        .await;
+    assert_eq!(
+        a.next_of("subscribed").await,
+        json!({ "type": "subscribed", "data": { "channel": "public:dashboard" } })
+    );
+    publish(
+        &server,
+        &backend,
+        "public:dashboard",
+        "dashboard.update",
+        json!({ "visitors": 5 }),
+    )
+    .await;
+    assert_eq!(
+        a.next_of("dashboard.update").await["data"],
+        json!({ "visitors": 5 })
+    );
+    a.send(json!({ "type": "unsubscribe", "channel": "public:dashboard" }))
+        .await;
+    a.next_of("unsubscribed").await;
+    publish(
+        &server,
+        &backend,
+        "public:dashboard",
+        "dashboard.update",
+        json!({ "visitors": 6 }),
+    )
+    .await;
+    a.expect_none_of("dashboard.update", Duration::from_millis(300))
+        .await;
+    // Room channels are for members, and stop when they leave.
+    a.send(json!({ "type": "join_room", "room": "lobby" }))
+        .await;
+    a.next_of("joined_room").await;
+    a.send(json!({ "type": "subscribe", "channel": "room:lobby" }))
+        .await;
+    a.next_of("subscribed").await;
+    publish(&server, &backend, "room:lobby", "poll.opened", json!({})).await;
+    a.next_of("poll.opened").await;
+    a.send(json!({ "type": "leave_room", "room": "lobby" }))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    publish(&server, &backend, "room:lobby", "poll.closed", json!({})).await;
+    a.expect_none_of("poll.closed", Duration::from_millis(300))
+        .await;
+}
+
+#[tokio::test]
+async fn channel_events_keep_their_shape_in_every_dialect() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let backend = cli_token("backend", "admin");
+    let alice = cli_token("alice", "user");
+    let mut conv = LegacyClient::at(&server, &format!("/ws/auth?token={alice}")).await;
+    conv.sync().await;
+    publish(
+        &server,
+        &backend,
+        "user:alice",
+        "ticket.created",
+        json!({ "id": 9 }),
+    )
+    .await;
+    let e = conv.next_of("ticket.created").await;
+    assert_eq!(
+        (e["channel"].as_str(), e["data"]["id"].as_i64()),
+        (Some("user:alice"), Some(9))
+    );
+}

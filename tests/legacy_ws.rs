@@ -176,7 +176,7 @@ async fn unknown_types_and_missing_fields_get_error_frames_and_the_socket_stays_
     let (server, _db) = server(&Backend::Sqlite).await;
     let mut c = LegacyClient::user(&server, &cli_token("alice", "user")).await;
     for frame in [
-        json!({ "type": "subscribe", "channel": "public:news" }),
+        json!({ "type": "subscribe" }),
         json!({ "type": "join_room" }),
         json!({ "type": "message", "room": "lobby" }),
         json!({ "type": "typing", "room": "lobby", "is_typing": "yes" }),

@@ -28,6 +28,7 @@ use super::legacy::{Dialect, DialectChoice, Frames, Outgoing, Purpose, GENERAL_R
 use super::socket::{self, End, SocketWriter};
 use super::AppState;
 use crate::auth::{bearer, Viewer};
+use crate::domain::channels::Channel;
 use crate::domain::presence::{PresenceGuard, PresenceStatus};
 use crate::domain::typing::ConnectionId;
 use crate::domain::users::ViewerError;
@@ -39,11 +40,12 @@ use crate::metrics::Transport;
 const LEADERBOARD_TOP: i32 = 10;
 
 pub fn router() -> Router<AppState> {
-    // The channels issue adds `/ws/{name}` here: `/ws/auth` stays the conversations endpoint.
+    // `/ws/auth` is the conversations endpoint; every other `/ws/NAME` a channel socket.
     Router::new()
         .route("/ws", get(general))
         .route("/api/v1/ws", get(general))
         .route("/ws/auth", get(conversations))
+        .route("/ws/{name}", get(channel_socket))
         .route("/api/ws/leaderboard", get(arena_leaderboard))
         .route("/api/ws/notifications/{user_id}", get(arena_notifications))
         .route("/api/ws/presence/{user_id}", get(arena_presence))
@@ -58,6 +60,9 @@ struct Entry {
     dialect: Option<Dialect>,
     /// The user id an arena path names: it must be the token's user.
     path_user: Option<String>,
+    /// The channel a `/ws/NAME` socket follows from the start (`public:NAME`); its token is
+    /// optional.
+    channel: Option<Channel>,
 }
 
 type Params = Query<HashMap<String, String>>;
@@ -73,6 +78,29 @@ async fn general(
         purpose: Purpose::Chat,
         dialect: None,
         path_user: None,
+        channel: None,
+    };
+    upgrade(state, headers, params, ws, entry)
+}
+
+/// `/ws/NAME`: the general protocol, following `public:NAME` from the start, as per-feature
+/// endpoints like `/ws/game` do.
+async fn channel_socket(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    params: Params,
+    ws: Upgrade,
+) -> Response {
+    let channel = match Channel::parse(&format!("public:{name}")) {
+        Ok(c) => c,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let entry = Entry {
+        purpose: Purpose::Chat,
+        dialect: None,
+        path_user: None,
+        channel: Some(channel),
     };
     upgrade(state, headers, params, ws, entry)
 }
@@ -87,6 +115,7 @@ async fn conversations(
         purpose: Purpose::Chat,
         dialect: Some(Dialect::Conversations),
         path_user: None,
+        channel: None,
     };
     upgrade(state, headers, params, ws, entry)
 }
@@ -96,6 +125,7 @@ fn arena(purpose: Purpose, path_user: Option<String>) -> Entry {
         purpose,
         dialect: Some(Dialect::Arena),
         path_user,
+        channel: None,
     }
 }
 
@@ -232,7 +262,9 @@ async fn authenticate(
     entry: &Entry,
 ) -> Result<Viewer, End> {
     let viewer = match token {
-        None if entry.purpose == Purpose::Leaderboard => Viewer::Anonymous,
+        None if entry.purpose == Purpose::Leaderboard || entry.channel.is_some() => {
+            Viewer::Anonymous
+        }
         None => return Err(authentication_failed()),
         Some(token) => match state.domain.viewer_from_token(&token).await {
             Ok(viewer) => viewer,
@@ -294,6 +326,7 @@ impl LegacySocket {
         let chosen = named.and_then(|(_, d)| d).or(entry.dialect);
         let dialect = Arc::new(DialectChoice::new(chosen));
         let frames = Frames::new(outbox, dialect.clone(), entry.purpose);
+        let path_channel = entry.channel.clone();
         let mut socket = Self {
             state: state.clone(),
             id,
@@ -305,7 +338,7 @@ impl LegacySocket {
             member_rooms: MemberRooms::default(),
             _presence: presence,
         };
-        if let Err(e) = socket.start().await {
+        if let Err(e) = socket.start(path_channel).await {
             tracing::warn!(error = %e, "legacy /ws: could not start a socket's feeds");
             return Err(internal_error());
         }
@@ -319,23 +352,47 @@ impl LegacySocket {
     /// Follows what the socket's purpose says. Every feed is subscribed before the welcome
     /// goes out, so a client that has the welcome misses nothing after it; the welcome is
     /// queued before any follower runs, so it is the first frame.
-    async fn start(&mut self) -> DomainResult<()> {
+    async fn start(&mut self, path_channel: Option<Channel>) -> DomainResult<()> {
         let domain = self.state.domain.clone();
         match self.purpose {
             Purpose::Chat => {
-                let presence = self.presence_follower().await?;
-                let notifications = domain.notification_feed(&self.viewer).await?;
+                // A signed-in socket follows its user's own channels without asking; a channel
+                // socket follows its path's too.
+                let mut channels = match self.viewer.user() {
+                    Some(user) => Channel::own(user),
+                    None => Vec::new(),
+                };
+                channels.extend(path_channel);
+                let channel_feeds: Vec<_> = channels
+                    .iter()
+                    .map(|c| (c.name(), domain.channel_feed(&self.viewer, c)))
+                    .collect();
+                let personal = match self.viewer.user() {
+                    Some(_) => Some((
+                        self.presence_follower().await?,
+                        domain.notification_feed(&self.viewer).await?,
+                    )),
+                    // Anonymous channel sockets: not counted online, no inbox.
+                    None => None,
+                };
                 let welcome = Outgoing::Welcome {
                     user: self.viewer.user(),
                     online_count: domain.presence.online().len(),
                 };
                 self.frames.send(&welcome, None).await;
-                self.follows.start(Follow::Presence, presence);
-                let frames = self.frames.clone();
-                self.follows.start(
-                    Follow::Notifications,
-                    follow::notifications(notifications, frames),
-                );
+                for (name, feed) in channel_feeds {
+                    let frames = self.frames.clone();
+                    self.follows
+                        .start(Follow::Channel(name), follow::channel(feed, frames));
+                }
+                if let Some((presence, notifications)) = personal {
+                    self.follows.start(Follow::Presence, presence);
+                    let frames = self.frames.clone();
+                    self.follows.start(
+                        Follow::Notifications,
+                        follow::notifications(notifications, frames),
+                    );
+                }
                 if self.dialect.chosen() == Some(Dialect::Arena) {
                     self.enter_general().await;
                 }
@@ -463,6 +520,8 @@ impl LegacySocket {
                 Ok(())
             }
             Command::OnlineStatus { user_ids } => self.online_status(&user_ids).await,
+            Command::Subscribe { channel } => self.subscribe(&channel).await,
+            Command::Unsubscribe { channel } => self.unsubscribe(&channel).await,
         };
         if let Err(e) = done {
             self.frames.error(e.code(), &e.to_string()).await;
@@ -506,6 +565,34 @@ impl LegacySocket {
         if let Some(announcement) = left {
             follow::send_message(&domain, &announcement, &self.frames).await;
         }
+        Ok(())
+    }
+
+    /// Follows a channel the viewer may read (the domain decides), answering `subscribed`.
+    async fn subscribe(&mut self, name: &str) -> DomainResult<()> {
+        let domain = self.state.domain.clone();
+        let names = [name.to_owned()];
+        for channel in domain.resolve_channels(&self.viewer, Some(&names)).await? {
+            let feed = domain.channel_feed(&self.viewer, &channel);
+            let frames = self.frames.clone();
+            self.follows.start(
+                Follow::Channel(channel.name()),
+                follow::channel(feed, frames),
+            );
+        }
+        self.frames
+            .send(&Outgoing::Subscribed { channel: name }, None)
+            .await;
+        Ok(())
+    }
+
+    /// Stops following a channel (its own channels included), answering `unsubscribed`.
+    async fn unsubscribe(&mut self, name: &str) -> DomainResult<()> {
+        let channel = Channel::parse(name)?;
+        self.follows.stop(&Follow::Channel(channel.name())).await;
+        self.frames
+            .send(&Outgoing::Unsubscribed { channel: name }, None)
+            .await;
         Ok(())
     }
 

@@ -19,7 +19,7 @@ use crate::domain::messages::{MessageKind, MessageView};
 use crate::domain::presence::PresenceStatus;
 use crate::domain::{Domain, DomainError, DomainResult};
 use crate::http::socket::EventStamp;
-use crate::hub::event::LeaderboardChanged;
+use crate::hub::event::{ChannelEvent, LeaderboardChanged};
 use crate::hub::TopicReceiver;
 use crate::hub::{Event, RecvError};
 use crate::metrics;
@@ -34,6 +34,8 @@ pub(crate) enum Follow {
     /// Users sharing a room with the user (everyone, for admins) going online and offline.
     Presence,
     Leaderboard,
+    /// A channel, by its full name.
+    Channel(String),
 }
 
 /// The tasks following feeds for one socket. Dropping it stops them all.
@@ -258,6 +260,22 @@ pub(crate) async fn leaderboard(
     while let Some((snapshot, limit)) = feed.next().await {
         let entries = ranked(&snapshot, limit);
         if !frames.send(&Outgoing::Leaderboard(&entries), None).await {
+            return;
+        }
+    }
+}
+
+/// A channel's app events, until the socket unsubscribes (or, for a room channel, the user
+/// leaves the room and the feed ends).
+pub(crate) async fn channel(mut feed: BoxStream<'static, ChannelEvent>, frames: Frames) {
+    while let Some(event) = feed.next().await {
+        if !frames
+            .send(
+                &Outgoing::Channel(&event),
+                stamp(metrics::CHANNEL, event.at),
+            )
+            .await
+        {
             return;
         }
     }

@@ -28,6 +28,13 @@ pub(crate) enum Command {
     OnlineStatus {
         user_ids: Vec<String>,
     },
+    /// Follow a channel (API.md's names and rules).
+    Subscribe {
+        channel: String,
+    },
+    Unsubscribe {
+        channel: String,
+    },
 }
 
 /// A decoded frame, and the dialect it chooses when it is a socket's first room frame.
@@ -115,6 +122,18 @@ pub(crate) fn decode(frame: &Value) -> Result<Inbound, Undecodable> {
             Some(Dialect::Conversations),
         ),
         "ping" => (Command::Ping, None),
+        "subscribe" => (
+            Command::Subscribe {
+                channel: f.text("channel")?,
+            },
+            None,
+        ),
+        "unsubscribe" => (
+            Command::Unsubscribe {
+                channel: f.text("channel")?,
+            },
+            None,
+        ),
         "get_online_status" => (
             Command::OnlineStatus {
                 user_ids: f.ids("user_ids")?,
@@ -241,7 +260,16 @@ mod tests {
         assert!(decode(&json!({ "type": "join_room" })).is_err());
         assert!(decode(&json!({ "type": "message", "room": "r", "text": 5 })).is_err());
         assert!(decode(&json!({ "type": "typing", "room": "r", "is_typing": "yes" })).is_err());
-        assert!(decode(&json!({ "type": "subscribe", "channel": "public:x" })).is_err());
+        assert_eq!(
+            decode(&json!({ "type": "subscribe", "channel": "public:x" })).map(|i| i.command),
+            Ok(Command::Subscribe {
+                channel: "public:x".into()
+            })
+        );
+        assert!(
+            decode(&json!({ "type": "subscribe" })).is_err(),
+            "needs a channel"
+        );
         assert!(decode(&json!({ "room": "r" })).is_err());
         assert!(decode(&json!([1, 2])).is_err());
         assert!(decode(&json!({ "type": "get_online_status", "user_ids": [{}] })).is_err());

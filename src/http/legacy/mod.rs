@@ -25,6 +25,7 @@ use crate::domain::feeds::TypingView;
 use crate::domain::leaderboard::RankedEntry;
 use crate::domain::messages::MessageView;
 use crate::domain::presence::PresenceStatus;
+use crate::hub::event::ChannelEvent;
 
 /// The room of the `arena` dialect's one global chat (and of the `chat` alias).
 pub(crate) const GENERAL_ROOM: &str = "general";
@@ -149,6 +150,15 @@ pub(crate) enum Outgoing<'a> {
     Leaderboard(&'a [RankedEntry]),
     /// The answer to `get_online_status`: which of the asked-for users are online.
     OnlineUsers(&'a [String]),
+    /// An app event on a channel the socket follows: its own type and data, in every dialect.
+    Channel(&'a ChannelEvent),
+    /// The answers to `subscribe` and `unsubscribe`.
+    Subscribed {
+        channel: &'a str,
+    },
+    Unsubscribed {
+        channel: &'a str,
+    },
     Error {
         code: &'a str,
         message: &'a str,
@@ -163,6 +173,7 @@ impl Outgoing<'_> {
             Outgoing::Message(m) => m.message.created_at,
             Outgoing::Typing(t) => t.at,
             Outgoing::Presence { at, .. } => *at,
+            Outgoing::Channel(e) => e.at,
             _ => Utc::now(),
         }
     }
@@ -177,6 +188,16 @@ pub(crate) fn iso(at: DateTime<Utc>) -> String {
 /// nothing for it (a status change where only online and offline are told).
 fn render(dialect: Dialect, purpose: Purpose, event: &Outgoing<'_>) -> Option<Value> {
     let timestamp = || iso(event.at());
+    if let Outgoing::Channel(e) = event {
+        // A channel event keeps its own shape everywhere, so a client written against a
+        // handover-style service (`on('ticket.created', data => …)`) works unchanged.
+        return Some(serde_json::json!({
+            "type": e.kind,
+            "channel": e.channel,
+            "data": e.data,
+            "timestamp": timestamp(),
+        }));
+    }
     let row = match dialect {
         Dialect::Rooms => return rooms::frame(event).map(rooms::Shape::mirrored),
         Dialect::Conversations => conversations::frame(event, &timestamp),

@@ -106,5 +106,11 @@ pub(super) fn frame(event: &Outgoing<'_>) -> Option<Shape> {
             ("code", (*code).into()),
         ])),
         Outgoing::Pong => Shape::Exact(object([("type", "pong".into())])),
+        Outgoing::Subscribed { channel } => wrapped("subscribed", json!({ "channel": channel })),
+        Outgoing::Unsubscribed { channel } => {
+            wrapped("unsubscribed", json!({ "channel": channel }))
+        }
+        // Rendered before any dialect's table (its own shape everywhere).
+        Outgoing::Channel(_) => return None,
     })
 }
