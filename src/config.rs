@@ -112,6 +112,20 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_WS_QUEUE", default_value_t = 1024)]
     pub ws_queue: usize,
 
+    /// How long a connection's outgoing queue may stay full before it counts as a slow
+    /// consumer and is closed (1008).
+    #[arg(long, env = "TIDINGS_SLOW_CONSUMER_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub slow_consumer_timeout: Duration,
+
+    /// Open WebSocket connections one user may hold, every transport and instance together
+    /// (over it: close 1008). Off with TIDINGS_RATE_LIMITS=off.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_USER", default_value_t = 20)]
+    pub max_connections_per_user: u32,
+
+    /// Operations one GraphQL WebSocket may run at once.
+    #[arg(long, env = "TIDINGS_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub max_subscriptions: usize,
+
     /// Events buffered per hub topic; a subscriber further behind catches up from the database.
     #[arg(long, env = "TIDINGS_BROADCAST_CAPACITY", default_value_t = 1024)]
     pub broadcast_capacity: usize,
@@ -175,6 +189,9 @@ impl Config {
             ws_ping_interval: Duration::from_secs(15),
             ws_idle_timeout: Duration::from_secs(45),
             ws_queue: 1024,
+            slow_consumer_timeout: Duration::from_secs(5),
+            max_connections_per_user: 20,
+            max_subscriptions: 100,
             broadcast_capacity: 1024,
             presence_grace: Duration::from_secs(5),
             presence_ttl: Duration::from_secs(15),

@@ -66,6 +66,8 @@ impl App {
             leaderboard_interval: config.leaderboard_interval,
             max_event_bytes: config.max_frame_bytes,
             max_rooms_per_user: config.max_rooms_per_user,
+            max_connections_per_user: (config.rate_limits != "off")
+                .then_some(config.max_connections_per_user),
         };
         let shutdown = CancellationToken::new();
         // The bridge outlives the sockets at shutdown, so the last offline announcements still
@@ -114,13 +116,15 @@ impl App {
         .await
         .map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
         let schema = graphql::build_schema(Some(domain.clone()), config.introspection);
+        let connections = Arc::new(http::ws::Connections::default());
+        http::follow_orders(&domain.hub, connections.clone(), shutdown.clone());
         Ok(Self {
             state: AppState {
                 schema,
                 domain,
                 config: Arc::new(config),
                 shutdown,
-                connections: Arc::new(http::ws::Connections::default()),
+                connections,
                 bridge,
             },
             bridge_shutdown,

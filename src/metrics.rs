@@ -84,13 +84,15 @@ pub const USER_NOTIFICATIONS: &str = "user_notifications";
 pub const PRESENCE: &str = "presence";
 pub const LEADERBOARD: &str = "leaderboard";
 pub const CHANNEL: &str = "channel";
-const TOPIC_KINDS: [&str; 6] = [
+pub const CONTROL: &str = "control";
+const TOPIC_KINDS: [&str; 7] = [
     ROOM_MESSAGES,
     ROOM_TYPING,
     USER_NOTIFICATIONS,
     PRESENCE,
     LEADERBOARD,
     CHANNEL,
+    CONTROL,
 ];
 
 pub fn topic_kind(topic: &Topic) -> &'static str {
@@ -101,6 +103,7 @@ pub fn topic_kind(topic: &Topic) -> &'static str {
         Topic::Presence => PRESENCE,
         Topic::Leaderboard => LEADERBOARD,
         Topic::Channel(_) => CHANNEL,
+        Topic::Control => CONTROL,
     }
 }
 

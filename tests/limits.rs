@@ -270,4 +270,9 @@ async fn persisted_queries_work_over_http_and_websocket() {
     );
     let again = post(json!({ "extensions": ext })).await;
     assert_eq!(again["data"], first["data"]);
+    // Over the WebSocket: the hash alone, as Apollo's persisted-queries link sends it.
+    let mut ws = GqlSocket::connect(&server, TRANSPORT_WS, json!({})).await;
+    ws.send(json!({ "id": "p", "type": "subscribe", "payload": { "extensions": ext } }))
+        .await;
+    assert_eq!(ws.data("p").await, first["data"]);
 }

@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261126_000001_initial;
 mod m20261126_000002_counters;
 mod m20261126_000003_notification_seq;
+mod m20261126_000004_token_revocation;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_initial::Migration),
             Box::new(m20261126_000002_counters::Migration),
             Box::new(m20261126_000003_notification_seq::Migration),
+            Box::new(m20261126_000004_token_revocation::Migration),
         ]
     }
 }

@@ -20,6 +20,9 @@ pub struct Model {
     /// Sequence number of the user's last notification (see `notifications.seq`).
     #[serde(default)]
     pub notification_seq: i64,
+    /// Tokens issued at or before this instant are refused (an admin disconnected the user).
+    #[serde(default)]
+    pub tokens_revoked_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

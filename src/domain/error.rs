@@ -16,6 +16,9 @@ pub enum DomainError {
     BadInput(String),
     #[error("{0}")]
     RateLimited(String),
+    /// A user holds the most connections allowed: transports close the new one (1008).
+    #[error("too many connections")]
+    TooManyConnections,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -29,7 +32,7 @@ impl DomainError {
             DomainError::Forbidden(_) => "FORBIDDEN",
             DomainError::NotFound(_) => "NOT_FOUND",
             DomainError::BadInput(_) => "BAD_USER_INPUT",
-            DomainError::RateLimited(_) => "RATE_LIMITED",
+            DomainError::RateLimited(_) | DomainError::TooManyConnections => "RATE_LIMITED",
             DomainError::Internal(_) => "INTERNAL",
         }
     }

@@ -44,6 +44,8 @@ pub struct Rules {
     pub max_event_bytes: usize,
     /// Rooms one user may belong to at once.
     pub max_rooms_per_user: u64,
+    /// Connections one user may hold (`None`: no limit).
+    pub max_connections_per_user: Option<u32>,
 }
 
 /// The services over one database and one hub; shared behind an `Arc`.

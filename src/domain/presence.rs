@@ -126,7 +126,13 @@ impl PresenceTracker {
     }
 
     /// Counts a new connection of `user_id`; the returned guard counts it out when dropped.
-    pub async fn connect(self: &Arc<Self>, user_id: &str) -> DomainResult<PresenceGuard> {
+    /// With `limit`, a connection that would take the user's total (every instance) over it is
+    /// refused with `TooManyConnections`, before anyone hears of it.
+    pub async fn connect(
+        self: &Arc<Self>,
+        user_id: &str,
+        limit: Option<u32>,
+    ) -> DomainResult<PresenceGuard> {
         let now = Utc::now();
         user::Entity::update_many()
             .col_expr(user::Column::LastSeenAt, Expr::value(now))
@@ -149,6 +155,21 @@ impl PresenceTracker {
             (entry.user.clone(), entry.connections)
         };
         let total = self.count(user_id, here).await;
+        if limit.is_some_and(|max| total > max) {
+            let here = {
+                let mut local = self.lock_local();
+                let remaining = local.get_mut(user_id).map_or(0, |e| {
+                    e.connections = e.connections.saturating_sub(1);
+                    e.connections
+                });
+                if remaining == 0 {
+                    local.remove(user_id);
+                }
+                remaining
+            };
+            self.count(user_id, here).await;
+            return Err(DomainError::TooManyConnections);
+        }
         let status = PresenceStatus::chosen(&user.status);
         self.announce(user, status, total).await;
         Ok(PresenceGuard {
@@ -615,6 +636,33 @@ impl RedisCounts {
 }
 
 impl Domain {
+    /// Counts a new connection of the user (any transport) for presence, refusing one over the
+    /// per-user limit.
+    pub async fn open_connection(&self, user_id: &str) -> DomainResult<PresenceGuard> {
+        self.presence
+            .connect(user_id, self.rules.max_connections_per_user)
+            .await
+    }
+
+    /// Admin: closes every connection of a user, on every instance, and refuses the tokens
+    /// issued to them so far (they sign in again for a new one).
+    pub async fn disconnect_user(&self, viewer: &Viewer, user_id: &str) -> DomainResult<bool> {
+        super::require_admin(viewer)?;
+        let updated = user::Entity::update_many()
+            .col_expr(user::Column::TokensRevokedAt, Expr::value(Utc::now()))
+            .filter(user::Column::Id.eq(user_id))
+            .exec(&self.db)
+            .await?;
+        if updated.rows_affected == 0 {
+            return Err(DomainError::NotFound(format!("user {user_id} not found")));
+        }
+        self.hub
+            .publish(Event::Disconnect(crate::hub::event::DisconnectUser {
+                user_id: user_id.to_owned(),
+            }));
+        Ok(true)
+    }
+
     /// Sets the viewer's chosen status (ONLINE, AWAY or BUSY).
     pub async fn set_presence(
         &self,

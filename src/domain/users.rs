@@ -124,6 +124,13 @@ impl Domain {
             .provision(&claims, &role)
             .await
             .map_err(ViewerError::Domain)?;
+        // An admin disconnected this user: tokens issued until then are void.
+        if user
+            .tokens_revoked_at
+            .is_some_and(|revoked| claims.iat <= revoked.timestamp())
+        {
+            return Err(ViewerError::Token(TokenError::Invalid));
+        }
         Ok(Viewer::User(AuthUser {
             id: user.id,
             username: user.username,

@@ -193,4 +193,13 @@ impl Mutation {
             .gql()?;
         Ok(ChannelEvent(event))
     }
+
+    /// Admin: closes every connection of a user on every instance, and refuses the tokens
+    /// issued to them so far.
+    async fn disconnect_user(&self, ctx: &Context<'_>, user_id: ID) -> Result<bool> {
+        domain(ctx)
+            .disconnect_user(viewer(ctx), &user_id)
+            .await
+            .gql()
+    }
 }

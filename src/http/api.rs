@@ -34,7 +34,9 @@ fn error(e: &DomainError) -> Response {
         DomainError::Forbidden(_) => StatusCode::FORBIDDEN,
         DomainError::NotFound(_) => StatusCode::NOT_FOUND,
         DomainError::BadInput(_) => StatusCode::BAD_REQUEST,
-        DomainError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        DomainError::RateLimited(_) | DomainError::TooManyConnections => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
         DomainError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     (

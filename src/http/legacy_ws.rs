@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use super::legacy::follow::{self, Follow, Follows, MemberRooms};
 use super::legacy::inbound::{self, Command, Inbound, Undecodable};
 use super::legacy::{Dialect, DialectChoice, Frames, Outgoing, Purpose, GENERAL_ROOM};
-use super::socket::{self, End, SocketWriter};
+use super::socket::{self, End, SocketWriter, UserWatch};
 use super::AppState;
 use crate::auth::{bearer, Viewer};
 use crate::domain::channels::Channel;
@@ -222,8 +222,12 @@ async fn run(
     dialect: Option<String>,
 ) {
     let ticket = state.connections.open(Transport::LegacyWs);
-    let (writer, outbox, stream) =
-        SocketWriter::start(ws, state.config.ws_queue, Transport::LegacyWs);
+    let (writer, outbox, stream) = SocketWriter::start(
+        ws,
+        state.config.ws_queue,
+        state.config.slow_consumer_timeout,
+        Transport::LegacyWs,
+    );
     let end = match LegacySocket::open(&state, &entry, token, dialect, outbox, ticket.id).await {
         Ok(mut socket) => {
             let end = socket.read_loop(stream).await;
@@ -298,6 +302,8 @@ struct LegacySocket {
     follows: Follows,
     member_rooms: MemberRooms,
     _presence: Option<PresenceGuard>,
+    /// Cancelled when an admin disconnects the user.
+    watch: Option<UserWatch>,
 }
 
 impl LegacySocket {
@@ -313,8 +319,11 @@ impl LegacySocket {
     ) -> Result<Self, End> {
         let viewer = authenticate(state, token, entry).await?;
         let presence = match viewer.user() {
-            Some(user) => match state.domain.presence.connect(&user.id).await {
+            Some(user) => match state.domain.open_connection(&user.id).await {
                 Ok(guard) => Some(guard),
+                Err(DomainError::TooManyConnections) => {
+                    return Err(End::Close(1008, "too many connections".into()));
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "presence: could not count a connection");
                     return Err(internal_error());
@@ -337,7 +346,11 @@ impl LegacySocket {
             follows: Follows::default(),
             member_rooms: MemberRooms::default(),
             _presence: presence,
+            watch: None,
         };
+        if let Some(user) = socket.viewer.user() {
+            socket.watch = Some(state.connections.watch_user(&user.id, id));
+        }
         if let Err(e) = socket.start(path_channel).await {
             tracing::warn!(error = %e, "legacy /ws: could not start a socket's feeds");
             return Err(internal_error());
@@ -444,6 +457,7 @@ impl LegacySocket {
         let shutdown = self.state.shutdown.clone();
         let outbox = self.frames.outbox().clone();
         let expires = socket::token_expiry(Some(&self.viewer));
+        let kicked = self.watch.as_ref().map(|w| w.kicked.clone());
         loop {
             tokio::select! {
                 frame = stream.next() => {
@@ -478,6 +492,9 @@ impl LegacySocket {
                 }
                 _ = outbox.stalled() => {
                     return End::CloseNow(1008, "slow consumer".into());
+                }
+                _ = socket::cancelled_opt(kicked.clone()) => {
+                    return End::Close(4001, "disconnected by an administrator".into());
                 }
             }
         }

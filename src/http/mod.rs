@@ -11,6 +11,9 @@ mod presence;
 pub(crate) mod socket;
 pub mod ws;
 
+#[cfg(test)]
+mod fuzz;
+
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
@@ -46,4 +49,32 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics::router())
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// Carries out orders sent to every instance (an admin disconnecting a user) on this one's
+/// connections, until `shutdown`.
+pub fn follow_orders(
+    hub: &Arc<crate::hub::Hub>,
+    connections: Arc<ws::Connections>,
+    shutdown: CancellationToken,
+) {
+    let mut orders = hub.subscribe(crate::hub::Topic::Control);
+    tokio::spawn(async move {
+        loop {
+            let order = tokio::select! {
+                o = orders.recv() => o,
+                _ = shutdown.cancelled() => break,
+            };
+            match order {
+                Ok(event) => {
+                    if let crate::hub::Event::Disconnect(d) = &*event {
+                        let n = connections.disconnect_user(&d.user_id);
+                        tracing::info!(user_id = %d.user_id, connections = n, "disconnected by an admin");
+                    }
+                }
+                Err(crate::hub::RecvError::Lagged(_)) => {}
+                Err(crate::hub::RecvError::Closed) => break,
+            }
+        }
+    });
 }

@@ -6,8 +6,9 @@
 //! state) and a writer task. Frames go to the writer through an `Outbox`; the reader ends the
 //! connection by handing an `End` to `SocketWriter::finish`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -22,9 +23,6 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Viewer;
 use crate::metrics::Transport;
 
-/// How long a producer may wait for room in a full outgoing queue before the connection counts
-/// as a slow consumer and is closed (1008).
-pub(crate) const SLOW_CONSUMER_AFTER: Duration = Duration::from_secs(5);
 /// Read-buffer chunk: frames here are small, and tungstenite's 128 KiB default would be
 /// zero-filled and then resident for every socket.
 const READ_BUFFER: usize = 4 * 1024;
@@ -41,12 +39,14 @@ pub(crate) fn sized(ws: WebSocketUpgrade, max_bytes: usize) -> WebSocketUpgrade 
         .max_frame_size(max_bytes)
 }
 
-/// Open WebSocket connections, so shutdown can wait for them to close.
+/// Open WebSocket connections, so shutdown can wait for them to close, and by user, so an
+/// admin can disconnect one.
 #[derive(Default)]
 pub struct Connections {
     open: AtomicUsize,
     next_id: AtomicU64,
     closed: Notify,
+    by_user: Mutex<HashMap<String, HashMap<u64, CancellationToken>>>,
 }
 
 impl Connections {
@@ -58,6 +58,38 @@ impl Connections {
             transport,
             connections: self.clone(),
         }
+    }
+
+    /// Records that connection `id` is `user_id`'s, so `disconnect_user` reaches it, until the
+    /// returned watch is dropped.
+    pub(crate) fn watch_user(self: &Arc<Self>, user_id: &str, id: u64) -> UserWatch {
+        let kicked = CancellationToken::new();
+        self.lock_users()
+            .entry(user_id.to_owned())
+            .or_default()
+            .insert(id, kicked.clone());
+        UserWatch {
+            connections: self.clone(),
+            user_id: user_id.to_owned(),
+            id,
+            kicked,
+        }
+    }
+
+    fn lock_users(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<u64, CancellationToken>>> {
+        self.by_user.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Closes every connection of `user_id` on this instance; returns how many.
+    pub fn disconnect_user(&self, user_id: &str) -> usize {
+        let users = self.lock_users();
+        let Some(tokens) = users.get(user_id) else {
+            return 0;
+        };
+        tokens.values().for_each(CancellationToken::cancel);
+        tokens.len()
     }
 
     pub fn count(&self) -> usize {
@@ -85,6 +117,27 @@ pub(crate) struct ConnectionTicket {
     pub(crate) id: u64,
     transport: Transport,
     connections: Arc<Connections>,
+}
+
+/// A signed-in connection, reachable by `Connections::disconnect_user` while it lives.
+pub(crate) struct UserWatch {
+    connections: Arc<Connections>,
+    user_id: String,
+    id: u64,
+    /// Cancelled when an admin disconnects the user.
+    pub(crate) kicked: CancellationToken,
+}
+
+impl Drop for UserWatch {
+    fn drop(&mut self) {
+        let mut users = self.connections.lock_users();
+        if let Some(mine) = users.get_mut(&self.user_id) {
+            mine.remove(&self.id);
+            if mine.is_empty() {
+                users.remove(&self.user_id);
+            }
+        }
+    }
 }
 
 impl Drop for ConnectionTicket {
@@ -115,6 +168,8 @@ pub(crate) struct Outbox {
     queue: mpsc::Sender<Outbound>,
     /// Cancelled by a producer that found the queue full for too long.
     slow: CancellationToken,
+    /// How long "too long" is.
+    slow_after: Duration,
     transport: Transport,
 }
 
@@ -135,7 +190,7 @@ impl Outbox {
             message: Message::Text(Utf8Bytes::from(text)),
             event,
         };
-        match self.queue.send_timeout(frame, SLOW_CONSUMER_AFTER).await {
+        match self.queue.send_timeout(frame, self.slow_after).await {
             Ok(()) => true,
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
                 if !self.slow.is_cancelled() {
@@ -190,6 +245,7 @@ impl SocketWriter {
     pub(crate) fn start(
         socket: WebSocket,
         queue: usize,
+        slow_after: Duration,
         transport: Transport,
     ) -> (Self, Outbox, SplitStream<WebSocket>) {
         let (sink, stream) = socket.split();
@@ -200,6 +256,7 @@ impl SocketWriter {
         let outbox = Outbox {
             queue: queue_tx,
             slow: CancellationToken::new(),
+            slow_after,
             transport,
         };
         (Self { control, task }, outbox, stream)
@@ -308,6 +365,14 @@ pub(crate) fn token_expiry(viewer: Option<&Viewer>) -> Option<Instant> {
 pub(crate) async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when `token` is cancelled; never without one.
+pub(crate) async fn cancelled_opt(token: Option<CancellationToken>) {
+    match token {
+        Some(t) => t.cancelled().await,
         None => std::future::pending().await,
     }
 }

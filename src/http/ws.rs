@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use async_graphql::{Request, Variables};
+use async_graphql::Request;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::Query;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -21,10 +21,11 @@ use serde_json::{json, Value};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
-use super::socket::{self, End, Outbox, SocketWriter};
+use super::socket::{self, End, Outbox, SocketWriter, UserWatch};
 use super::AppState;
 use crate::auth::{bearer, Viewer};
 use crate::domain::presence::PresenceGuard;
+use crate::domain::DomainError;
 use crate::graphql::errors::stamp_codes;
 use crate::graphql::SocketConnection;
 use crate::metrics::Transport;
@@ -86,6 +87,8 @@ struct Connection {
     tasks: JoinSet<()>,
     next_op: u64,
     _presence: Option<PresenceGuard>,
+    /// Set once signed in: cancelled when an admin disconnects the user.
+    watch: Option<UserWatch>,
 }
 
 async fn run(
@@ -95,8 +98,12 @@ async fn run(
     upgrade_token: Option<String>,
 ) {
     let ticket = state.connections.open(Transport::GraphqlWs);
-    let (writer, out, stream) =
-        SocketWriter::start(socket, state.config.ws_queue, Transport::GraphqlWs);
+    let (writer, out, stream) = SocketWriter::start(
+        socket,
+        state.config.ws_queue,
+        state.config.slow_consumer_timeout,
+        Transport::GraphqlWs,
+    );
     let mut conn = Connection {
         state: state.clone(),
         protocol,
@@ -109,6 +116,7 @@ async fn run(
         tasks: JoinSet::new(),
         next_op: 0,
         _presence: None,
+        watch: None,
     };
     let end = conn.read_loop(stream).await;
     // Stop every operation, then close: their frames already queued are written first.
@@ -147,6 +155,7 @@ impl Connection {
         let out = self.out.clone();
         loop {
             let expires = socket::token_expiry(self.viewer.as_ref());
+            let kicked = self.watch.as_ref().map(|w| w.kicked.clone());
             tokio::select! {
                 frame = stream.next() => {
                     last_heard = Instant::now();
@@ -195,6 +204,9 @@ impl Connection {
                 _ = out.stalled() => {
                     return End::CloseNow(1008, "slow consumer".into());
                 }
+                _ = socket::cancelled_opt(kicked) => {
+                    return End::Close(4403, "disconnected by an administrator".into());
+                }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
             }
         }
@@ -238,9 +250,13 @@ impl Connection {
                 let Some(id) = id.filter(|id| !id.is_empty()) else {
                     return self.invalid("subscribe needs an id");
                 };
-                let Some(query) = payload.get("query").and_then(Value::as_str) else {
+                // The query may be absent when a persisted query's hash stands for it.
+                let Ok(request) = serde_json::from_value::<Request>(payload.clone()) else {
                     return self.invalid("subscribe needs a payload with a query");
                 };
+                if request.query.is_empty() && !request.extensions.contains_key("persistedQuery") {
+                    return self.invalid("subscribe needs a payload with a query");
+                }
                 if self.lock_ops().contains_key(&id) {
                     return match self.protocol {
                         Protocol::Transport => Some(End::Close(
@@ -250,12 +266,20 @@ impl Connection {
                         // subscriptions-transport-ws replaces an operation started again.
                         Protocol::Legacy => {
                             self.stop(&id);
-                            self.start(id, query.to_owned(), &payload);
+                            self.start(id, request);
                             None
                         }
                     };
                 }
-                self.start(id, query.to_owned(), &payload);
+                let max = self.state.config.max_subscriptions;
+                if self.lock_ops().len() >= max {
+                    let message = format!("at most {max} operations at once on one connection");
+                    self.send(&json!({ "id": id, "type": "error", "payload": [
+                        { "message": message, "extensions": { "code": "RATE_LIMITED" } }
+                    ] }));
+                    return None;
+                }
+                self.start(id, request);
                 None
             }
             (Protocol::Transport, "complete") | (Protocol::Legacy, "stop") => {
@@ -314,13 +338,17 @@ impl Connection {
             },
         };
         if let Some(user) = viewer.user() {
-            match self.state.domain.presence.connect(&user.id).await {
+            match self.state.domain.open_connection(&user.id).await {
                 Ok(guard) => self._presence = Some(guard),
+                Err(DomainError::TooManyConnections) => {
+                    return Some(End::Close(1008, "too many connections".into()));
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "presence: could not count a connection");
                     return Some(End::Close(4500, "Internal error".into()));
                 }
             }
+            self.watch = Some(self.state.connections.watch_user(&user.id, self.id));
         }
         self.viewer = Some(viewer);
         self.send(&json!({ "type": "connection_ack" }));
@@ -337,17 +365,9 @@ impl Connection {
         }
     }
 
-    fn start(&mut self, id: String, query: String, payload: &Value) {
+    fn start(&mut self, id: String, request: Request) {
         let viewer = self.viewer.clone().unwrap_or(Viewer::Anonymous);
-        let mut request = Request::new(query)
-            .variables(Variables::from_json(
-                payload.get("variables").cloned().unwrap_or(Value::Null),
-            ))
-            .data(viewer)
-            .data(SocketConnection(self.id));
-        if let Some(name) = payload.get("operationName").and_then(Value::as_str) {
-            request = request.operation_name(name);
-        }
+        let request = request.data(viewer).data(SocketConnection(self.id));
         self.next_op += 1;
         let op = Operation {
             id: id.clone(),
@@ -423,7 +443,7 @@ fn is_request_error(response: &async_graphql::Response) -> bool {
 }
 
 /// The token a `connection_init` payload carries, in any of the shapes clients use.
-fn token_from_init(payload: &Value) -> Option<String> {
+pub(crate) fn token_from_init(payload: &Value) -> Option<String> {
     let raw = |v: &Value| -> Option<String> {
         let s = v.as_str()?.trim();
         let token = bearer(s).unwrap_or(s);

@@ -19,6 +19,8 @@ pub enum Event {
     Leaderboard(LeaderboardChanged),
     /// An app event a backend published to a channel.
     Channel(ChannelEvent),
+    /// An admin disconnected a user: every instance closes the user's connections.
+    Disconnect(DisconnectUser),
     /// A member left a room: their subscriptions to it end. Sent on the room's message and
     /// typing topics.
     Left(LeftRoom),
@@ -55,6 +57,11 @@ pub struct ChannelEvent {
     pub kind: String,
     pub data: serde_json::Value,
     pub at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DisconnectUser {
+    pub user_id: String,
 }
 
 /// A message was committed to a room.
@@ -115,6 +122,8 @@ pub enum Topic {
     Leaderboard,
     /// A channel, by its full name (`public:game`, `room:lobby`, …).
     Channel(String),
+    /// Orders to every instance (disconnect a user).
+    Control,
 }
 
 impl Event {
@@ -127,6 +136,7 @@ impl Event {
             Event::Leaderboard(_) => Topic::Leaderboard,
             Event::Left(l) => Topic::RoomMessages(l.room_id.clone()),
             Event::Channel(c) => Topic::Channel(c.channel.clone()),
+            Event::Disconnect(_) => Topic::Control,
             Event::Resync => Topic::Presence,
         }
     }
@@ -141,6 +151,7 @@ impl fmt::Display for Topic {
             Topic::Presence => f.write_str("presence"),
             Topic::Leaderboard => f.write_str("leaderboard"),
             Topic::Channel(name) => write!(f, "channel:{name}"),
+            Topic::Control => f.write_str("control"),
         }
     }
 }

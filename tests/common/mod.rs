@@ -775,6 +775,15 @@ impl LegacyClient {
         self.send_text(frame.to_string()).await;
     }
 
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        self.ws
+            .send(Message::Binary(bytes.into()))
+            .await
+            .expect("send frame");
+    }
+
     pub async fn send_text(&mut self, text: String) {
         use futures_util::SinkExt;
         use tokio_tungstenite::tungstenite::Message;

@@ -339,6 +339,7 @@ mod tests {
             last_seen_at: None,
             created_at: Utc::now(),
             notification_seq: 0,
+            tokens_revoked_at: None,
         };
         let away = Outgoing::Presence {
             user: &user,
