@@ -125,6 +125,7 @@ impl App {
                 config: Arc::new(config),
                 shutdown,
                 connections,
+                cohorts: Arc::default(),
                 bridge,
             },
             bridge_shutdown,
@@ -156,6 +157,9 @@ impl App {
         self.state.connections.wait_closed().await;
         self.state.domain.presence.drain().await;
         self.bridge_shutdown.cancel();
+        if let Some(bridge) = &self.state.bridge {
+            bridge.flushed().await;
+        }
         Ok(())
     }
 }

@@ -32,6 +32,10 @@ pub const DELIVERY_LATENCY: &str = "tidings_delivery_latency_seconds";
 pub const SLOW_CONSUMERS: &str = "tidings_slow_consumers_total";
 /// Requests and frames refused by a rate limit, by `action`.
 pub const RATE_LIMITED: &str = "tidings_rate_limited_total";
+/// Shared executions started (a cohort of equal subscriptions runs one).
+pub const COHORTS_STARTED: &str = "tidings_cohort_executions_total";
+/// Subscriptions served by a shared execution right now.
+pub const COHORT_MEMBERS: &str = "tidings_cohort_members";
 /// Times the Redis bridge lost its connection.
 pub const REDIS_DISCONNECTS: &str = "tidings_redis_disconnects_total";
 /// Events from Redis this version could not read (another wire version, or garbage).
@@ -220,6 +224,8 @@ fn register_at_zero() {
         counter!(CHANNEL_DELIVERED, "kind" => kind).absolute(0);
     }
     counter!(REDIS_DISCONNECTS).absolute(0);
+    counter!(COHORTS_STARTED).absolute(0);
+    gauge!(COHORT_MEMBERS).set(0.0);
     gauge!(REDIS_UP).set(if REDIS_CONNECTED.load(Ordering::Relaxed) {
         1.0
     } else {
@@ -304,4 +310,19 @@ pub fn channel_lagged(kind: &'static str, missed: u64) {
 /// A request was refused by a per-user rate limit.
 pub fn rate_limited(action: &'static str) {
     counter!(RATE_LIMITED, "action" => action).increment(1);
+}
+
+/// A cohort started its shared execution.
+pub fn cohort_started() {
+    counter!(COHORTS_STARTED).increment(1);
+}
+
+/// A subscription joined (`true`) or left (`false`) a cohort.
+pub fn cohort_member(joined: bool) {
+    let g = gauge!(COHORT_MEMBERS);
+    if joined {
+        g.increment(1.0)
+    } else {
+        g.decrement(1.0)
+    }
 }

@@ -761,3 +761,68 @@ async fn a_burst_of_notifications_arrives_once_each_in_order_over_a_tiny_buffer(
         assert_eq!(inbox["unreadNotificationCount"], 40);
     }
 }
+
+#[tokio::test]
+async fn equal_subscriptions_of_many_users_share_one_execution() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let names: Vec<String> = (0..6).map(|i| format!("u{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (_, t) = admin_and(&server, &refs, "lobby").await;
+    let mut sockets = Vec::new();
+    for token in &t {
+        let mut ws = GqlSocket::user(&server, token).await;
+        ws.subscribe("m", MESSAGES, json!({ "r": "lobby" })).await;
+        sockets.push(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = http()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let line = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        line("tidings_cohort_executions_total "),
+        Some("tidings_cohort_executions_total 1".into()),
+        "{metrics}"
+    );
+    assert_eq!(
+        line("tidings_cohort_members "),
+        Some("tidings_cohort_members 6".into())
+    );
+    send(&server, &t[0], "lobby", "to all six").await;
+    for ws in sockets.iter_mut() {
+        assert_eq!(ws.data("m").await["messageAdded"]["body"], "to all six");
+    }
+    // A different selection is another cohort; a member leaving stops only its own stream.
+    server
+        .ok(
+            Some(&t[5]),
+            "mutation { leaveRoom(roomId: \"lobby\") }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        sockets[5].data("m").await["messageAdded"]["body"],
+        "u5 left"
+    );
+    assert_eq!(sockets[5].error_code("m").await, "FORBIDDEN");
+    assert_eq!(sockets[5].frame_for("m").await["type"], "complete");
+    send(&server, &t[0], "lobby", "five left").await;
+    for ws in sockets.iter_mut().take(5) {
+        let mut body = ws.data("m").await["messageAdded"]["body"].clone();
+        if body == "u5 left" {
+            body = ws.data("m").await["messageAdded"]["body"].clone();
+        }
+        assert_eq!(body, "five left");
+    }
+    sockets[5].expect_silence(Duration::from_millis(300)).await;
+}

@@ -388,11 +388,28 @@ impl LegacySocket {
                     // Anonymous channel sockets: not counted online, no inbox.
                     None => None,
                 };
+                // An arena socket is in `general` from the start: subscribed before the welcome,
+                // like every other feed, so nothing said there after the welcome is missed.
+                let general = if self.dialect.chosen() == Some(Dialect::Arena) {
+                    match self.prepare_room(GENERAL_ROOM).await {
+                        Ok(follower) => follower,
+                        Err(e) => {
+                            self.frames.error(e.code(), &e.to_string()).await;
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
                 let welcome = Outgoing::Welcome {
                     user: self.viewer.user(),
                     online_count: domain.presence.online().len(),
                 };
                 self.frames.send(&welcome, None).await;
+                if let Some(general) = general {
+                    self.follows
+                        .start(Follow::Room(GENERAL_ROOM.to_owned()), general);
+                }
                 for (name, feed) in channel_feeds {
                     let frames = self.frames.clone();
                     self.follows
@@ -405,9 +422,6 @@ impl LegacySocket {
                         Follow::Notifications,
                         follow::notifications(notifications, frames),
                     );
-                }
-                if self.dialect.chosen() == Some(Dialect::Arena) {
-                    self.enter_general().await;
                 }
             }
             Purpose::Notifications => {
@@ -548,15 +562,27 @@ impl LegacySocket {
     /// Joins a room (the domain creates a public one that does not exist yet) and follows it
     /// on this socket. A new member gets the room's "joined" announcement after `joined_room`.
     async fn join(&mut self, room: &str, answer: bool) -> DomainResult<()> {
-        let domain = self.state.domain.clone();
-        let joined = domain.join_room(&self.viewer, room).await?;
-        self.member_rooms.add(room);
+        let follower = self.prepare_room(room).await?;
         if answer {
             self.frames.send(&Outgoing::Joined { room }, None).await;
         }
-        let key = Follow::Room(room.to_owned());
-        if self.follows.is_active(&key) {
-            return Ok(());
+        if let Some(follower) = follower {
+            self.follows.start(Follow::Room(room.to_owned()), follower);
+        }
+        Ok(())
+    }
+
+    /// Joins a room and subscribes to its feeds; the follower it returns (none when the socket
+    /// follows the room already) is not running yet, so the caller decides what goes first.
+    async fn prepare_room(
+        &mut self,
+        room: &str,
+    ) -> DomainResult<Option<impl std::future::Future<Output = ()> + Send + 'static>> {
+        let domain = self.state.domain.clone();
+        let joined = domain.join_room(&self.viewer, room).await?;
+        self.member_rooms.add(room);
+        if self.follows.is_active(&Follow::Room(room.to_owned())) {
+            return Ok(None);
         }
         // Read from just before the announcement, so this socket gets it too.
         let after = joined
@@ -567,9 +593,7 @@ impl LegacySocket {
             .await?;
         let typing = domain.typing_feed(&self.viewer, room).await?;
         let frames = self.frames.clone();
-        self.follows
-            .start(key, follow::room(domain, messages, typing, frames));
-        Ok(())
+        Ok(Some(follow::room(domain, messages, typing, frames)))
     }
 
     /// Leaves a room. The socket stops following it first, then gets the "left" announcement

@@ -2,6 +2,7 @@
 //! the app.
 
 mod api;
+pub(crate) mod cohort;
 mod graphql;
 mod health;
 mod legacy;
@@ -34,6 +35,8 @@ pub struct AppState {
     /// Cancelled when the server shuts down: open sockets close with 1001.
     pub shutdown: CancellationToken,
     pub connections: Arc<ws::Connections>,
+    /// Subscriptions that share one execution (see `cohort`).
+    pub cohorts: Arc<cohort::Cohorts>,
     /// The Redis bridge, when several instances share one Redis.
     pub bridge: Option<Arc<crate::hub::redis::RedisBridge>>,
 }

@@ -203,6 +203,27 @@ impl Outbox {
         }
     }
 
+    /// Queues a frame without waiting: a full queue makes the connection a slow consumer at
+    /// once (for fan-out, where one member must never hold up the others). False when the
+    /// frame was not queued.
+    pub(crate) fn try_push(&self, text: String, event: Option<EventStamp>) -> bool {
+        let frame = Outbound {
+            message: Message::Text(Utf8Bytes::from(text)),
+            event,
+        };
+        match self.queue.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.slow.is_cancelled() {
+                    crate::metrics::slow_consumer(self.transport);
+                }
+                self.slow.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
     /// Resolves once a producer gave up on a full queue: the reader then closes with 1008.
     pub(crate) async fn stalled(&self) {
         self.slow.cancelled().await

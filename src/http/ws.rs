@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
+use super::cohort;
 use super::socket::{self, End, Outbox, SocketWriter, UserWatch};
 use super::AppState;
 use crate::auth::{bearer, Viewer};
@@ -367,7 +368,6 @@ impl Connection {
 
     fn start(&mut self, id: String, request: Request) {
         let viewer = self.viewer.clone().unwrap_or(Viewer::Anonymous);
-        let request = request.data(viewer).data(SocketConnection(self.id));
         self.next_op += 1;
         let op = Operation {
             id: id.clone(),
@@ -377,7 +377,16 @@ impl Connection {
             operations: self.operations.clone(),
         };
         let schema = self.state.schema.clone();
-        let handle = self.tasks.spawn(op.run(schema, request));
+        let handle = match cohort::shareable(&request) {
+            Some(shareable) => {
+                let state = self.state.clone();
+                self.tasks.spawn(op.run_shared(state, viewer, shareable))
+            }
+            None => {
+                let request = request.data(viewer).data(SocketConnection(self.id));
+                self.tasks.spawn(op.run(schema, request))
+            }
+        };
         self.lock_ops().insert(id, (self.next_op, handle));
     }
 }
@@ -418,6 +427,42 @@ impl Operation {
         }
         // Free the id before `complete` goes out, so a client that reuses it at once is not
         // refused as a duplicate.
+        self.finish();
+        self.push(json!({ "id": self.id, "type": "complete" }))
+            .await;
+    }
+
+    /// Runs as a member of the cohort of equal subscriptions (one execution for all).
+    async fn run_shared(self, state: AppState, viewer: Viewer, shareable: cohort::Shareable) {
+        let data_type = match self.protocol {
+            Protocol::Transport => "next",
+            Protocol::Legacy => "data",
+        };
+        let field = shareable.field();
+        let joined = state
+            .cohorts
+            .join(
+                &state.schema,
+                &state.domain,
+                &viewer,
+                shareable,
+                cohort::Seat {
+                    op_id: &self.id,
+                    data_type,
+                    outbox: self.out.clone(),
+                },
+            )
+            .await;
+        match joined {
+            Ok(membership) => {
+                membership.ended().await;
+                drop(membership);
+            }
+            Err(e) => {
+                let frame = cohort::refusal(&self.id, data_type, field, &e);
+                self.out.push(frame, None).await;
+            }
+        }
         self.finish();
         self.push(json!({ "id": self.id, "type": "complete" }))
             .await;

@@ -35,6 +35,8 @@ pub struct RedisBridge {
     instance: String,
     connection: ConnectionManager,
     up: AtomicBool,
+    /// The task sending events to Redis, awaited at shutdown.
+    publisher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl RedisBridge {
@@ -60,10 +62,25 @@ impl RedisBridge {
             instance,
             connection,
             up: AtomicBool::new(false),
+            publisher: std::sync::Mutex::new(None),
         });
-        tokio::spawn(bridge.clone().publish_loop(outbound, shutdown.clone()));
+        let publisher = tokio::spawn(bridge.clone().publish_loop(outbound, shutdown.clone()));
+        *bridge.publisher.lock().unwrap_or_else(|p| p.into_inner()) = Some(publisher);
         tokio::spawn(bridge.clone().subscribe_loop(client, hub, shutdown));
         Ok(bridge)
+    }
+
+    /// After `shutdown`: waits (a few seconds at most) until what was queued for Redis is sent,
+    /// so an instance's last announcements reach the others before it exits.
+    pub async fn flushed(&self) {
+        let publisher = self
+            .publisher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(publisher) = publisher {
+            let _ = tokio::time::timeout(Duration::from_secs(3), publisher).await;
+        }
     }
 
     /// Whether the bridge is connected and following its topics.
