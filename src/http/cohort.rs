@@ -297,9 +297,20 @@ async fn drive(
     mut leaves: Option<crate::hub::TopicReceiver>,
 ) {
     let mut stream = schema.execute_stream(request);
+    // Members who left the room, refused once the stream delivered what was published before
+    // their departure (their own "left" announcement comes just before it), or after a moment.
+    let mut leavers: Vec<(String, String)> = Vec::new();
+    let mut leavers_due: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = abandoned.cancelled() => return,
+            _ = sleep_until_opt(leavers_due) => {
+                let Some(cohort) = cohort.upgrade() else { return };
+                for (user, room) in leavers.drain(..) {
+                    refuse_leaver(&cohort, &user, &room);
+                }
+                leavers_due = None;
+            }
             next = stream.next() => {
                 let Some(cohort) = cohort.upgrade() else { return };
                 let Some(mut response) = next else {
@@ -324,13 +335,23 @@ async fn drive(
                     // holds up the others.
                     member.outbox.try_push(frame, None);
                 }
+                drop(members);
+                for (user, room) in leavers.drain(..) {
+                    refuse_leaver(&cohort, &user, &room);
+                }
+                leavers_due = None;
             }
             left = recv_opt(&mut leaves) => {
-                let Some(cohort) = cohort.upgrade() else { return };
+                if cohort.strong_count() == 0 {
+                    return;
+                }
                 match left {
                     Ok(event) => {
                         if let Event::Left(left) = &*event {
-                            refuse_leaver(&cohort, &left.user_id, &left.room_id);
+                            leavers.push((left.user_id.clone(), left.room_id.clone()));
+                            leavers_due.get_or_insert(
+                                tokio::time::Instant::now() + std::time::Duration::from_millis(500),
+                            );
                         }
                     }
                     Err(RecvError::Lagged(_)) => {}
@@ -362,6 +383,13 @@ fn refuse_leaver(cohort: &Cohort, user_id: &str, room: &str) {
         member.ended.notify_one();
         false
     });
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv_opt(
