@@ -135,8 +135,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             "Tidings {} serving on http://{addr}",
             env!("CARGO_PKG_VERSION")
         )?;
-        writeln!(out, "  GraphQL:  http://{addr}/graphql")?;
-        writeln!(out, "  health:   http://{addr}/health")?;
+        writeln!(out, "  chat:       http://{addr}/")?;
+        writeln!(out, "  playground: http://{addr}/playground")?;
+        writeln!(out, "  GraphQL:    http://{addr}/graphql")?;
+        writeln!(out, "  health:     http://{addr}/health")?;
         out.flush()?;
     }
     app.serve(listener, shutdown_signal()).await

@@ -4,6 +4,7 @@
 mod api;
 mod graphql;
 mod health;
+mod playground;
 pub mod ws;
 
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .merge(graphql::router())
         .merge(api::router())
         .merge(health::router())
+        .merge(playground::router())
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
