@@ -10,6 +10,22 @@ import { defineConfig } from "vite";
 
 const root = fileURLToPath(new URL(".", import.meta.url));
 
+/**
+ * Libraries go in chunks of their own, apart from the pages' code. A chunk's hash covers the
+ * names of the chunks it imports, so if GraphiQL's libraries imported from the page's chunk,
+ * every edit to the page would rename (and recommit) megabytes of unchanged editor code.
+ * Monaco and Prettier stay where Rollup puts them: they load lazily.
+ */
+function chunkOf(id) {
+  if (id.includes("vite/preload-helper")) return "preload-helper";
+  if (!id.includes("/node_modules/") || id.includes("/node_modules/vite/")) return undefined;
+  // The chat uses graphql-ws's client only; its server half (which needs graphql-js) stays
+  // with GraphiQL, whose toolkit imports the whole package.
+  if (/\/node_modules\/graphql-ws\/dist\/(client|common)/.test(id)) return "graphql-ws";
+  if (/\/node_modules\/(monaco-editor|monaco-graphql|prettier)\//.test(id)) return undefined;
+  return "graphiql-vendor";
+}
+
 export default defineConfig({
   root,
   base: "/",
@@ -30,6 +46,7 @@ export default defineConfig({
         chat: resolve(root, "index.html"),
         playground: resolve(root, "playground.html"),
       },
+      output: { manualChunks: chunkOf },
     },
   },
   server: {

@@ -455,5 +455,6 @@ async function setOperation(page, name, text) {
   await page.keyboard.press("ControlOrMeta+A");
   await page.keyboard.press("Delete");
   await page.keyboard.insertText(text);
+  await page.keyboard.press("Home"); // scroll back to the start of the line
   await page.locator(".graphiql-tab").filter({ hasText: name }).waitFor({ timeout: STEP_MS });
 }

@@ -189,7 +189,7 @@ $("retry-now").addEventListener("click", () => state.live?.retryNow());
 function connected() {
   startUserFeeds();
   if (state.room?.ready) startRoomFeeds();
-  else if (state.room) openRoom(state.room.id);
+  else if (state.room && !state.room.loading) openRoom(state.room.id); // it failed while away
   loadRooms();
 }
 
@@ -310,7 +310,7 @@ async function openRoom(id) {
   const generation = ++state.roomGeneration;
   stopFeeds(state.roomFeeds);
   stopTyping();
-  state.room = { id, title: id, ready: false, lastSeenId: "0", oldestId: null, hasMore: false };
+  state.room = { id, title: id, ready: false, loading: true, lastSeenId: "0", oldestId: null, hasMore: false };
   state.typingIn.forEach((t) => clearTimeout(t.timer));
   state.typingIn.clear();
   state.presence.clear();
@@ -334,6 +334,7 @@ async function openRoom(id) {
     messages = (await gql(state.token, Q.history, { r: id, last: PAGE })).messages;
   } catch (e) {
     if (generation !== state.roomGeneration) return;
+    state.room.loading = false;
     showRoomError(
       e.code === "NETWORK"
         ? `Cannot open #${id} while the server is away: it opens when the connection is back.`
@@ -345,6 +346,7 @@ async function openRoom(id) {
   Object.assign(state.room, {
     title: room.title,
     ready: true,
+    loading: false,
     lastSeenId: messages.at(-1)?.id ?? "0",
     oldestId: messages[0]?.id ?? null,
     hasMore: messages.length === PAGE,
@@ -432,6 +434,8 @@ function startRoomFeeds() {
         const p = data.presence;
         if (p.status === "OFFLINE") state.presence.delete(p.user.id);
         else state.presence.set(p.user.id, p);
+        // Our own status as the server has it (a reconnect starts ONLINE again).
+        if (p.user.id === state.me?.id && p.status !== "OFFLINE") $("status-select").value = p.status;
         renderPresence();
       },
       error: roomError,

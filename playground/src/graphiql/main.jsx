@@ -25,13 +25,14 @@ import {
 
 const DEFAULT_QUERY = `# Welcome to the Tidings playground.
 #
-# Paste a token in the bar above (or sign in on the chat page: both pages share it).
-# It is sent as "Authorization: Bearer" over HTTP and in connection_init over WebSocket.
-# Make one on the command line:  tidings token --user alice
+# Paste a token above, or sign in on the chat page:
+# both pages share it. It goes out as "Authorization:
+# Bearer" on HTTP and in connection_init on WebSocket.
+# Make one:  tidings token --user alice
 #
-# Run an operation with Ctrl-Enter (or the run button). Subscriptions run over WebSocket
-# (graphql-transport-ws) and stream until you stop them. The docs button on the left
-# opens the schema.
+# Ctrl-Enter runs an operation; subscriptions stream
+# until you stop them. The first icon on the left
+# opens the schema's docs.
 
 query Me {
   me { id username role points }
@@ -40,11 +41,18 @@ query Me {
 
 mutation Hello {
   joinRoom(roomId: "lobby") { id memberCount }
-  sendMessage(roomId: "lobby", body: "hello from the playground") { id body }
+  sendMessage(roomId: "lobby", body: "hello") {
+    id
+    body
+  }
 }
 
 subscription Lobby {
-  messageAdded(roomId: "lobby") { id body sender { username } createdAt }
+  messageAdded(roomId: "lobby") {
+    id
+    body
+    sender { username }
+  }
 }
 `;
 
