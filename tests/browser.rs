@@ -1,8 +1,8 @@
 //! The pages in a real browser: Debian's chromium, driven by playwright-core from
 //! `tests/browser/run.mjs` (node:test), against a server each test starts. A test runs one
-//! scenario of the script; the Rust side starts the server (and for `restart` stops it and
-//! starts a new one on the same address and database when the script asks), makes the tokens,
-//! and fails with the script's output when the script fails.
+//! scenario of the script; the Rust side starts the server (and for `restart` stops it, and
+//! later starts a new one on the same address and database, when the script asks), makes the
+//! tokens, and fails with the script's output when the script fails.
 //!
 //! Every scenario also checks that no request of any page left 127.0.0.1, and that no page
 //! logged an error (a Content-Security-Policy violation would).
@@ -62,6 +62,9 @@ async fn the_chat_reconnects_after_a_server_restart_and_shows_what_was_missed() 
     let addr = first.addr.clone();
     let base = first.base.clone();
     let mut server = Some(first);
+    // While the page's server is down, messages go through another server on the same
+    // database, as they would through another instance: the page cannot be connected then.
+    let mut other: Option<TestServer> = None;
     run_scenario("restart", &base, |command| match command {
         "stop" => {
             if let Some(running) = server.take() {
@@ -72,6 +75,18 @@ async fn the_chat_reconnects_after_a_server_restart_and_shows_what_was_missed() 
         "start" => {
             server = Some(TestServer::start_at(&db, &addr, &[]));
             Some("started".to_owned())
+        }
+        "start-other" => {
+            let started = TestServer::start(&db, &[]);
+            let base = started.base.clone();
+            other = Some(started);
+            Some(base)
+        }
+        "stop-other" => {
+            if let Some(running) = other.take() {
+                running.stop();
+            }
+            Some("stopped".to_owned())
         }
         _ => None,
     });
