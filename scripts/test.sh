@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs and starts what the tests need
-# (PostgreSQL, OpenSSL, Redis, nginx, Node.js with the interop test's npm clients), then runs
-# formatting, lints and every test on SQLite and PostgreSQL.
+# (PostgreSQL, OpenSSL, Redis, nginx, Node.js with the interop test's npm clients, Chromium
+# with playwright-core for the browser tests), checks that the committed playground build is
+# current, then runs formatting, lints and every test on SQLite and PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,6 +62,18 @@ node_major=$(node -p 'process.versions.node.split(".")[0]')
 [ "$node_major" -ge 20 ] || echo "warning: Node.js $node_major is older than tests/interop wants (20)" >&2
 log "npm ci (tests/interop)"
 npm ci --prefix tests/interop --no-audit --no-fund
+
+# --- The playground (playground/: GraphiQL and the chat client, built into playground/dist) ---
+# The binary embeds the committed build; a fresh build must equal it.
+log "npm ci (playground) and a rebuild checked against playground/dist"
+npm ci --prefix playground --no-audit --no-fund
+bash scripts/check-playground.sh
+
+# --- Browser tests (tests/browser: Debian's chromium, driven by playwright-core) --------------
+# No browser download: playwright-core drives the distribution's chromium.
+[ -x /usr/bin/chromium ] || apt_install chromium
+log "npm ci (tests/browser)"
+npm ci --prefix tests/browser --no-audit --no-fund
 
 # --- Rust ------------------------------------------------------------------------------------
 log "cargo fmt --check"

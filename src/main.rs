@@ -135,10 +135,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             "Tidings {} serving on http://{addr}",
             env!("CARGO_PKG_VERSION")
         )?;
-        writeln!(out, "  GraphQL:  http://{addr}/graphql")?;
-        writeln!(out, "  /ws:      ws://{addr}/ws (legacy JSON protocol)")?;
-        writeln!(out, "  health:   http://{addr}/health")?;
-        writeln!(out, "  metrics:  http://{addr}/metrics")?;
+        writeln!(out, "  chat:       http://{addr}/")?;
+        writeln!(out, "  playground: http://{addr}/playground")?;
+        writeln!(
+            out,
+            "  GraphQL:    http://{addr}/graphql  (ws:// for subscriptions)"
+        )?;
+        writeln!(out, "  /ws:        ws://{addr}/ws  (legacy JSON protocol)")?;
+        writeln!(out, "  health:     http://{addr}/health")?;
+        writeln!(out, "  metrics:    http://{addr}/metrics")?;
         out.flush()?;
     }
     app.serve(listener, shutdown_signal()).await

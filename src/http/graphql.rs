@@ -24,7 +24,8 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/graphql", get(graphql_get).post(graphql_post))
 }
 
-/// `GET /graphql`: a WebSocket upgrade for subscriptions.
+/// `GET /graphql`: a WebSocket upgrade for subscriptions, or GraphiQL for a browser that asks
+/// for a page.
 async fn graphql_get(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -33,6 +34,9 @@ async fn graphql_get(
 ) -> Response {
     match ws {
         Ok(ws) => super::ws::upgrade(state, headers, query, ws).await,
+        Err(_) if super::playground::wants_page(&headers) => {
+            super::playground::graphiql(headers).await
+        }
         Err(_) => super::ws::not_an_upgrade(),
     }
 }

@@ -8,6 +8,7 @@ mod health;
 mod legacy;
 mod legacy_ws;
 mod metrics;
+mod playground;
 mod presence;
 pub(crate) mod socket;
 pub mod ws;
@@ -50,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(presence::router())
         .merge(metrics::router())
+        .merge(playground::router())
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

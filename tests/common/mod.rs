@@ -210,6 +210,14 @@ impl TestServer {
         }
     }
 
+    /// Starts a server on a given address, e.g. the one a stopped server had (its clients
+    /// reconnect there), over the same database.
+    pub fn start_at(db: &TestDb, addr: &str, env: &[(&str, &str)]) -> Self {
+        let mut all = vec![("TIDINGS_BIND", addr)];
+        all.extend_from_slice(env);
+        Self::start(db, &all)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
