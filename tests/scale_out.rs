@@ -340,7 +340,7 @@ async fn while_redis_is_away_local_delivery_and_writes_go_on_and_nothing_is_lost
 #[tokio::test]
 async fn sigterm_closes_sockets_with_1001_and_takes_its_users_offline_at_once() {
     let redis = TestRedis::start();
-    let (a, b, _db) = pair(&Backend::Sqlite, &redis, &[("TIDINGS_PRESENCE_TTL", "60s")]).await;
+    let (a, mut b, _db) = pair(&Backend::Sqlite, &redis, &[("TIDINGS_PRESENCE_TTL", "60s")]).await;
     let alice = cli_token("alice", "user");
     let bob = cli_token("bob", "user");
     join(&a, &alice, "lobby").await;

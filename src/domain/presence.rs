@@ -265,6 +265,7 @@ impl PresenceTracker {
                 Vec::new()
             }
         };
+        tracing::debug!(user_id = %user.id, status = status.as_str(), connections, "presence announced");
         let change = PresenceChanged {
             user,
             status,
@@ -275,6 +276,7 @@ impl PresenceTracker {
         // Known here at once, before any subscriber (or query) can ask.
         self.learn(&change);
         self.hub.publish(Event::Presence(change));
+        tracing::trace!("presence published");
     }
 
     fn learn(&self, change: &PresenceChanged) {
@@ -466,6 +468,7 @@ impl PresenceTracker {
     pub async fn drain(&self) {
         self.tasks.close();
         self.tasks.wait().await;
+        tracing::debug!("presence: pending announcements done");
         if let Some(counts) = &self.counts {
             if let Err(e) = counts.leave().await {
                 tracing::debug!(error = %e, "presence: could not remove this instance's counts");

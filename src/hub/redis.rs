@@ -79,7 +79,7 @@ impl RedisBridge {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(publisher) = publisher {
-            let _ = tokio::time::timeout(Duration::from_secs(3), publisher).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), publisher).await;
         }
     }
 
@@ -156,15 +156,16 @@ impl RedisBridge {
                     Err(e) => tracing::error!(error = %e, "cannot encode an event for Redis"),
                 }
             }
-            if !self.is_up() && !stopping {
+            if !self.is_up() && !stopping && !shutdown.is_cancelled() {
                 // Nobody elsewhere hears these; they recover from the database. (At shutdown
                 // the subscriber side is already gone, so try anyway: the last announcements
                 // matter.)
                 continue;
             }
             let mut conn = self.connection.clone();
-            if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-                tracing::debug!(error = %e, "Redis publish failed");
+            match pipe.query_async::<()>(&mut conn).await {
+                Ok(()) => tracing::trace!(events = n, "published to Redis"),
+                Err(e) => tracing::debug!(error = %e, events = n, "Redis publish failed"),
             }
         }
     }

@@ -230,7 +230,7 @@ impl TestServer {
     }
 
     /// SIGTERM, then waits up to `within` for the process to exit; true when it did.
-    pub fn terminate_and_wait(mut self, within: Duration) -> bool {
+    pub fn terminate_and_wait(&mut self, within: Duration) -> bool {
         self.terminate();
         let deadline = std::time::Instant::now() + within;
         while std::time::Instant::now() < deadline {
