@@ -311,17 +311,7 @@ async fn post_api_publish_follows_the_same_rules() {
 #[tokio::test]
 async fn an_event_published_on_one_instance_reaches_a_subscriber_on_another() {
     let redis = TestRedis::start();
-    let db = TestDb::new(&Backend::Sqlite).await;
-    let url = redis.url();
-    let env = [("TIDINGS_REDIS_URL", url.as_str())];
-    let a = TestServer::start(&db, &env);
-    let b = TestServer::start(&db, &env);
-    for s in [&a, &b] {
-        eventually(Duration::from_secs(10), "the bridge connects", || async {
-            health(s).await["redis"] == "ok"
-        })
-        .await;
-    }
+    let (a, b, _db) = bridged_pair(&Backend::Sqlite, &redis, &[]).await;
     let backend = cli_token("backend", "admin");
     let mut on_a = listening(&a, json!({}), json!(["public:game"])).await;
     publish(

@@ -84,17 +84,7 @@ fn nginx(upstreams: [&str; 2]) -> Nginx {
 #[tokio::test]
 async fn two_instances_behind_nginx_serve_http_and_subscriptions() {
     let redis = TestRedis::start();
-    let db = TestDb::new(&Backend::Sqlite).await;
-    let url = redis.url();
-    let env = [("TIDINGS_REDIS_URL", url.as_str())];
-    let a = TestServer::start(&db, &env);
-    let b = TestServer::start(&db, &env);
-    for s in [&a, &b] {
-        eventually(Duration::from_secs(10), "the bridge connects", || async {
-            health(s).await["redis"] == "ok"
-        })
-        .await;
-    }
+    let (a, b, _db) = bridged_pair(&Backend::Sqlite, &redis, &[]).await;
     let proxy = nginx([&a.addr, &b.addr]);
     let alice = cli_token("alice", "user");
     let bob = cli_token("bob", "user");

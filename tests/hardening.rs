@@ -61,17 +61,7 @@ async fn a_connection_runs_a_limited_number_of_operations_at_once() {
 #[tokio::test]
 async fn an_admin_disconnects_a_user_everywhere_and_their_tokens_stop_working() {
     let redis = TestRedis::start();
-    let db = TestDb::new(&Backend::Sqlite).await;
-    let url = redis.url();
-    let env = [("TIDINGS_REDIS_URL", url.as_str())];
-    let a = TestServer::start(&db, &env);
-    let b = TestServer::start(&db, &env);
-    for s in [&a, &b] {
-        eventually(Duration::from_secs(10), "the bridge connects", || async {
-            health(s).await["redis"] == "ok"
-        })
-        .await;
-    }
+    let (a, b, _db) = bridged_pair(&Backend::Sqlite, &redis, &[]).await;
     let admin = cli_token("admin", "admin");
     let bob = cli_token("bob", "user");
     let alice = cli_token("alice", "user");

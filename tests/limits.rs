@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::json;
 
@@ -77,21 +75,11 @@ async fn sending_faster_than_the_rate_is_rate_limited_on_every_transport() {
 #[tokio::test]
 async fn the_rate_budget_is_shared_between_instances() {
     let redis = TestRedis::start();
-    let db = TestDb::new(&Backend::Sqlite).await;
-    let url = redis.url();
     let env = [
-        ("TIDINGS_REDIS_URL", url.as_str()),
         ("TIDINGS_RATE_MESSAGES", "1/1h"),
         ("TIDINGS_BURST_MESSAGES", "2"),
     ];
-    let a = TestServer::start(&db, &env);
-    let b = TestServer::start(&db, &env);
-    for s in [&a, &b] {
-        eventually(Duration::from_secs(10), "the bridge connects", || async {
-            health(s).await["redis"] == "ok"
-        })
-        .await;
-    }
+    let (a, b, _db) = bridged_pair(&Backend::Sqlite, &redis, &env).await;
     let alice = cli_token("alice", "user");
     join(&a, &alice, "lobby").await;
     a.ok(Some(&alice), SEND, json!({ "b": "1 on a" })).await;

@@ -11,32 +11,11 @@ use serde_json::json;
 const MESSAGES: &str =
     "subscription($r: ID!) { messageAdded(roomId: $r) { id body sender { username } } }";
 
-/// Two instances on one database and one Redis.
-async fn pair(
-    backend: &Backend,
-    redis: &TestRedis,
-    env: &[(&str, &str)],
-) -> (TestServer, TestServer, TestDb) {
-    let db = TestDb::new(backend).await;
-    let url = redis.url();
-    let mut all = vec![("TIDINGS_REDIS_URL", url.as_str())];
-    all.extend_from_slice(env);
-    let a = TestServer::start(&db, &all);
-    let b = TestServer::start(&db, &all);
-    for s in [&a, &b] {
-        eventually(Duration::from_secs(10), "the bridge connects", || async {
-            health(s).await["redis"] == "ok"
-        })
-        .await;
-    }
-    (a, b, db)
-}
-
 #[tokio::test]
 async fn every_subscription_kind_crosses_instances() {
     for backend in backends() {
         let redis = TestRedis::start();
-        let (a, b, _db) = pair(&backend, &redis, &[]).await;
+        let (a, b, _db) = bridged_pair(&backend, &redis, &[]).await;
         let alice = cli_token("alice", "user");
         let bob = cli_token("bob", "user");
         let admin = cli_token("admin", "admin");
@@ -144,7 +123,7 @@ async fn every_subscription_kind_crosses_instances() {
 #[tokio::test]
 async fn redis_carries_only_topics_with_local_subscribers() {
     let redis = TestRedis::start();
-    let (a, _b, _db) = pair(&Backend::Sqlite, &redis, &[]).await;
+    let (a, _b, _db) = bridged_pair(&Backend::Sqlite, &redis, &[]).await;
     let alice = cli_token("alice", "user");
     join(&a, &alice, "quiet").await;
     let mut conn = redis.connection().await;
@@ -190,7 +169,7 @@ async fn redis_carries_only_topics_with_local_subscribers() {
 #[tokio::test]
 async fn presence_is_global_across_instances() {
     let redis = TestRedis::start();
-    let (a, b, _db) = pair(
+    let (a, b, _db) = bridged_pair(
         &Backend::Sqlite,
         &redis,
         &[("TIDINGS_PRESENCE_GRACE", "500ms")],
@@ -246,7 +225,8 @@ async fn presence_is_global_across_instances() {
 #[tokio::test]
 async fn a_killed_instance_stops_counting_within_the_ttl() {
     let redis = TestRedis::start();
-    let (a, b, _db) = pair(&Backend::Sqlite, &redis, &[("TIDINGS_PRESENCE_TTL", "1s")]).await;
+    let (a, b, _db) =
+        bridged_pair(&Backend::Sqlite, &redis, &[("TIDINGS_PRESENCE_TTL", "1s")]).await;
     let alice = cli_token("alice", "user");
     let bob = cli_token("bob", "user");
     join(&a, &alice, "lobby").await;
@@ -282,7 +262,7 @@ async fn a_killed_instance_stops_counting_within_the_ttl() {
 async fn while_redis_is_away_local_delivery_and_writes_go_on_and_nothing_is_lost() {
     for backend in backends() {
         let mut redis = TestRedis::start();
-        let (a, b, _db) = pair(&backend, &redis, &[]).await;
+        let (a, b, _db) = bridged_pair(&backend, &redis, &[]).await;
         let alice = cli_token("alice", "user");
         let bob = cli_token("bob", "user");
         join(&a, &alice, "lobby").await;
@@ -340,7 +320,8 @@ async fn while_redis_is_away_local_delivery_and_writes_go_on_and_nothing_is_lost
 #[tokio::test]
 async fn sigterm_closes_sockets_with_1001_and_takes_its_users_offline_at_once() {
     let redis = TestRedis::start();
-    let (a, mut b, _db) = pair(&Backend::Sqlite, &redis, &[("TIDINGS_PRESENCE_TTL", "60s")]).await;
+    let (a, mut b, _db) =
+        bridged_pair(&Backend::Sqlite, &redis, &[("TIDINGS_PRESENCE_TTL", "60s")]).await;
     let alice = cli_token("alice", "user");
     let bob = cli_token("bob", "user");
     join(&a, &alice, "lobby").await;

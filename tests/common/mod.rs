@@ -913,3 +913,25 @@ impl LegacyClient {
         let _ = self.ws.close(None).await;
     }
 }
+
+/// Two instances on one database and `redis`, each with `env` on top, once both bridges are
+/// connected.
+pub async fn bridged_pair(
+    backend: &Backend,
+    redis: &TestRedis,
+    env: &[(&str, &str)],
+) -> (TestServer, TestServer, TestDb) {
+    let db = TestDb::new(backend).await;
+    let url = redis.url();
+    let mut all = vec![("TIDINGS_REDIS_URL", url.as_str())];
+    all.extend_from_slice(env);
+    let a = TestServer::start(&db, &all);
+    let b = TestServer::start(&db, &all);
+    for s in [&a, &b] {
+        eventually(Duration::from_secs(10), "the bridge connects", || async {
+            health(s).await["redis"] == "ok"
+        })
+        .await;
+    }
+    (a, b, db)
+}
