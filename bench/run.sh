@@ -27,7 +27,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release -q -p tidings -p tidings-bench
+# Built one package at a time: together, feature unification would rebuild shared crates.
+cargo build --release -q -p tidings
+cargo build --release -q -p tidings-bench
 (cd bench/node-ref && [ -d node_modules ] || npm ci --no-audit --no-fund -q)
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -40,8 +42,8 @@ wait_http() { # url
 # start_tidings PORT DB_URL [REDIS_URL]: sets SERVER_PID
 start_tidings() {
   local port=$1 db=$2 redis=${3:-}
-  TIDINGS_BIND=127.0.0.1:$port TIDINGS_DATABASE_URL=$db TIDINGS_RATE_LIMITS=off \
-    TIDINGS_REDIS_URL=$redis RUST_LOG=warn \
+  env TIDINGS_BIND=127.0.0.1:"$port" TIDINGS_DATABASE_URL="$db" TIDINGS_RATE_LIMITS=off \
+    ${redis:+TIDINGS_REDIS_URL=$redis} RUST_LOG=warn \
     "$BIN/tidings" serve >"$WORK/tidings-$port.log" 2>&1 &
   SERVER_PID=$!; PIDS+=("$SERVER_PID")
   wait_http "http://127.0.0.1:$port/health"
@@ -78,12 +80,12 @@ load() { "$BIN/tidings-bench" load --timeout 240 "$@"; }
 
 for scenario in $SCENARIOS; do
   case $scenario in
-  fanout) # saturated fan-out to one room: the generator keeps 32 messages in flight
+  fanout) # saturated fan-out to one room: about 256,000 deliveries in flight (256 messages at 1k)
     for n in 1000 5000 15000; do
       for target in floor tidings node; do
         port=$(free_port); serve $target "$port"
         load --url "http://127.0.0.1:$port" --server-pid "$SERVER_PID" $(join_flag $target) \
-          --subscribers $n --rate 0 --window 32 --duration 5 --drain 20 \
+          --subscribers $n --rate 0 --window $((256000 / n)) --duration 5 --drain 20 \
           --connect-concurrency 200 --join-concurrency 64 \
           --label "fanout-$target-$n" --json "$OUT/fanout-$target-$n.json" || true
         stop "$SERVER_PID"

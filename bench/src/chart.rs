@@ -84,7 +84,13 @@ fn human(v: f64) -> String {
 }
 
 /// One panel: x linear in subscribers, y logarithmic.
-fn panel(out: &mut String, series: &Series, x0: f64, title: &str, pick: fn(&(f64, f64, f64)) -> f64) {
+fn panel(
+    out: &mut String,
+    series: &Series,
+    x0: f64,
+    title: &str,
+    pick: fn(&(f64, f64, f64)) -> f64,
+) {
     let (w, h, top, left) = (380.0, 260.0, 50.0, x0 + 70.0);
     let values: Vec<f64> = series
         .values()
@@ -92,17 +98,17 @@ fn panel(out: &mut String, series: &Series, x0: f64, title: &str, pick: fn(&(f64
         .map(pick)
         .filter(|v| *v > 0.0)
         .collect();
-    let ymin = values.iter().cloned().fold(f64::INFINITY, f64::min).max(0.01);
+    let ymin = values
+        .iter()
+        .cloned()
+        .fold(f64::INFINITY, f64::min)
+        .max(0.01);
     let ymax = values.iter().cloned().fold(0.0, f64::max).max(ymin * 10.0);
     let (lo, hi) = (
         10f64.powf(ymin.log10().floor()),
         10f64.powf(ymax.log10().ceil()),
     );
-    let xmax = series
-        .values()
-        .flatten()
-        .map(|p| p.0)
-        .fold(1.0, f64::max);
+    let xmax = series.values().flatten().map(|p| p.0).fold(1.0, f64::max);
     let sx = |x: f64| left + x / xmax * w;
     let sy = |y: f64| top + h - (y.max(lo).log10() - lo.log10()) / (hi.log10() - lo.log10()) * h;
     let _ = writeln!(

@@ -61,11 +61,14 @@ impl Floor {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let payload: Arc<str> = match field {
             "events" => json!({"data": {"events": {"data": body}}}).to_string(),
-            _ => json!({"data": {"messageAdded": {"id": id.to_string(), "body": body}}}).to_string(),
+            _ => {
+                json!({"data": {"messageAdded": {"id": id.to_string(), "body": body}}}).to_string()
+            }
         }
         .into();
         let gql = format!(r#"{{"id":"1","type":"next","payload":{payload}}}"#);
-        let legacy = json!({"type":"message","id": id.to_string(),"room": room,"text": body}).to_string();
+        let legacy =
+            json!({"type":"message","id": id.to_string(),"room": room,"text": body}).to_string();
         let _ = self.room(room).send(Event {
             gql: gql.into(),
             legacy: legacy.into(),
@@ -222,7 +225,11 @@ fn handle(
                             .and_then(Value::as_str)
                             .map(|c| c.trim_start_matches("public:").to_owned())
                     })?;
-                *sub_id = v.get("id").and_then(Value::as_str).unwrap_or("1").to_owned();
+                *sub_id = v
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("1")
+                    .to_owned();
                 *rx = Some(floor.room(&room).subscribe());
                 None
             }

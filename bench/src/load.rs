@@ -96,7 +96,11 @@ pub struct LoadArgs {
     #[arg(long)]
     pub skip_join: bool,
     /// HS256 secret the server verifies tokens with.
-    #[arg(long, env = "TIDINGS_JWT_SECRET", default_value = "tidings-bench-secret")]
+    #[arg(
+        long,
+        env = "TIDINGS_JWT_SECRET",
+        default_value = "tidings-bench-secret"
+    )]
     pub secret: String,
     /// How messages are published.
     #[arg(long, value_enum, default_value = "http")]
@@ -281,7 +285,9 @@ fn check_loopback(url: &str) -> anyhow::Result<()> {
             .trim_matches(['[', ']'])
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
-        || host.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
+        || host
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback());
     if !ok {
         bail!("{url}: the generator drives loopback servers only");
     }
@@ -309,7 +315,8 @@ fn ws_config() -> WebSocketConfig {
         .write_buffer_size(0)
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn open(url: &str, subprotocol: Option<&str>) -> anyhow::Result<Ws> {
     let mut request = url.into_client_request()?;
@@ -661,7 +668,11 @@ async fn run_inner(args: LoadArgs) -> anyhow::Result<Report> {
         if pids.is_empty() {
             return None;
         }
-        Some(pids.iter().filter_map(|p| proc_stats::cpu_seconds(*p)).sum())
+        Some(
+            pids.iter()
+                .filter_map(|p| proc_stats::cpu_seconds(*p))
+                .sum(),
+        )
     };
     report.server_rss_before_kib = rss();
 
@@ -788,8 +799,11 @@ async fn run_inner(args: LoadArgs) -> anyhow::Result<Report> {
     let published = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let next_global = Arc::new(AtomicU64::new(0));
-    let room_seq: Arc<Vec<AtomicU64>> = Arc::new((0..args.rooms).map(|_| AtomicU64::new(0)).collect());
+    let room_seq: Arc<Vec<AtomicU64>> =
+        Arc::new((0..args.rooms).map(|_| AtomicU64::new(0)).collect());
     let pub_hist = Arc::new(Mutex::new(histogram()));
+    // Messages whose publish failed: not expected unless delivered anyway.
+    let failed: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::new()));
     let stop_publishing = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     let n_pub = publishers.len();
@@ -797,6 +811,7 @@ async fn run_inner(args: LoadArgs) -> anyhow::Result<Report> {
         let args = args.clone();
         let shared = shared.clone();
         let publisher = publisher.clone();
+        let failed = failed.clone();
         let (published, errors, next_global, room_seq, pub_hist, stop_publishing) = (
             published.clone(),
             errors.clone(),
@@ -844,12 +859,22 @@ async fn run_inner(args: LoadArgs) -> anyhow::Result<Report> {
                 let sent = shared.now_us();
                 let body = format!("BENCH.{room}.{seq}.{global}.{sent}.");
                 published.fetch_add(1, Ordering::AcqRel);
-                let (args2, publisher2, errors2, pub_hist2) =
-                    (args.clone(), publisher.clone(), errors.clone(), pub_hist.clone());
+                let (args2, publisher2, errors2, pub_hist2, failed2) = (
+                    args.clone(),
+                    publisher.clone(),
+                    errors.clone(),
+                    pub_hist.clone(),
+                    failed.clone(),
+                );
                 let send = async move {
                     let t = Instant::now();
-                    if publisher2.send(&args2, room, body).await.is_err() {
-                        errors2.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = publisher2.send(&args2, room, body).await {
+                        if errors2.fetch_add(1, Ordering::Relaxed) == 0 && !args2.quiet {
+                            eprintln!("{}: publish failed: {e:#}", args2.label);
+                        }
+                        if let Ok(mut f) = failed2.lock() {
+                            f.push(global);
+                        }
                     }
                     if let Ok(mut h) = pub_hist2.lock() {
                         let _ = h.record(t.elapsed().as_micros().max(1) as u64);
@@ -904,6 +929,12 @@ async fn run_inner(args: LoadArgs) -> anyhow::Result<Report> {
         received += stats.received;
     }
     let _ = received;
+    // A failed publish may or may not have reached the hub: expect only what was delivered.
+    for &g in failed.lock().expect("lock").iter() {
+        let room = shared.message_room[g as usize].load(Ordering::Relaxed) as usize;
+        let delivered = shared.counts[g as usize].load(Ordering::Acquire) as u64;
+        expected = expected.saturating_sub(shared.room_size[room] as u64 - delivered);
+    }
     let mut lat = histogram();
     for h in &shared.latency {
         lat.add(&*h.lock().expect("lock")).expect("merge");
