@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Runs every benchmark scenario of PERFORMANCE.md against a release build of this checkout,
+# the floor (tidings-bench floor) and the Node reference (bench/node-ref), one fresh server
+# and database per run, on free loopback ports. Bounded: every generator stops by itself
+# (--timeout), every server is stopped by its pid at the end of its run.
+#
+#   bench/run.sh                # everything (about 15 minutes on 2 cores)
+#   bench/run.sh fanout idle    # some scenarios: fanout latency idle chat redis writes storm
+#
+# Results: bench/results/*.json (one report per run) and bench/results/fanout.svg.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$CARGO_TARGET_DIR/release
+OUT=${BENCH_OUT:-$ROOT/bench/results}
+PG=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
+export TIDINGS_JWT_SECRET=${TIDINGS_JWT_SECRET:-tidings-bench-secret-0123456789abcdef}
+SCENARIOS=${*:-fanout latency idle chat redis writes storm}
+mkdir -p "$OUT"
+WORK=$(mktemp -d)
+PIDS=()
+
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Built one package at a time: together, feature unification would rebuild shared crates.
+cargo build --release -q -p tidings
+cargo build --release -q -p tidings-bench
+(cd bench/node-ref && [ -d node_modules ] || npm ci --no-audit --no-fund -q)
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_http() { # url
+  for _ in $(seq 1 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
+  echo "server at $1 did not come up" >&2; return 1
+}
+
+# start_tidings PORT DB_URL [REDIS_URL]: sets SERVER_PID
+start_tidings() {
+  local port=$1 db=$2 redis=${3:-}
+  env TIDINGS_BIND=127.0.0.1:"$port" TIDINGS_DATABASE_URL="$db" TIDINGS_RATE_LIMITS=off \
+    ${redis:+TIDINGS_REDIS_URL=$redis} RUST_LOG=warn \
+    "$BIN/tidings" serve >"$WORK/tidings-$port.log" 2>&1 &
+  SERVER_PID=$!; PIDS+=("$SERVER_PID")
+  wait_http "http://127.0.0.1:$port/health"
+}
+start_floor() {
+  "$BIN/tidings-bench" floor --bind "127.0.0.1:$1" >"$WORK/floor-$1.log" 2>&1 &
+  SERVER_PID=$!; PIDS+=("$SERVER_PID")
+  sleep 0.3
+}
+start_node() {
+  PORT=$1 node bench/node-ref/server.mjs >"$WORK/node-$1.log" 2>&1 &
+  SERVER_PID=$!; PIDS+=("$SERVER_PID")
+  sleep 0.8
+}
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+sqlite() { echo "sqlite://$WORK/$1.db?mode=rwc"; }
+pgdb() { # fresh PostgreSQL database
+  local name=tidings_bench_$1_$$
+  psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS $name" -c "CREATE DATABASE $name" >/dev/null
+  echo "$PG/$name"
+}
+
+# serve TARGET PORT: starts tidings (fresh SQLite), floor or node
+serve() {
+  case $1 in
+    tidings) start_tidings "$2" "$(sqlite "t$2")" ;;
+    floor) start_floor "$2" ;;
+    node) start_node "$2" ;;
+  esac
+}
+join_flag() { [ "$1" = tidings ] || echo --skip-join; }
+
+load() { "$BIN/tidings-bench" load --timeout 240 "$@"; }
+
+for scenario in $SCENARIOS; do
+  case $scenario in
+  fanout) # saturated fan-out to one room: about 256,000 deliveries in flight (256 messages at 1k)
+    for n in 1000 5000 15000; do
+      for target in floor tidings node; do
+        port=$(free_port); serve $target "$port"
+        load --url "http://127.0.0.1:$port" --server-pid "$SERVER_PID" $(join_flag $target) \
+          --subscribers $n --rate 0 --window $((256000 / n)) --duration 5 --drain 20 \
+          --connect-concurrency 200 --join-concurrency 64 \
+          --label "fanout-$target-$n" --json "$OUT/fanout-$target-$n.json" || true
+        stop "$SERVER_PID"
+      done
+    done ;;
+  latency) # 5k subscribers, 50 messages/s: latency below saturation
+    for target in floor tidings node; do
+      port=$(free_port); serve $target "$port"
+      load --url "http://127.0.0.1:$port" --server-pid "$SERVER_PID" $(join_flag $target) \
+        --subscribers 5000 --rate 50 --window 1000 --duration 10 --drain 20 \
+        --join-concurrency 64 --label "latency-$target-5000" --json "$OUT/latency-$target-5000.json" || true
+      stop "$SERVER_PID"
+    done ;;
+  idle|storm) # ~19k idle graphql-ws subscriptions on one instance, by two generator processes
+    # (each process may hold 20,000 files); the storm variant connects 1,000 at a time.
+    if [ "$scenario" = storm ]; then cc=1000; targets=tidings; else cc=200; targets="floor tidings node"; fi
+    for target in $targets; do
+      port=$(free_port); serve $target "$port"
+      sleep 1
+      before=$("$BIN/tidings-bench" rss "$SERVER_PID")
+      rm -f "$WORK"/ready-*
+      gens=()
+      for part in 0 1; do
+        load --url "http://127.0.0.1:$port" --sub events --publish none --skip-join \
+          --subscribers 9500 --offset $((part * 9500)) --rooms 1 --room-prefix idle \
+          --connect-concurrency $cc --hold 8 --ready-file "$WORK/ready-$part" \
+          --label "$scenario-$target-part$part" --json "$WORK/$scenario-$target-part$part.json" &
+        gens+=($!)
+      done
+      for _ in $(seq 1 900); do [ -f "$WORK/ready-0" ] && [ -f "$WORK/ready-1" ] && break; sleep 0.2; done
+      sleep 2
+      after=$("$BIN/tidings-bench" rss "$SERVER_PID")
+      for g in "${gens[@]}"; do wait "$g" || true; done
+      "$BIN/tidings-bench" merge --rss-before "$before" --rss-after "$after" \
+        --label "$scenario-$target-19000" "$WORK/$scenario-$target-part0.json" \
+        "$WORK/$scenario-$target-part1.json" >"$OUT/$scenario-$target-19000.json"
+      grep -E '"(connected|connect_failures|connects_per_second|server_rss_per_connection_kib)"' \
+        "$OUT/$scenario-$target-19000.json" | tr -d '\n'; echo " <- $scenario $target"
+      stop "$SERVER_PID"
+    done ;;
+  chat) # 10k users in 1k rooms of 10; every message sent by a member over HTTP
+    port=$(free_port); serve tidings "$port"
+    load --url "http://127.0.0.1:$port" --server-pid "$SERVER_PID" \
+      --subscribers 10000 --rooms 1000 --rate 500 --window 2000 --publishers 4 --duration 10 \
+      --join-concurrency 64 --label chat-tidings-10000 --json "$OUT/chat-tidings-10000.json" || true
+    stop "$SERVER_PID" ;;
+  redis) # the same through two instances sharing PostgreSQL and a Redis of our own
+    rport=$(free_port)
+    redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+      >"$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!; PIDS+=("$REDIS_PID"); sleep 0.5
+    db=$(pgdb redis)
+    p1=$(free_port); start_tidings "$p1" "$db" "redis://127.0.0.1:$rport"; s1=$SERVER_PID
+    p2=$(free_port); start_tidings "$p2" "$db" "redis://127.0.0.1:$rport"; s2=$SERVER_PID
+    load --url "http://127.0.0.1:$p1" --also "http://127.0.0.1:$p2" \
+      --server-pid "$s1" --server-pid "$s2" \
+      --subscribers 10000 --rooms 1000 --rate 500 --window 2000 --publishers 4 --duration 10 \
+      --join-concurrency 64 --label chat-redis-10000 --json "$OUT/chat-redis-10000.json" || true
+    stop "$s1"; stop "$s2"; stop "$REDIS_PID" ;;
+  writes) # sendMessage writes/s: 64 in flight, 100 rooms of one subscriber each
+    for backend in sqlite postgres; do
+      port=$(free_port)
+      if [ $backend = sqlite ]; then db=$(sqlite "w$port"); else db=$(pgdb writes); fi
+      start_tidings "$port" "$db"
+      load --url "http://127.0.0.1:$port" --server-pid "$SERVER_PID" \
+        --subscribers 100 --rooms 100 --rate 0 --window 64 --publishers 4 --duration 10 \
+        --label "writes-$backend" --json "$OUT/writes-$backend.json" || true
+      stop "$SERVER_PID"
+    done ;;
+  *) echo "unknown scenario $scenario" >&2; exit 2 ;;
+  esac
+done
+
+"$BIN/tidings-bench" chart "$OUT"/fanout-*.json --out "$OUT/fanout.svg"

@@ -1,0 +1,127 @@
+//! Keeps the load generator working: a Tidings server in this process (fresh SQLite, rate
+//! limits off), a second of publishing to a few subscribers on each protocol, and not one
+//! delivery lost or duplicated. Also the floor, which the benchmarks compare against.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use tidings_bench::floor::FloorArgs;
+use tidings_bench::load::{self, LoadArgs, Proto, Publish, Sub};
+
+const SECRET: &str = "tidings-bench-smoke-secret-0123456789";
+
+#[derive(Parser)]
+struct Serve {
+    #[command(flatten)]
+    config: tidings::config::Config,
+}
+
+#[derive(Parser)]
+struct Load {
+    #[command(flatten)]
+    args: LoadArgs,
+}
+
+async fn start_tidings(dir: &tempfile::TempDir) -> SocketAddr {
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+    let config = Serve::parse_from([
+        "tidings",
+        "--bind",
+        "127.0.0.1:0",
+        "--database-url",
+        &db,
+        "--jwt-secret",
+        SECRET,
+        "--rate-limits",
+        "off",
+    ])
+    .config;
+    let listener = tidings::bind(config.bind).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = tidings::App::build(config).await.expect("app");
+    tokio::spawn(app.serve(listener, std::future::pending()));
+    addr
+}
+
+fn args(addr: SocketAddr, extra: &[&str]) -> LoadArgs {
+    let url = format!("http://{addr}");
+    let mut argv = vec![
+        "load",
+        "--url",
+        &url,
+        "--secret",
+        SECRET,
+        "--subscribers",
+        "6",
+        "--rooms",
+        "2",
+        "--rate",
+        "40",
+        "--duration",
+        "1",
+        "--drain",
+        "10",
+        "--timeout",
+        "60",
+        "--quiet",
+    ];
+    argv.extend_from_slice(extra);
+    Load::parse_from(argv).args
+}
+
+fn assert_clean(report: &load::Report, what: &str) {
+    assert_eq!(report.connected, report.subscribers, "{what}: {report:?}");
+    assert!(report.published > 10, "{what}: {report:?}");
+    assert_eq!(report.publish_errors, 0, "{what}: {report:?}");
+    assert_eq!(
+        report.expected_deliveries,
+        report.published * 3,
+        "{what}: {report:?}"
+    );
+    assert_eq!(report.lost, 0, "{what}: {report:?}");
+    assert_eq!(report.duplicated, 0, "{what}: {report:?}");
+    assert!(report.latency.p99_ms > 0.0, "{what}: {report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generator_against_tidings_loses_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let addr = start_tidings(&dir).await;
+    let pid = std::process::id().to_string();
+
+    let gql = load::run(args(addr, &["--server-pid", &pid, "--room-prefix", "g"]))
+        .await
+        .expect("graphql-ws run");
+    assert_clean(&gql, "graphql-ws");
+    assert!(gql.server_rss_after_kib > 0);
+
+    let mut legacy = args(addr, &["--room-prefix", "l", "--publish", "ws"]);
+    legacy.proto = Proto::Legacy;
+    let legacy = load::run(legacy).await.expect("legacy run");
+    assert_clean(&legacy, "legacy /ws");
+
+    let mut events = args(addr, &["--room-prefix", "e", "--skip-join"]);
+    events.sub = Sub::Events;
+    events.publish = Publish::Api;
+    let events = load::run(events).await.expect("events run");
+    assert_clean(&events, "events");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generator_against_the_floor_loses_nothing() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").port()
+    };
+    let bind: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    tokio::spawn(tidings_bench::floor::serve(FloorArgs {
+        bind,
+        threads: 1,
+        buffer: 1024,
+    }));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let report = load::run(args(bind, &["--skip-join"]))
+        .await
+        .expect("floor run");
+    assert_clean(&report, "floor");
+}
