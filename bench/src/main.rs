@@ -15,7 +15,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Drive a server: subscribers, publishers, and a JSON report.
-    Load(load::LoadArgs),
+    Load(Box<load::LoadArgs>),
     /// The floor: a minimal WebSocket server broadcasting one pre-serialized frame per event.
     Floor(floor::FloorArgs),
     /// Render the SVG chart of deliveries/s and p99 against subscribers from JSON reports.
@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
                 .worker_threads(args.threads)
                 .enable_all()
                 .build()?;
-            let report = rt.block_on(load::run(args.clone()))?;
+            let report = rt.block_on(load::run((*args).clone()))?;
             load::emit(&args, &report)
         }
         Command::Floor(args) => {
