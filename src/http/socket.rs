@@ -323,7 +323,7 @@ async fn write_loop(
                         // reading.
                         let drain = async {
                             while let Some(out) = data.recv().await {
-                                if !write(&mut sink, out, transport).await {
+                                if !write(&mut sink, out, &mut data, transport).await {
                                     return false;
                                 }
                             }
@@ -341,7 +341,7 @@ async fn write_loop(
             }
             d = data.recv(), if data_open => match d {
                 Some(out) => {
-                    if !write(&mut sink, out, transport).await {
+                    if !write(&mut sink, out, &mut data, transport).await {
                         break;
                     }
                 }
@@ -352,16 +352,35 @@ async fn write_loop(
     let _ = sink.close().await;
 }
 
-/// Writes one frame; false when the socket is gone.
+/// Frames written together before one flush: under fan-out a socket's queue holds many, and
+/// one write system call for all of them costs far less than one each.
+const WRITE_BATCH: usize = 64;
+
+/// Writes `first` and whatever else is already queued (up to a batch), then flushes once;
+/// false when the socket is gone.
 async fn write(
     sink: &mut SplitSink<WebSocket, Message>,
-    out: Outbound,
+    first: Outbound,
+    queue: &mut mpsc::Receiver<Outbound>,
     transport: Transport,
 ) -> bool {
-    if sink.send(out.message).await.is_err() {
+    let mut written: Vec<EventStamp> = Vec::new();
+    let mut next = Some(first);
+    let mut count = 0;
+    while let Some(out) = next.take() {
+        if sink.feed(out.message).await.is_err() {
+            return false;
+        }
+        written.extend(out.event);
+        count += 1;
+        if count < WRITE_BATCH {
+            next = queue.try_recv().ok();
+        }
+    }
+    if sink.flush().await.is_err() {
         return false;
     }
-    if let Some(event) = out.event {
+    for event in written {
         crate::metrics::frame_written(transport, event.kind, event.created);
     }
     true
