@@ -478,9 +478,11 @@ impl LegacySocket {
                     last_heard = Instant::now();
                     let end = match frame {
                         None => Some(End::Gone),
-                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+                        // Boxed: the handlers' database calls make large futures, which would
+                        // otherwise stay part of every idle connection's read loop.
+                        Some(Ok(Message::Text(text))) => Box::pin(self.on_text(text.as_str())).await,
                         Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
-                            Ok(text) => self.on_text(text).await,
+                            Ok(text) => Box::pin(self.on_text(text)).await,
                             Err(_) => Some(invalid_json()),
                         },
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,

@@ -162,9 +162,11 @@ impl Connection {
                     last_heard = Instant::now();
                     let end = match frame {
                         None => Some(End::Gone),
-                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+                        // Boxed: the handlers' database calls make large futures, which would
+                        // otherwise stay part of every idle connection's read loop.
+                        Some(Ok(Message::Text(text))) => Box::pin(self.on_text(text.as_str())).await,
                         Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
-                            Ok(text) => self.on_text(text).await,
+                            Ok(text) => Box::pin(self.on_text(text)).await,
                             Err(_) => Some(End::Close(4400, "Invalid message received".into())),
                         },
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
@@ -439,20 +441,20 @@ impl Operation {
             Protocol::Legacy => "data",
         };
         let field = shareable.field();
-        let joined = state
-            .cohorts
-            .join(
-                &state.schema,
-                &state.domain,
-                &viewer,
-                shareable,
-                cohort::Seat {
-                    op_id: &self.id,
-                    data_type,
-                    outbox: self.out.clone(),
-                },
-            )
-            .await;
+        // Boxed: the rights check's database calls make a large future, not to be kept for
+        // the whole life of the subscription.
+        let joined = Box::pin(state.cohorts.join(
+            &state.schema,
+            &state.domain,
+            &viewer,
+            shareable,
+            cohort::Seat {
+                op_id: &self.id,
+                data_type,
+                outbox: self.out.clone(),
+            },
+        ))
+        .await;
         match joined {
             Ok(membership) => {
                 membership.ended().await;
