@@ -51,3 +51,11 @@ pub fn stamp_codes(response: &mut Response) {
             .set("code", code);
     }
 }
+
+/// Whether a request failed before execution (parse or validation): no data, and errors
+/// without a path. GraphQL over HTTP answers it with 400, graphql-transport-ws with `error`.
+pub fn is_request_error(response: &Response) -> bool {
+    response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|e| e.path.is_empty())
+}

@@ -16,7 +16,7 @@ use serde_json::json;
 use super::AppState;
 use crate::auth::{bearer, TokenError, Viewer};
 use crate::domain::users::ViewerError;
-use crate::graphql::errors::stamp_codes;
+use crate::graphql::errors::{is_request_error, stamp_codes};
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 
@@ -151,11 +151,4 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
             "could not encode the response",
         ),
     }
-}
-
-/// Whether the request failed before execution: no data and errors without a path.
-fn is_request_error(response: &async_graphql::Response) -> bool {
-    response.data == async_graphql::Value::Null
-        && !response.errors.is_empty()
-        && response.errors.iter().all(|e| e.path.is_empty())
 }

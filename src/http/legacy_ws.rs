@@ -47,9 +47,18 @@ pub fn router() -> Router<AppState> {
         .route("/ws/auth", get(conversations))
         .route("/ws/{name}", get(channel_socket))
         .route("/api/ws/leaderboard", get(arena_leaderboard))
-        .route("/api/ws/notifications/{user_id}", get(arena_notifications))
-        .route("/api/ws/presence/{user_id}", get(arena_presence))
-        .route("/api/ws/{user_id}", get(arena_chat))
+        .route(
+            "/api/ws/notifications/{user_id}",
+            get(|s, p, h, q, ws| arena_user(Purpose::Notifications, s, p, h, q, ws)),
+        )
+        .route(
+            "/api/ws/presence/{user_id}",
+            get(|s, p, h, q, ws| arena_user(Purpose::Presence, s, p, h, q, ws)),
+        )
+        .route(
+            "/api/ws/{user_id}",
+            get(|s, p, h, q, ws| arena_user(Purpose::Chat, s, p, h, q, ws)),
+        )
 }
 
 /// What the path a socket connected to says about it.
@@ -129,47 +138,17 @@ fn arena(purpose: Purpose, path_user: Option<String>) -> Entry {
     }
 }
 
-async fn arena_chat(
+/// `/api/ws/{user_id}`, `/api/ws/notifications/{user_id}`, `/api/ws/presence/{user_id}`: the
+/// arena dialect's per-user streams, which differ only in what they follow.
+async fn arena_user(
+    purpose: Purpose,
     State(state): State<AppState>,
     Path(user_id): Path<String>,
     headers: HeaderMap,
     params: Params,
     ws: Upgrade,
 ) -> Response {
-    upgrade(
-        state,
-        headers,
-        params,
-        ws,
-        arena(Purpose::Chat, Some(user_id)),
-    )
-}
-
-async fn arena_notifications(
-    State(state): State<AppState>,
-    Path(user_id): Path<String>,
-    headers: HeaderMap,
-    params: Params,
-    ws: Upgrade,
-) -> Response {
-    let entry = arena(Purpose::Notifications, Some(user_id));
-    upgrade(state, headers, params, ws, entry)
-}
-
-async fn arena_presence(
-    State(state): State<AppState>,
-    Path(user_id): Path<String>,
-    headers: HeaderMap,
-    params: Params,
-    ws: Upgrade,
-) -> Response {
-    upgrade(
-        state,
-        headers,
-        params,
-        ws,
-        arena(Purpose::Presence, Some(user_id)),
-    )
+    upgrade(state, headers, params, ws, arena(purpose, Some(user_id)))
 }
 
 async fn arena_leaderboard(

@@ -27,7 +27,7 @@ use super::AppState;
 use crate::auth::{bearer, Viewer};
 use crate::domain::presence::PresenceGuard;
 use crate::domain::DomainError;
-use crate::graphql::errors::stamp_codes;
+use crate::graphql::errors::{is_request_error, stamp_codes};
 use crate::graphql::SocketConnection;
 use crate::metrics::Transport;
 
@@ -481,12 +481,6 @@ impl Operation {
     async fn push(&self, frame: Value) -> bool {
         self.out.push(frame.to_string(), None).await
     }
-}
-
-fn is_request_error(response: &async_graphql::Response) -> bool {
-    response.data == async_graphql::Value::Null
-        && !response.errors.is_empty()
-        && response.errors.iter().all(|e| e.path.is_empty())
 }
 
 /// The token a `connection_init` payload carries, in any of the shapes clients use.
