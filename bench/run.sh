@@ -5,7 +5,7 @@
 # (--timeout), every server is stopped by its pid at the end of its run.
 #
 #   bench/run.sh                # everything (about 15 minutes on 2 cores)
-#   bench/run.sh fanout idle    # some scenarios: fanout latency idle chat redis writes storm
+#   bench/run.sh fanout idle    # some scenarios: fanout latency idle idle50k chat redis writes storm
 #
 # Results: bench/results/*.json (one report per run) and bench/results/fanout.svg.
 set -euo pipefail
@@ -16,7 +16,7 @@ BIN=$CARGO_TARGET_DIR/release
 OUT=${BENCH_OUT:-$ROOT/bench/results}
 PG=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 export TIDINGS_JWT_SECRET=${TIDINGS_JWT_SECRET:-tidings-bench-secret-0123456789abcdef}
-SCENARIOS=${*:-fanout latency idle chat redis writes storm}
+SCENARIOS=${*:-fanout latency idle idle50k chat redis writes storm}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 PIDS=()
@@ -126,6 +126,52 @@ for scenario in $SCENARIOS; do
         "$OUT/$scenario-$target-19000.json" | tr -d '\n'; echo " <- $scenario $target"
       stop "$SERVER_PID"
     done ;;
+  idle50k) # 50,000 idle graphql-ws subscriptions over three instances sharing PostgreSQL and a
+    # Redis of our own, by three generator processes (each process may hold 20,000 files); each
+    # process spreads its connections over the three instances.
+    rport=$(free_port)
+    redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+      >"$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!; PIDS+=("$REDIS_PID"); sleep 0.5
+    db=$(pgdb idle50k)
+    ports=(); spids=()
+    for _ in 0 1 2; do
+      p=$(free_port); start_tidings "$p" "$db" "redis://127.0.0.1:$rport"
+      ports+=("$p"); spids+=("$SERVER_PID")
+    done
+    sleep 1
+    rss_sum() { local t=0; for s in "${spids[@]}"; do t=$((t + $("$BIN/tidings-bench" rss "$s"))); done; echo $t; }
+    before=$(rss_sum)
+    rm -f "$WORK"/ready-*
+    gens=(); counts=(16666 16667 16667); offsets=(0 16666 33333)
+    for part in 0 1 2; do
+      a=${ports[$part]}; b=${ports[$(((part + 1) % 3))]}; c=${ports[$(((part + 2) % 3))]}
+      "$BIN/tidings-bench" load --timeout 900 --url "http://127.0.0.1:$a" \
+        --also "http://127.0.0.1:$b" --also "http://127.0.0.1:$c" \
+        --sub events --publish none --skip-join \
+        --subscribers "${counts[$part]}" --offset "${offsets[$part]}" --rooms 1 --room-prefix idle \
+        --connect-concurrency 200 --hold 60 --ready-file "$WORK/ready-$part" \
+        --label "idle50k-part$part" --json "$WORK/idle50k-part$part.json" &
+      gens+=($!)
+    done
+    for _ in $(seq 1 4000); do
+      [ -f "$WORK/ready-0" ] && [ -f "$WORK/ready-1" ] && [ -f "$WORK/ready-2" ] && break; sleep 0.2
+    done
+    sleep 2
+    after=$(rss_sum)
+    open=0
+    for p in "${ports[@]}"; do
+      n=$(curl -sf "http://127.0.0.1:$p/metrics" | awk '/^tidings_connections\{/ {s += $2} END {print s + 0}')
+      open=$((open + n))
+    done
+    echo "open connections on the three instances while held: $open"
+    for g in "${gens[@]}"; do wait "$g" || true; done
+    "$BIN/tidings-bench" merge --rss-before "$before" --rss-after "$after" \
+      --label "idle50k-tidings-50000" "$WORK"/idle50k-part{0,1,2}.json >"$OUT/idle50k-tidings-50000.json"
+    grep -E '"(connected|connect_failures|connects_per_second|server_rss_per_connection_kib)"' \
+      "$OUT/idle50k-tidings-50000.json" | tr -d '\n'; echo " <- idle50k tidings"
+    for s in "${spids[@]}"; do stop "$s"; done
+    stop "$REDIS_PID" ;;
   chat) # 10k users in 1k rooms of 10; every message sent by a member over HTTP
     port=$(free_port); serve tidings "$port"
     load --url "http://127.0.0.1:$port" --server-pid "$SERVER_PID" \

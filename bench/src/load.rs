@@ -778,6 +778,11 @@ async fn run_inner(args: LoadArgs) -> anyhow::Result<Report> {
         // Subscriptions without a publisher: give the server a moment to register them.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // Ready means connected: a script that split the load over processes measures the server
+    // while every process still holds its connections (`--hold`).
+    if let Some(path) = &args.ready_file {
+        std::fs::write(path, format!("{}\n", report.connected))?;
+    }
     if args.hold > 0.0 {
         tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
     }
@@ -786,9 +791,6 @@ async fn run_inner(args: LoadArgs) -> anyhow::Result<Report> {
         report.server_rss_per_connection_kib = (report.server_rss_after_kib as f64
             - report.server_rss_before_kib as f64)
             / report.connected as f64;
-    }
-    if let Some(path) = &args.ready_file {
-        std::fs::write(path, format!("{}\n", report.connected))?;
     }
 
     // 4. Publishing, paced, within the window.

@@ -16,7 +16,6 @@ use async_graphql::parser::types::{DocumentOperations, OperationType, Selection}
 use async_graphql::{Name, Request, Value as GqlValue};
 use futures_util::StreamExt;
 use serde_json::json;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::socket::Outbox;
@@ -132,17 +131,22 @@ fn executor() -> Viewer {
     })
 }
 
-/// One subscriber in a cohort.
+/// What a member's connection does once the cohort has no more for it: free the operation's
+/// id and queue its `complete`.
+pub(crate) type OnEnd = Box<dyn FnOnce() + Send>;
+
+/// One subscriber in a cohort. A member costs no task of its own: the cohort's execution
+/// queues its frames, and ends it with `on_end`.
 struct Member {
     /// `{"id":…,"type":"next","payload":` for this member's operation.
     prefix: String,
     outbox: Outbox,
     user_id: Option<String>,
-    /// Told when the cohort ends, so the member's operation finishes.
-    ended: Arc<Notify>,
+    on_end: OnEnd,
 }
 
 struct Cohort {
+    key: Key,
     members: Mutex<HashMap<u64, Member>>,
     /// Cancelled when the last member leaves: the execution stops (and its topics go).
     abandoned: CancellationToken,
@@ -162,28 +166,21 @@ pub struct Cohorts {
 }
 
 /// Where a member's results go: its operation id, the frame type its protocol uses for
-/// results (`next`, or `data` on the legacy protocol), and its connection's queue.
+/// results (`next`, or `data` on the legacy protocol), its connection's queue, and what to do
+/// when the cohort ends (not called when the member leaves by dropping its `Membership`).
 pub(crate) struct Seat<'a> {
     pub(crate) op_id: &'a str,
     pub(crate) data_type: &'a str,
     pub(crate) outbox: Outbox,
+    pub(crate) on_end: OnEnd,
 }
 
 /// A member's place in its cohort: dropping it (the operation completed or the socket closed)
 /// leaves the cohort, and the last member out ends the cohort's execution.
 pub(crate) struct Membership {
     cohorts: Arc<Cohorts>,
-    key: Key,
     cohort: Arc<Cohort>,
     id: u64,
-    ended: Arc<Notify>,
-}
-
-impl Membership {
-    /// Resolves when the cohort's execution ended (its `complete` was queued).
-    pub(crate) async fn ended(&self) {
-        self.ended.notified().await
-    }
 }
 
 impl Drop for Membership {
@@ -198,10 +195,10 @@ impl Drop for Membership {
         if empty {
             self.cohort.abandoned.cancel();
             if cohorts
-                .get(&self.key)
+                .get(&self.cohort.key)
                 .is_some_and(|c| Arc::ptr_eq(c, &self.cohort))
             {
-                cohorts.remove(&self.key);
+                cohorts.remove(&self.cohort.key);
             }
         }
     }
@@ -226,6 +223,7 @@ impl Cohorts {
             op_id,
             data_type,
             outbox,
+            on_end,
         } = seat;
         match &shareable.source {
             Source::Room(room) => {
@@ -236,7 +234,6 @@ impl Cohorts {
             }
         }
         let id_json = serde_json::to_string(op_id).unwrap_or_else(|_| "\"\"".into());
-        let ended = Arc::new(Notify::new());
         let member = Member {
             prefix: format!(r#"{{"id":{id_json},"type":"{data_type}","payload":"#),
             outbox,
@@ -244,7 +241,7 @@ impl Cohorts {
                 .user()
                 .filter(|u| !u.is_admin())
                 .map(|u| u.id.clone()),
-            ended: ended.clone(),
+            on_end,
         };
         let id = self.next_member.fetch_add(1, Ordering::Relaxed);
         let mut cohorts = self.lock();
@@ -252,6 +249,7 @@ impl Cohorts {
             Some(c) => c.clone(),
             None => {
                 let cohort = Arc::new(Cohort {
+                    key: shareable.key.clone(),
                     members: Mutex::new(HashMap::new()),
                     abandoned: CancellationToken::new(),
                 });
@@ -279,10 +277,8 @@ impl Cohorts {
         crate::metrics::cohort_member(true);
         Ok(Membership {
             cohorts: self.clone(),
-            key: shareable.key,
             cohort,
             id,
-            ended,
         })
     }
 }
@@ -314,9 +310,10 @@ async fn drive(
             next = stream.next() => {
                 let Some(cohort) = cohort.upgrade() else { return };
                 let Some(mut response) = next else {
-                    // Each member's operation sends its own `complete`.
-                    for member in cohort.lock().values() {
-                        member.ended.notify_one();
+                    // Taken out of the lock first: ending a member may drop its membership.
+                    let ended: Vec<Member> = cohort.lock().drain().map(|(_, m)| m).collect();
+                    for member in ended {
+                        (member.on_end)();
                     }
                     return;
                 };
@@ -363,7 +360,7 @@ async fn drive(
 }
 
 /// A member who left the room stops receiving it, as its own subscription would: FORBIDDEN,
-/// then (from its operation) `complete`.
+/// then `complete`.
 fn refuse_leaver(cohort: &Cohort, user_id: &str, room: &str) {
     let error = DomainError::Forbidden(format!("you left room {room}"));
     let payload = json!({ "data": null, "errors": [{
@@ -372,17 +369,22 @@ fn refuse_leaver(cohort: &Cohort, user_id: &str, room: &str) {
         "extensions": { "code": error.code() },
     }] })
     .to_string();
-    cohort.lock().retain(|_, member| {
-        if member.user_id.as_deref() != Some(user_id) {
-            return true;
-        }
-        let mut frame = member.prefix.clone();
+    let refused: Vec<Member> = {
+        let mut members = cohort.lock();
+        let ids: Vec<u64> = members
+            .iter()
+            .filter(|(_, m)| m.user_id.as_deref() == Some(user_id))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.iter().filter_map(|id| members.remove(id)).collect()
+    };
+    for member in refused {
+        let mut frame = member.prefix;
         frame.push_str(&payload);
         frame.push('}');
         member.outbox.try_push(frame, None);
-        member.ended.notify_one();
-        false
-    });
+        (member.on_end)();
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {

@@ -328,7 +328,11 @@ impl LegacySocket {
             watch: None,
         };
         if let Some(user) = socket.viewer.user() {
-            socket.watch = Some(state.connections.watch_user(&user.id, id));
+            socket.watch = Some(
+                state
+                    .connections
+                    .watch_user(&user.id, id, socket.frames.outbox()),
+            );
         }
         if let Err(e) = socket.start(path_channel).await {
             tracing::warn!(error = %e, "legacy /ws: could not start a socket's feeds");
@@ -443,14 +447,15 @@ impl LegacySocket {
     async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) -> End {
         let config = self.state.config.clone();
         let mut last_heard = Instant::now();
-        let mut ping = tokio::time::interval_at(
-            Instant::now() + config.ws_ping_interval,
-            config.ws_ping_interval,
-        );
+        let mut deadlines = socket::Deadlines {
+            ping: Instant::now() + config.ws_ping_interval,
+            init: None,
+            expires: socket::token_expiry(Some(&self.viewer)),
+        };
+        let timer = tokio::time::sleep_until(deadlines.next());
+        tokio::pin!(timer);
         let shutdown = self.state.shutdown.clone();
         let outbox = self.frames.outbox().clone();
-        let expires = socket::token_expiry(Some(&self.viewer));
-        let kicked = self.watch.as_ref().map(|w| w.kicked.clone());
         loop {
             tokio::select! {
                 frame = stream.next() => {
@@ -472,26 +477,33 @@ impl LegacySocket {
                         return end;
                     }
                 }
-                _ = ping.tick() => {
-                    if last_heard.elapsed() > config.ws_idle_timeout {
-                        return End::Close(1001, "ping timeout".into());
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if deadlines.expires.is_some_and(|at| at <= now) {
+                        return End::Close(4001, "token expired".into());
                     }
-                    // A WebSocket ping: browsers answer it without any code of the client's.
-                    outbox.offer(Message::Ping(Default::default()));
-                }
-                _ = socket::sleep_until_opt(expires) => {
-                    return End::Close(4001, "token expired".into());
+                    if deadlines.ping <= now {
+                        deadlines.ping = now + config.ws_ping_interval;
+                        if last_heard.elapsed() > config.ws_idle_timeout {
+                            return End::Close(1001, "ping timeout".into());
+                        }
+                        // A WebSocket ping: browsers answer it without any code of the client's.
+                        outbox.offer(Message::Ping(Default::default()));
+                    }
                 }
                 _ = shutdown.cancelled() => {
                     return End::Close(1001, "server shutting down".into());
                 }
-                _ = outbox.stalled() => {
-                    return End::CloseNow(1008, "slow consumer".into());
-                }
-                _ = socket::cancelled_opt(kicked.clone()) => {
-                    return End::Close(4001, "disconnected by an administrator".into());
+                attention = outbox.attention() => {
+                    return match attention {
+                        socket::Attention::Slow => End::CloseNow(1008, "slow consumer".into()),
+                        socket::Attention::Kicked => {
+                            End::Close(4001, "disconnected by an administrator".into())
+                        }
+                    };
                 }
             }
+            deadlines.arm(timer.as_mut());
         }
     }
 

@@ -6,7 +6,7 @@
 //! state) and a writer task. Frames go to the writer through an `Outbox`; the reader ends the
 //! connection by handing an `End` to `SocketWriter::finish`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,17 +15,17 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use chrono::{DateTime, Utc};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::Viewer;
 use crate::metrics::Transport;
 
-/// Read-buffer chunk: frames here are small, and tungstenite's 128 KiB default would be
-/// zero-filled and then resident for every socket.
-const READ_BUFFER: usize = 4 * 1024;
+/// Read-buffer chunk: frames from clients are small, and the buffer stays allocated for the
+/// connection's life (tungstenite's 128 KiB default would be zero-filled and then resident for
+/// every socket); a larger frame grows it to the frame's size.
+const READ_BUFFER: usize = 512;
 const WRITE_BUFFER: usize = 8 * 1024;
 /// How long queued frames may take to drain before a close goes out regardless.
 const DRAIN_BEFORE_CLOSE: Duration = Duration::from_secs(5);
@@ -46,7 +46,8 @@ pub struct Connections {
     open: AtomicUsize,
     next_id: AtomicU64,
     closed: Notify,
-    by_user: Mutex<HashMap<String, HashMap<u64, CancellationToken>>>,
+    /// Each signed-in user's connections here, by connection id.
+    by_user: Mutex<HashMap<String, Vec<(u64, Outbox)>>>,
 }
 
 impl Connections {
@@ -60,36 +61,39 @@ impl Connections {
         }
     }
 
-    /// Records that connection `id` is `user_id`'s, so `disconnect_user` reaches it, until the
-    /// returned watch is dropped.
-    pub(crate) fn watch_user(self: &Arc<Self>, user_id: &str, id: u64) -> UserWatch {
-        let kicked = CancellationToken::new();
+    /// Records that connection `id` (whose queue is `outbox`) is `user_id`'s, so
+    /// `disconnect_user` reaches it, until the returned watch is dropped.
+    pub(crate) fn watch_user(
+        self: &Arc<Self>,
+        user_id: &str,
+        id: u64,
+        outbox: &Outbox,
+    ) -> UserWatch {
         self.lock_users()
             .entry(user_id.to_owned())
             .or_default()
-            .insert(id, kicked.clone());
+            .push((id, outbox.clone()));
         UserWatch {
             connections: self.clone(),
             user_id: user_id.to_owned(),
             id,
-            kicked,
         }
     }
 
-    fn lock_users(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<u64, CancellationToken>>> {
+    fn lock_users(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(u64, Outbox)>>> {
         self.by_user.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Closes every connection of `user_id` on this instance; returns how many.
     pub fn disconnect_user(&self, user_id: &str) -> usize {
         let users = self.lock_users();
-        let Some(tokens) = users.get(user_id) else {
+        let Some(connections) = users.get(user_id) else {
             return 0;
         };
-        tokens.values().for_each(CancellationToken::cancel);
-        tokens.len()
+        for (_, outbox) in connections {
+            outbox.0.attend(|state| state.kicked = true);
+        }
+        connections.len()
     }
 
     pub fn count(&self) -> usize {
@@ -124,15 +128,13 @@ pub(crate) struct UserWatch {
     connections: Arc<Connections>,
     user_id: String,
     id: u64,
-    /// Cancelled when an admin disconnects the user.
-    pub(crate) kicked: CancellationToken,
 }
 
 impl Drop for UserWatch {
     fn drop(&mut self) {
         let mut users = self.connections.lock_users();
         if let Some(mine) = users.get_mut(&self.user_id) {
-            mine.remove(&self.id);
+            mine.retain(|(id, _)| *id != self.id);
             if mine.is_empty() {
                 users.remove(&self.user_id);
             }
@@ -162,22 +164,149 @@ pub(crate) struct Outbound {
     event: Option<EventStamp>,
 }
 
-/// Where a connection's producers put frames for the writer.
-#[derive(Clone)]
-pub(crate) struct Outbox {
-    queue: mpsc::Sender<Outbound>,
-    /// Cancelled by a producer that found the queue full for too long.
-    slow: CancellationToken,
-    /// How long "too long" is.
+/// A connection's bounded queue of frames for its writer, and the close its reader asks for.
+///
+/// Written here rather than taken from `tokio::sync::mpsc`: a bounded mpsc channel allocates
+/// a block of 32 slots when it is made (about 2.5 KiB at this frame size), and a second
+/// channel for the close would add as much again, for every connection, idle or not. This
+/// queue holds frames only while they wait, gives the memory back once a burst has drained,
+/// and carries the close in the same lock.
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Wakes the writer: a frame or a close was queued (one waiter, so a permit is kept).
+    ready: Notify,
+    /// Wakes producers waiting for room.
+    room: Notify,
+    /// Wakes the reader: a producer gave up on a full queue, or an admin disconnected the user.
+    attention: Notify,
+    capacity: usize,
     slow_after: Duration,
     transport: Transport,
 }
+
+#[derive(Default)]
+struct QueueState {
+    frames: VecDeque<Outbound>,
+    close: Option<Control>,
+    /// The writer has stopped: nothing more will be written.
+    writer_gone: bool,
+    /// A producer found the queue full for too long.
+    slow: bool,
+    /// An administrator disconnected the user.
+    kicked: bool,
+}
+
+/// A drained queue keeps at most this many slots allocated.
+const QUEUE_KEEP: usize = 64;
+
+enum Enqueue {
+    Queued,
+    Full(Outbound),
+    Closed,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn enqueue(&self, frame: Outbound) -> Enqueue {
+        {
+            let mut state = self.lock();
+            if state.writer_gone || state.close.is_some() {
+                return Enqueue::Closed;
+            }
+            if state.frames.len() >= self.capacity {
+                return Enqueue::Full(frame);
+            }
+            state.frames.push_back(frame);
+        }
+        self.ready.notify_one();
+        Enqueue::Queued
+    }
+
+    fn mark_slow(&self) {
+        let mut first = false;
+        self.attend(|state| first = !std::mem::replace(&mut state.slow, true));
+        if first {
+            crate::metrics::slow_consumer(self.transport);
+        }
+    }
+
+    /// Changes the state and wakes the reader to look at it.
+    fn attend(&self, change: impl FnOnce(&mut QueueState)) {
+        change(&mut self.lock());
+        self.attention.notify_one();
+    }
+
+    /// The next frame, without waiting.
+    fn try_pop(&self) -> Option<Outbound> {
+        let (frame, was_full) = {
+            let mut state = self.lock();
+            let was_full = state.frames.len() >= self.capacity;
+            let frame = state.frames.pop_front();
+            if state.frames.is_empty() && state.frames.capacity() > QUEUE_KEEP {
+                state.frames = VecDeque::new();
+            }
+            (frame, was_full)
+        };
+        if was_full && frame.is_some() {
+            self.room.notify_waiters();
+        }
+        frame
+    }
+
+    /// What the writer does next: a close the reader asked for comes before queued frames.
+    async fn next(&self) -> Next {
+        loop {
+            let ready = self.ready.notified();
+            {
+                let mut state = self.lock();
+                // An idle connection keeps no slots.
+                if state.frames.is_empty() && state.frames.capacity() > 0 && state.close.is_none() {
+                    state.frames = VecDeque::new();
+                }
+                match state.close.take() {
+                    Some(Control::CloseNow(frame)) => {
+                        state.frames = VecDeque::new();
+                        return Next::CloseNow(frame);
+                    }
+                    Some(Control::CloseAfterQueue(frame)) => return Next::CloseAfterQueue(frame),
+                    Some(Control::Gone) => return Next::Gone,
+                    None => {}
+                }
+            }
+            if let Some(frame) = self.try_pop() {
+                return Next::Frame(frame);
+            }
+            ready.await;
+        }
+    }
+
+    fn set_close(&self, control: Control) {
+        self.lock().close.get_or_insert(control);
+        self.ready.notify_one();
+        self.room.notify_waiters();
+    }
+}
+
+/// What the writer is to do next.
+enum Next {
+    Frame(Outbound),
+    CloseNow(CloseFrame),
+    CloseAfterQueue(CloseFrame),
+    Gone,
+}
+
+/// Where a connection's producers put frames for the writer.
+#[derive(Clone)]
+pub(crate) struct Outbox(Arc<Queue>);
 
 impl Outbox {
     /// Queues a control-plane frame (an ack, a pong, a keep-alive); one that does not fit is
     /// dropped, as the peer is not reading.
     pub(crate) fn offer(&self, message: Message) {
-        let _ = self.queue.try_send(Outbound {
+        let _ = self.0.enqueue(Outbound {
             message,
             event: None,
         });
@@ -186,20 +315,25 @@ impl Outbox {
     /// Queues a frame, waiting a bounded time for room; false when the connection is ending
     /// (closed, or a slow consumer now).
     pub(crate) async fn push(&self, text: String, event: Option<EventStamp>) -> bool {
-        let frame = Outbound {
+        let queue = &self.0;
+        let mut frame = Outbound {
             message: Message::Text(Utf8Bytes::from(text)),
             event,
         };
-        match self.queue.send_timeout(frame, self.slow_after).await {
-            Ok(()) => true,
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                if !self.slow.is_cancelled() {
-                    crate::metrics::slow_consumer(self.transport);
-                }
-                self.slow.cancel();
-                false
+        let deadline = Instant::now() + queue.slow_after;
+        loop {
+            let room = queue.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match queue.enqueue(frame) {
+                Enqueue::Queued => return true,
+                Enqueue::Closed => return false,
+                Enqueue::Full(back) => frame = back,
             }
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                queue.mark_slow();
+                return false;
+            }
         }
     }
 
@@ -211,23 +345,41 @@ impl Outbox {
             message: Message::Text(Utf8Bytes::from(text)),
             event,
         };
-        match self.queue.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.slow.is_cancelled() {
-                    crate::metrics::slow_consumer(self.transport);
-                }
-                self.slow.cancel();
+        match self.0.enqueue(frame) {
+            Enqueue::Queued => true,
+            Enqueue::Full(_) => {
+                self.0.mark_slow();
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Enqueue::Closed => false,
         }
     }
 
-    /// Resolves once a producer gave up on a full queue: the reader then closes with 1008.
-    pub(crate) async fn stalled(&self) {
-        self.slow.cancelled().await
+    /// Resolves once the reader must close: a producer gave up on a full queue (close with
+    /// 1008), or an administrator disconnected the user.
+    pub(crate) async fn attention(&self) -> Attention {
+        loop {
+            let attention = self.0.attention.notified();
+            {
+                let state = self.0.lock();
+                if state.slow {
+                    return Attention::Slow;
+                }
+                if state.kicked {
+                    return Attention::Kicked;
+                }
+            }
+            attention.await;
+        }
     }
+}
+
+/// Why a reader must close, from `Outbox::attention`.
+pub(crate) enum Attention {
+    /// A slow consumer.
+    Slow,
+    /// Disconnected by an administrator.
+    Kicked,
 }
 
 /// Why a connection's reader stopped, and how to close.
@@ -240,12 +392,14 @@ pub(crate) enum End {
     CloseNow(u16, String),
 }
 
-/// What the writer is told besides data frames.
+/// What the reader tells the writer besides data frames.
 enum Control {
     /// Close now, dropping queued frames.
     CloseNow(CloseFrame),
     /// Close after the queued frames are written.
     CloseAfterQueue(CloseFrame),
+    /// The peer is gone: stop without a close frame.
+    Gone,
 }
 
 fn close_frame(code: u16, reason: &str) -> CloseFrame {
@@ -257,8 +411,8 @@ fn close_frame(code: u16, reason: &str) -> CloseFrame {
 
 /// A connection's writer task, owned by its reader, which ends it with `finish`.
 pub(crate) struct SocketWriter {
-    control: mpsc::Sender<Control>,
-    task: JoinHandle<()>,
+    queue: Arc<Queue>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl SocketWriter {
@@ -270,86 +424,101 @@ impl SocketWriter {
         transport: Transport,
     ) -> (Self, Outbox, SplitStream<WebSocket>) {
         let (sink, stream) = socket.split();
-        let (queue_tx, queue_rx) = mpsc::channel(queue.max(1));
-        // Two: the reader sends one close, ever; the spare keeps that send from waiting.
-        let (control, control_rx) = mpsc::channel(2);
-        let task = tokio::spawn(write_loop(sink, queue_rx, control_rx, transport));
-        let outbox = Outbox {
-            queue: queue_tx,
-            slow: CancellationToken::new(),
+        let queue = Arc::new(Queue {
+            state: Mutex::default(),
+            ready: Notify::new(),
+            room: Notify::new(),
+            attention: Notify::new(),
+            capacity: queue.max(1),
             slow_after,
             transport,
+        });
+        let task = tokio::spawn(write_loop(sink, queue.clone()));
+        let writer = Self {
+            queue: queue.clone(),
+            task: Some(task),
         };
-        (Self { control, task }, outbox, stream)
+        (writer, Outbox(queue), stream)
     }
 
     /// Closes as `end` says and waits for the writer to finish. Producers still holding an
     /// `Outbox` should be stopped first: the writer writes what they queued before a
     /// `Close`, for at most a few seconds.
-    pub(crate) async fn finish(self, end: End) {
-        let _ = match end {
-            End::Gone => Ok(()),
-            End::Close(code, reason) => {
-                self.control
-                    .send(Control::CloseAfterQueue(close_frame(code, &reason)))
-                    .await
-            }
-            End::CloseNow(code, reason) => {
-                self.control
-                    .send(Control::CloseNow(close_frame(code, &reason)))
-                    .await
-            }
-        };
-        drop(self.control);
-        let _ = self.task.await;
+    pub(crate) async fn finish(mut self, end: End) {
+        self.queue.set_close(match end {
+            End::Gone => Control::Gone,
+            End::Close(code, reason) => Control::CloseAfterQueue(close_frame(code, &reason)),
+            End::CloseNow(code, reason) => Control::CloseNow(close_frame(code, &reason)),
+        });
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
     }
 }
 
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut data: mpsc::Receiver<Outbound>,
-    mut control: mpsc::Receiver<Control>,
-    transport: Transport,
-) {
-    let mut data_open = true;
+impl Drop for SocketWriter {
+    /// A reader that ends without `finish` still stops its writer.
+    fn drop(&mut self) {
+        self.queue.set_close(Control::Gone);
+    }
+}
+
+/// Marks the queue's writer gone when the writer stops, however it stops.
+struct WriterGone(Arc<Queue>);
+
+impl Drop for WriterGone {
+    fn drop(&mut self) {
+        {
+            let mut state = self.0.lock();
+            state.writer_gone = true;
+            state.frames = VecDeque::new();
+        }
+        self.0.room.notify_waiters();
+    }
+}
+
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, queue: Arc<Queue>) {
+    let _gone = WriterGone(queue.clone());
+    let transport = queue.transport;
     loop {
-        tokio::select! {
-            biased;
-            c = control.recv() => {
-                let frame = match c {
-                    Some(Control::CloseNow(frame)) => frame,
-                    Some(Control::CloseAfterQueue(frame)) => {
-                        // Queued frames first, but never wait long on a peer that stopped
-                        // reading.
-                        let drain = async {
-                            while let Some(out) = data.recv().await {
-                                if !write(&mut sink, out, &mut data, transport).await {
-                                    return false;
-                                }
-                            }
-                            true
-                        };
-                        match tokio::time::timeout(DRAIN_BEFORE_CLOSE, drain).await {
-                            Ok(true) => frame,
-                            _ => break,
-                        }
-                    }
-                    None => break,
-                };
+        match queue.next().await {
+            Next::Frame(out) => {
+                if !write(&mut sink, out, &queue, transport).await {
+                    break;
+                }
+            }
+            Next::CloseNow(frame) => {
                 let _ = sink.send(Message::Close(Some(frame))).await;
                 break;
             }
-            d = data.recv(), if data_open => match d {
-                Some(out) => {
-                    if !write(&mut sink, out, &mut data, transport).await {
-                        break;
-                    }
-                }
-                None => data_open = false,
-            },
+            Next::CloseAfterQueue(frame) => {
+                // Boxed, as a close happens once: not kept in every connection's writer.
+                Box::pin(close_after_queue(&mut sink, &queue, frame)).await;
+                break;
+            }
+            Next::Gone => break,
         }
     }
     let _ = sink.close().await;
+}
+
+/// Writes what is queued, then the close; but never waits long on a peer that stopped reading.
+async fn close_after_queue(
+    sink: &mut SplitSink<WebSocket, Message>,
+    queue: &Queue,
+    frame: CloseFrame,
+) {
+    let drain = async {
+        while let Some(out) = queue.try_pop() {
+            if !write(sink, out, queue, queue.transport).await {
+                return false;
+            }
+        }
+        true
+    };
+    if let Ok(true) = tokio::time::timeout(DRAIN_BEFORE_CLOSE, drain).await {
+        let _ = sink.send(Message::Close(Some(frame))).await;
+    }
 }
 
 /// Frames written together before one flush: under fan-out a socket's queue holds many, and
@@ -361,7 +530,7 @@ const WRITE_BATCH: usize = 64;
 async fn write(
     sink: &mut SplitSink<WebSocket, Message>,
     first: Outbound,
-    queue: &mut mpsc::Receiver<Outbound>,
+    queue: &Queue,
     transport: Transport,
 ) -> bool {
     let mut written: Vec<EventStamp> = Vec::new();
@@ -374,7 +543,7 @@ async fn write(
         written.extend(out.event);
         count += 1;
         if count < WRITE_BATCH {
-            next = queue.try_recv().ok();
+            next = queue.try_pop();
         }
     }
     if sink.flush().await.is_err() {
@@ -402,17 +571,28 @@ pub(crate) fn token_expiry(viewer: Option<&Viewer>) -> Option<Instant> {
     Some(Instant::now() + Duration::from_secs(left.max(0) as u64))
 }
 
-pub(crate) async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
+/// A connection's one timer: the next of its deadlines (keep-alive ping, initialisation
+/// timeout, token expiry). One `Sleep`, moved as the deadlines change, instead of one per
+/// deadline in every idle connection.
+pub(crate) struct Deadlines {
+    pub(crate) ping: Instant,
+    pub(crate) init: Option<Instant>,
+    pub(crate) expires: Option<Instant>,
 }
 
-/// Resolves when `token` is cancelled; never without one.
-pub(crate) async fn cancelled_opt(token: Option<CancellationToken>) {
-    match token {
-        Some(t) => t.cancelled().await,
-        None => std::future::pending().await,
+impl Deadlines {
+    pub(crate) fn next(&self) -> Instant {
+        [self.init, self.expires]
+            .into_iter()
+            .flatten()
+            .fold(self.ping, Instant::min)
+    }
+
+    /// Moves `timer` to the next deadline, if that changed.
+    pub(crate) fn arm(&self, timer: std::pin::Pin<&mut tokio::time::Sleep>) {
+        let next = self.next();
+        if timer.deadline() != next {
+            timer.reset(next);
+        }
     }
 }

@@ -61,7 +61,10 @@ pub async fn upgrade(
         .map(str::to_owned)
         .or_else(|| query.get("token").cloned());
     let max = state.config.max_frame_bytes;
-    socket::sized(ws, max).on_upgrade(move |socket| run(socket, state, protocol, upgrade_token))
+    // The connection runs as a task of its own, so axum's upgrade task (and what it holds) ends.
+    socket::sized(ws, max).on_upgrade(move |socket| async move {
+        tokio::spawn(run(socket, state, protocol, upgrade_token));
+    })
 }
 
 /// A GET that is not an upgrade.
@@ -73,8 +76,70 @@ pub fn not_an_upgrade() -> Response {
         .into_response()
 }
 
-/// The operations running on one connection, by client id.
-type Operations = Arc<Mutex<HashMap<String, (u64, AbortHandle)>>>;
+/// The operations running on one connection.
+type Operations = Arc<Mutex<OpTable>>;
+
+/// The operations running on one connection, by client id, each with the number `start` gave
+/// it (so a finished operation frees only its own id, never a successor's). A connection runs
+/// few, so a list: a map would allocate a table for every connection.
+#[derive(Default)]
+struct OpTable(Vec<(String, u64, Running)>);
+
+impl OpTable {
+    fn contains(&self, id: &str) -> bool {
+        self.0.iter().any(|(i, _, _)| i == id)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn insert(&mut self, id: String, seq: u64, running: Running) {
+        if self.0.len() == self.0.capacity() {
+            self.0.reserve_exact(1);
+        }
+        self.0.push((id, seq, running));
+    }
+
+    /// Removes `id`'s operation (only if it is number `seq`, when given).
+    fn remove(&mut self, id: &str, seq: Option<u64>) -> Option<Running> {
+        let at = self
+            .0
+            .iter()
+            .position(|(i, s, _)| i == id && seq.is_none_or(|seq| *s == seq))?;
+        let (_, _, running) = self.0.swap_remove(at);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        Some(running)
+    }
+
+    /// Puts `running` in place of operation `id` number `seq`, handing back what it replaced;
+    /// hands `running` back when that operation is no longer there.
+    fn replace(&mut self, id: &str, seq: u64, running: Running) -> Running {
+        match self.0.iter_mut().find(|(i, s, _)| i == id && *s == seq) {
+            Some((_, _, current)) => std::mem::replace(current, running),
+            None => running,
+        }
+    }
+}
+
+/// How an operation runs.
+enum Running {
+    /// A task of its own (queries, mutations, subscriptions that cannot share).
+    Task(AbortHandle),
+    /// A member of a cohort: no task; dropping the membership leaves the cohort.
+    Member(cohort::Membership),
+}
+
+impl Running {
+    fn stop(self) {
+        match self {
+            Running::Task(handle) => handle.abort(),
+            Running::Member(membership) => drop(membership),
+        }
+    }
+}
 
 struct Connection {
     state: AppState,
@@ -138,7 +203,7 @@ async fn run(
             )
         }
     }
-    writer.finish(end).await;
+    Box::pin(writer.finish(end)).await;
     state.domain.typing.connection_closed(typing_connection);
     drop(ticket);
 }
@@ -146,17 +211,17 @@ async fn run(
 impl Connection {
     async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) -> End {
         let config = self.state.config.clone();
-        let init_deadline = Instant::now() + config.ws_init_timeout;
         let mut last_heard = Instant::now();
-        let mut ping = tokio::time::interval_at(
-            Instant::now() + config.ws_ping_interval,
-            config.ws_ping_interval,
-        );
+        let mut deadlines = socket::Deadlines {
+            ping: Instant::now() + config.ws_ping_interval,
+            init: Some(Instant::now() + config.ws_init_timeout),
+            expires: None,
+        };
+        let timer = tokio::time::sleep_until(deadlines.next());
+        tokio::pin!(timer);
         let shutdown = self.state.shutdown.clone();
         let out = self.out.clone();
         loop {
-            let expires = socket::token_expiry(self.viewer.as_ref());
-            let kicked = self.watch.as_ref().map(|w| w.kicked.clone());
             tokio::select! {
                 frame = stream.next() => {
                     last_heard = Instant::now();
@@ -176,42 +241,49 @@ impl Connection {
                     if let Some(end) = end {
                         return end;
                     }
-                }
-                _ = tokio::time::sleep_until(init_deadline), if !self.init_received => {
-                    return End::Close(4408, "Connection initialisation timeout".into());
-                }
-                _ = ping.tick() => {
-                    if last_heard.elapsed() > config.ws_idle_timeout {
-                        return End::Close(1001, "ping timeout".into());
+                    if self.init_received && deadlines.init.take().is_some() {
+                        deadlines.expires = socket::token_expiry(self.viewer.as_ref());
                     }
-                    let keepalive = match self.protocol {
-                        Protocol::Transport => Some(json!({ "type": "ping" })),
-                        Protocol::Legacy if self.viewer.is_some() => Some(json!({ "type": "ka" })),
-                        Protocol::Legacy => None,
-                    };
-                    if let Some(k) = keepalive {
-                        self.send(&k);
-                    }
-                    // A WebSocket ping too: browsers answer it without any code of ours.
-                    self.out.offer(Message::Ping(Default::default()));
                 }
-                _ = socket::sleep_until_opt(expires) => {
-                    return End::Close(
-                        4403,
-                        "token expired".into(),
-                    );
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if deadlines.init.is_some_and(|at| at <= now) {
+                        return End::Close(4408, "Connection initialisation timeout".into());
+                    }
+                    if deadlines.expires.is_some_and(|at| at <= now) {
+                        return End::Close(4403, "token expired".into());
+                    }
+                    if deadlines.ping <= now {
+                        deadlines.ping = now + config.ws_ping_interval;
+                        if last_heard.elapsed() > config.ws_idle_timeout {
+                            return End::Close(1001, "ping timeout".into());
+                        }
+                        let keepalive = match self.protocol {
+                            Protocol::Transport => Some(json!({ "type": "ping" })),
+                            Protocol::Legacy if self.viewer.is_some() => Some(json!({ "type": "ka" })),
+                            Protocol::Legacy => None,
+                        };
+                        if let Some(k) = keepalive {
+                            self.send(&k);
+                        }
+                        // A WebSocket ping too: browsers answer it without any code of ours.
+                        self.out.offer(Message::Ping(Default::default()));
+                    }
                 }
                 _ = shutdown.cancelled() => {
                     return End::Close(1001, "server shutting down".into());
                 }
-                _ = out.stalled() => {
-                    return End::CloseNow(1008, "slow consumer".into());
-                }
-                _ = socket::cancelled_opt(kicked) => {
-                    return End::Close(4403, "disconnected by an administrator".into());
+                attention = out.attention() => {
+                    return match attention {
+                        socket::Attention::Slow => End::CloseNow(1008, "slow consumer".into()),
+                        socket::Attention::Kicked => {
+                            End::Close(4403, "disconnected by an administrator".into())
+                        }
+                    };
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
             }
+            deadlines.arm(timer.as_mut());
         }
     }
 
@@ -260,7 +332,7 @@ impl Connection {
                 if request.query.is_empty() && !request.extensions.contains_key("persistedQuery") {
                     return self.invalid("subscribe needs a payload with a query");
                 }
-                if self.lock_ops().contains_key(&id) {
+                if self.lock_ops().contains(&id) {
                     return match self.protocol {
                         Protocol::Transport => Some(End::Close(
                             4409,
@@ -351,20 +423,25 @@ impl Connection {
                     return Some(End::Close(4500, "Internal error".into()));
                 }
             }
-            self.watch = Some(self.state.connections.watch_user(&user.id, self.id));
+            self.watch = Some(
+                self.state
+                    .connections
+                    .watch_user(&user.id, self.id, &self.out),
+            );
         }
         self.viewer = Some(viewer);
         self.send(&json!({ "type": "connection_ack" }));
         None
     }
 
-    fn lock_ops(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, AbortHandle)>> {
-        self.operations.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_ops(&self) -> std::sync::MutexGuard<'_, OpTable> {
+        lock_operations(&self.operations)
     }
 
     fn stop(&mut self, id: &str) {
-        if let Some((_, handle)) = self.lock_ops().remove(id) {
-            handle.abort();
+        let removed = self.lock_ops().remove(id, None);
+        if let Some(running) = removed {
+            running.stop();
         }
     }
 
@@ -382,15 +459,20 @@ impl Connection {
         let handle = match cohort::shareable(&request) {
             Some(shareable) => {
                 let state = self.state.clone();
-                self.tasks.spawn(op.run_shared(state, viewer, shareable))
+                self.tasks.spawn(op.join_cohort(state, viewer, shareable))
             }
             None => {
                 let request = request.data(viewer).data(SocketConnection(self.id));
                 self.tasks.spawn(op.run(schema, request))
             }
         };
-        self.lock_ops().insert(id, (self.next_op, handle));
+        self.lock_ops()
+            .insert(id, self.next_op, Running::Task(handle));
     }
+}
+
+fn lock_operations(operations: &Mutex<OpTable>) -> std::sync::MutexGuard<'_, OpTable> {
+    operations.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One running operation: it executes, and hands finished frames to the writer.
@@ -434,47 +516,72 @@ impl Operation {
             .await;
     }
 
-    /// Runs as a member of the cohort of equal subscriptions (one execution for all).
-    async fn run_shared(self, state: AppState, viewer: Viewer, shareable: cohort::Shareable) {
+    /// Joins the cohort of equal subscriptions (one execution for all) and hands the
+    /// membership to the connection: the task ends there, and the cohort queues the member's
+    /// frames and, when it ends, its `complete`.
+    async fn join_cohort(self, state: AppState, viewer: Viewer, shareable: cohort::Shareable) {
         let data_type = match self.protocol {
             Protocol::Transport => "next",
             Protocol::Legacy => "data",
         };
         let field = shareable.field();
-        // Boxed: the rights check's database calls make a large future, not to be kept for
-        // the whole life of the subscription.
-        let joined = Box::pin(state.cohorts.join(
-            &state.schema,
-            &state.domain,
-            &viewer,
-            shareable,
-            cohort::Seat {
-                op_id: &self.id,
-                data_type,
-                outbox: self.out.clone(),
-            },
-        ))
-        .await;
+        let joined = state
+            .cohorts
+            .join(
+                &state.schema,
+                &state.domain,
+                &viewer,
+                shareable,
+                cohort::Seat {
+                    op_id: &self.id,
+                    data_type,
+                    outbox: self.out.clone(),
+                    on_end: self.on_cohort_end(),
+                },
+            )
+            .await;
         match joined {
             Ok(membership) => {
-                membership.ended().await;
-                drop(membership);
+                // Replaces this task's handle. Stopped meanwhile (or the cohort already ended):
+                // the membership comes back and is dropped, leaving the cohort.
+                let replaced = lock_operations(&self.operations).replace(
+                    &self.id,
+                    self.seq,
+                    Running::Member(membership),
+                );
+                drop(replaced);
             }
             Err(e) => {
                 let frame = cohort::refusal(&self.id, data_type, field, &e);
                 self.out.push(frame, None).await;
+                self.finish();
+                self.push(json!({ "id": self.id, "type": "complete" }))
+                    .await;
             }
         }
-        self.finish();
-        self.push(json!({ "id": self.id, "type": "complete" }))
-            .await;
+    }
+
+    /// What the cohort does when it ends for this member: free the id (dropping the
+    /// membership), then queue `complete`. It holds the connection's operations weakly, so a
+    /// closed connection is not kept alive by its cohorts.
+    fn on_cohort_end(&self) -> cohort::OnEnd {
+        let operations = Arc::downgrade(&self.operations);
+        let id = self.id.clone();
+        let seq = self.seq;
+        let out = self.out.clone();
+        Box::new(move || {
+            let Some(operations) = operations.upgrade() else {
+                return;
+            };
+            let removed = lock_operations(&operations).remove(&id, Some(seq));
+            drop(removed);
+            out.try_push(json!({ "id": id, "type": "complete" }).to_string(), None);
+        })
     }
 
     fn finish(&self) {
-        let mut ops = self.operations.lock().unwrap_or_else(|p| p.into_inner());
-        if ops.get(&self.id).is_some_and(|(seq, _)| *seq == self.seq) {
-            ops.remove(&self.id);
-        }
+        let removed = lock_operations(&self.operations).remove(&self.id, Some(self.seq));
+        drop(removed);
     }
 
     /// Queues a frame, waiting a bounded time for room; false when the connection is ending.
