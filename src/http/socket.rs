@@ -16,7 +16,6 @@ use chrono::{DateTime, Utc};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::auth::Viewer;
@@ -164,31 +163,43 @@ pub(crate) struct Outbound {
     event: Option<EventStamp>,
 }
 
-/// A connection's bounded queue of frames for its writer, and the close its reader asks for.
+/// A connection's bounded queue of frames, the socket's write half while nothing is being
+/// written, and the close its reader asks for.
 ///
 /// Written here rather than taken from `tokio::sync::mpsc`: a bounded mpsc channel allocates
 /// a block of 32 slots when it is made (about 2.5 KiB at this frame size), and a second
 /// channel for the close would add as much again, for every connection, idle or not. This
-/// queue holds frames only while they wait, gives the memory back once a burst has drained,
-/// and carries the close in the same lock.
+/// queue holds frames only while they wait, and a connection has a writer task only while it
+/// has frames to write: the first frame queued to an idle connection starts one, which parks
+/// the write half back here once the queue is empty. An idle connection costs its reader
+/// task and this structure.
 struct Queue {
     state: Mutex<QueueState>,
-    /// Wakes the writer: a frame or a close was queued (one waiter, so a permit is kept).
-    ready: Notify,
     /// Wakes producers waiting for room.
     room: Notify,
     /// Wakes the reader: a producer gave up on a full queue, or an admin disconnected the user.
     attention: Notify,
+    /// Wakes `finish` once the writer has closed the socket.
+    closed: Notify,
     capacity: usize,
     slow_after: Duration,
     transport: Transport,
 }
 
+type Sink = SplitSink<WebSocket, Message>;
+
 #[derive(Default)]
 struct QueueState {
     frames: VecDeque<Outbound>,
+    /// The socket's write half, while no writer task has it.
+    sink: Option<Sink>,
+    /// A writer task is running (it has the write half).
+    writing: bool,
+    /// The reader asked to close: nothing more is queued.
+    closing: bool,
+    /// How, for the running writer to carry out.
     close: Option<Control>,
-    /// The writer has stopped: nothing more will be written.
+    /// The write half is closed (or failed): nothing more will be written.
     writer_gone: bool,
     /// A producer found the queue full for too long.
     slow: bool,
@@ -196,7 +207,7 @@ struct QueueState {
     kicked: bool,
 }
 
-/// A drained queue keeps at most this many slots allocated.
+/// A drained queue keeps at most this many slots allocated while its writer runs.
 const QUEUE_KEEP: usize = 64;
 
 enum Enqueue {
@@ -210,18 +221,28 @@ impl Queue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn enqueue(&self, frame: Outbound) -> Enqueue {
-        {
+    /// Queues a frame, starting a writer when none runs.
+    fn enqueue(self: &Arc<Self>, frame: Outbound) -> Enqueue {
+        let sink = {
             let mut state = self.lock();
-            if state.writer_gone || state.close.is_some() {
+            if state.writer_gone || state.closing {
                 return Enqueue::Closed;
             }
             if state.frames.len() >= self.capacity {
                 return Enqueue::Full(frame);
             }
             state.frames.push_back(frame);
+            if state.writing {
+                None
+            } else {
+                let sink = state.sink.take();
+                state.writing = sink.is_some();
+                sink
+            }
+        };
+        if let Some(sink) = sink {
+            tokio::spawn(write_burst(sink, self.clone()));
         }
-        self.ready.notify_one();
         Enqueue::Queued
     }
 
@@ -256,46 +277,41 @@ impl Queue {
         frame
     }
 
-    /// What the writer does next: a close the reader asked for comes before queued frames.
-    async fn next(&self) -> Next {
-        loop {
-            let ready = self.ready.notified();
-            {
-                let mut state = self.lock();
-                // An idle connection keeps no slots.
-                if state.frames.is_empty() && state.frames.capacity() > 0 && state.close.is_none() {
-                    state.frames = VecDeque::new();
-                }
-                match state.close.take() {
-                    Some(Control::CloseNow(frame)) => {
-                        state.frames = VecDeque::new();
-                        return Next::CloseNow(frame);
-                    }
-                    Some(Control::CloseAfterQueue(frame)) => return Next::CloseAfterQueue(frame),
-                    Some(Control::Gone) => return Next::Gone,
-                    None => {}
-                }
-            }
-            if let Some(frame) = self.try_pop() {
-                return Next::Frame(frame);
-            }
-            ready.await;
+    /// Hands the write half back when there is nothing to write (the writer then ends);
+    /// otherwise returns it to the writer.
+    fn park(&self, sink: Sink) -> Result<(), Sink> {
+        let mut state = self.lock();
+        if !state.frames.is_empty() || state.close.is_some() {
+            return Err(sink);
         }
+        state.sink = Some(sink);
+        state.writing = false;
+        // An idle connection keeps no slots.
+        state.frames = VecDeque::new();
+        Ok(())
     }
 
-    fn set_close(&self, control: Control) {
-        self.lock().close.get_or_insert(control);
-        self.ready.notify_one();
+    /// The close the reader asked for, if any; a close at once drops what is queued.
+    fn take_close(&self) -> Option<Control> {
+        let mut state = self.lock();
+        let close = state.close.take();
+        if matches!(close, Some(Control::CloseNow(_))) {
+            state.frames = VecDeque::new();
+        }
+        close
+    }
+
+    /// The write half is closed or failed: producers learn it, `finish` stops waiting.
+    fn writer_gone(&self) {
+        {
+            let mut state = self.lock();
+            state.writer_gone = true;
+            state.writing = false;
+            state.frames = VecDeque::new();
+        }
         self.room.notify_waiters();
+        self.closed.notify_waiters();
     }
-}
-
-/// What the writer is to do next.
-enum Next {
-    Frame(Outbound),
-    CloseNow(CloseFrame),
-    CloseAfterQueue(CloseFrame),
-    Gone,
 }
 
 /// Where a connection's producers put frames for the writer.
@@ -409,14 +425,13 @@ fn close_frame(code: u16, reason: &str) -> CloseFrame {
     }
 }
 
-/// A connection's writer task, owned by its reader, which ends it with `finish`.
+/// A connection's writing side, owned by its reader, which ends it with `finish`.
 pub(crate) struct SocketWriter {
     queue: Arc<Queue>,
-    task: Option<JoinHandle<()>>,
 }
 
 impl SocketWriter {
-    /// Splits the socket and starts its writer, with a queue of `queue` frames.
+    /// Splits the socket; its frames go through a queue of `queue` frames.
     pub(crate) fn start(
         socket: WebSocket,
         queue: usize,
@@ -425,89 +440,131 @@ impl SocketWriter {
     ) -> (Self, Outbox, SplitStream<WebSocket>) {
         let (sink, stream) = socket.split();
         let queue = Arc::new(Queue {
-            state: Mutex::default(),
-            ready: Notify::new(),
+            state: Mutex::new(QueueState {
+                sink: Some(sink),
+                ..QueueState::default()
+            }),
             room: Notify::new(),
             attention: Notify::new(),
+            closed: Notify::new(),
             capacity: queue.max(1),
             slow_after,
             transport,
         });
-        let task = tokio::spawn(write_loop(sink, queue.clone()));
-        let writer = Self {
-            queue: queue.clone(),
-            task: Some(task),
-        };
-        (writer, Outbox(queue), stream)
+        (
+            Self {
+                queue: queue.clone(),
+            },
+            Outbox(queue),
+            stream,
+        )
     }
 
-    /// Closes as `end` says and waits for the writer to finish. Producers still holding an
-    /// `Outbox` should be stopped first: the writer writes what they queued before a
+    /// Closes as `end` says and waits for the socket's write half to close. Producers still
+    /// holding an `Outbox` should be stopped first: what they queued is written before a
     /// `Close`, for at most a few seconds.
-    pub(crate) async fn finish(mut self, end: End) {
-        self.queue.set_close(match end {
+    pub(crate) async fn finish(self, end: End) {
+        let control = match end {
             End::Gone => Control::Gone,
             End::Close(code, reason) => Control::CloseAfterQueue(close_frame(code, &reason)),
             End::CloseNow(code, reason) => Control::CloseNow(close_frame(code, &reason)),
-        });
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+        };
+        let queue = self.queue.clone();
+        let parked = {
+            let mut state = queue.lock();
+            state.closing = true;
+            match state.sink.take() {
+                Some(sink) => Some((sink, control)),
+                None => {
+                    if state.writing {
+                        state.close = Some(control);
+                    }
+                    None
+                }
+            }
+        };
+        queue.room.notify_waiters();
+        match parked {
+            // Nothing queued (a parked write half means an empty queue): close here.
+            Some((sink, control)) => close(sink, &queue, control).await,
+            // The running writer closes once it is done with what it has.
+            None => {
+                let wait = async {
+                    loop {
+                        let closed = queue.closed.notified();
+                        tokio::pin!(closed);
+                        closed.as_mut().enable();
+                        if queue.lock().writer_gone {
+                            return;
+                        }
+                        closed.await;
+                    }
+                };
+                let _ =
+                    tokio::time::timeout(DRAIN_BEFORE_CLOSE + Duration::from_secs(1), wait).await;
+            }
         }
     }
 }
 
 impl Drop for SocketWriter {
-    /// A reader that ends without `finish` still stops its writer.
+    /// A reader that ends without `finish` still closes the write half.
     fn drop(&mut self) {
-        self.queue.set_close(Control::Gone);
+        let parked = {
+            let mut state = self.queue.lock();
+            state.closing = true;
+            if state.writing && state.close.is_none() {
+                state.close = Some(Control::Gone);
+            }
+            state.sink.take()
+        };
+        drop(parked);
+        self.queue.room.notify_waiters();
     }
 }
 
-/// Marks the queue's writer gone when the writer stops, however it stops.
-struct WriterGone(Arc<Queue>);
-
-impl Drop for WriterGone {
-    fn drop(&mut self) {
-        {
-            let mut state = self.0.lock();
-            state.writer_gone = true;
-            state.frames = VecDeque::new();
-        }
-        self.0.room.notify_waiters();
-    }
-}
-
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, queue: Arc<Queue>) {
-    let _gone = WriterGone(queue.clone());
+/// Writes what is queued, in batches, until the queue is empty, then parks the write half in
+/// the queue and ends; or carries out the close the reader asked for.
+async fn write_burst(mut sink: Sink, queue: Arc<Queue>) {
     let transport = queue.transport;
     loop {
-        match queue.next().await {
-            Next::Frame(out) => {
-                if !write(&mut sink, out, &queue, transport).await {
-                    break;
+        if let Some(control) = queue.take_close() {
+            close(sink, &queue, control).await;
+            return;
+        }
+        match queue.try_pop() {
+            Some(first) => {
+                if !write(&mut sink, first, &queue, transport).await {
+                    queue.writer_gone();
+                    return;
                 }
             }
-            Next::CloseNow(frame) => {
-                let _ = sink.send(Message::Close(Some(frame))).await;
-                break;
-            }
-            Next::CloseAfterQueue(frame) => {
-                // Boxed, as a close happens once: not kept in every connection's writer.
-                Box::pin(close_after_queue(&mut sink, &queue, frame)).await;
-                break;
-            }
-            Next::Gone => break,
+            None => match queue.park(sink) {
+                Ok(()) => return,
+                Err(back) => sink = back,
+            },
         }
     }
+}
+
+/// Closes the write half as the reader asked.
+async fn close(mut sink: Sink, queue: &Queue, control: Control) {
+    match control {
+        Control::CloseNow(frame) => {
+            let _ = sink.send(Message::Close(Some(frame))).await;
+        }
+        // Boxed, as a close happens once: not kept in every writer.
+        Control::CloseAfterQueue(frame) => {
+            Box::pin(close_after_queue(&mut sink, queue, frame)).await;
+        }
+        Control::Gone => {}
+    }
     let _ = sink.close().await;
+    queue.writer_gone();
 }
 
 /// Writes what is queued, then the close; but never waits long on a peer that stopped reading.
-async fn close_after_queue(
-    sink: &mut SplitSink<WebSocket, Message>,
-    queue: &Queue,
-    frame: CloseFrame,
-) {
+async fn close_after_queue(sink: &mut Sink, queue: &Queue, frame: CloseFrame) {
     let drain = async {
         while let Some(out) = queue.try_pop() {
             if !write(sink, out, queue, queue.transport).await {
@@ -527,12 +584,7 @@ const WRITE_BATCH: usize = 64;
 
 /// Writes `first` and whatever else is already queued (up to a batch), then flushes once;
 /// false when the socket is gone.
-async fn write(
-    sink: &mut SplitSink<WebSocket, Message>,
-    first: Outbound,
-    queue: &Queue,
-    transport: Transport,
-) -> bool {
+async fn write(sink: &mut Sink, first: Outbound, queue: &Queue, transport: Transport) -> bool {
     let mut written: Vec<EventStamp> = Vec::new();
     let mut next = Some(first);
     let mut count = 0;
