@@ -259,3 +259,156 @@ async fn concurrent_senders_in_one_room_get_distinct_increasing_ids() {
         );
     }
 }
+
+#[tokio::test]
+async fn sends_without_a_client_message_id_are_never_merged() {
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let alice = register(&server, "alice").await;
+        join(&server, &alice, "lobby").await;
+        let vars = json!({ "r": "lobby", "b": "same words" });
+        let first = server.ok(Some(&alice), SEND, vars.clone()).await["sendMessage"].clone();
+        let second = server.ok(Some(&alice), SEND, vars).await["sendMessage"].clone();
+        assert_ne!(first["id"], second["id"], "{}", backend.name());
+        assert_eq!(first["clientMessageId"], json!(null));
+        assert_eq!(
+            (&first["sender"]["points"], &second["sender"]["points"]),
+            (&json!(1), &json!(2)),
+            "each message is counted, and its sender is read after its own points"
+        );
+        // A client id used after id-less sends is a new message; its retry is not.
+        let with_id = json!({ "r": "lobby", "b": "same words", "c": "c-9" });
+        let third = server.ok(Some(&alice), SEND, with_id.clone()).await["sendMessage"].clone();
+        let retry = server.ok(Some(&alice), SEND, with_id).await["sendMessage"].clone();
+        assert_eq!(third, retry);
+        assert_eq!(third["sender"]["points"], 3);
+        let users = history(&server, &alice, "lobby")
+            .await
+            .into_iter()
+            .filter(|m| m["kind"] == "USER")
+            .count();
+        assert_eq!(users, 3);
+    }
+}
+
+#[tokio::test]
+async fn a_retry_publishes_nothing_and_the_event_carries_the_sender() {
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let alice = register(&server, "alice").await;
+        join(&server, &alice, "lobby").await;
+        let mut ws = GqlSocket::user(&server, &alice).await;
+        ws.subscribe(
+            "m",
+            "subscription { messageAdded(roomId: \"lobby\") { id body sender { username points } } }",
+            json!({}),
+        )
+        .await;
+        // Live once the server has processed the subscribe frame.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let vars = json!({ "r": "lobby", "b": "once", "c": "k-1" });
+        let first = server.ok(Some(&alice), SEND, vars.clone()).await["sendMessage"].clone();
+        let live = ws.data("m").await["messageAdded"].clone();
+        assert_eq!(live["id"], first["id"], "{}", backend.name());
+        assert_eq!(
+            live["sender"],
+            json!({ "username": "alice", "points": 1 }),
+            "the event carries the sender as of this message"
+        );
+        server.ok(Some(&alice), SEND, vars).await;
+        let next = send(&server, &alice, "lobby", "after the retry").await;
+        let live = ws.data("m").await["messageAdded"].clone();
+        assert_eq!(live["body"], "after the retry", "the retry sent no event");
+        assert_eq!(live["id"], next["id"]);
+    }
+}
+
+#[tokio::test]
+async fn a_retry_over_the_rate_limit_still_returns_the_first_message() {
+    let db = TestDb::new(&Backend::Sqlite).await;
+    let server = TestServer::start(
+        &db,
+        &[
+            ("TIDINGS_RATE_MESSAGES", "1/1h"),
+            ("TIDINGS_BURST_MESSAGES", "1"),
+        ],
+    );
+    let alice = register(&server, "alice").await;
+    join(&server, &alice, "lobby").await;
+    let vars = json!({ "r": "lobby", "b": "only once", "c": "r-1" });
+    let first = server.ok(Some(&alice), SEND, vars.clone()).await["sendMessage"].clone();
+    let retry = server.ok(Some(&alice), SEND, vars).await["sendMessage"].clone();
+    assert_eq!(first, retry);
+    let code = server
+        .err_code(
+            Some(&alice),
+            SEND,
+            json!({ "r": "lobby", "b": "new", "c": "r-2" }),
+        )
+        .await;
+    assert_eq!(code, "RATE_LIMITED", "a new message is still limited");
+}
+
+#[tokio::test]
+async fn membership_is_answered_before_the_body_and_admins_send_anywhere() {
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let alice = register(&server, "alice").await;
+        let mallory = register(&server, "mallory").await;
+        join(&server, &alice, "lobby").await;
+        for (token, room, body, code) in [
+            (&mallory, "lobby", "", "FORBIDDEN"),
+            (&mallory, "lobby", "hi", "FORBIDDEN"),
+            (&alice, "nowhere", "", "NOT_FOUND"),
+            (&alice, "Not A Slug", "hi", "BAD_USER_INPUT"),
+            (&alice, "lobby", "   ", "BAD_USER_INPUT"),
+        ] {
+            let got = server
+                .err_code(Some(token), SEND, json!({ "r": room, "b": body }))
+                .await;
+            assert_eq!(got, code, "{room:?} {body:?} on {}", backend.name());
+        }
+        let left = server
+            .ok(
+                Some(&alice),
+                "mutation { leaveRoom(roomId: \"lobby\") }",
+                json!({}),
+            )
+            .await;
+        assert_eq!(left["leaveRoom"], true);
+        let code = server
+            .err_code(Some(&alice), SEND, json!({ "r": "lobby", "b": "still?" }))
+            .await;
+        assert_eq!(code, "FORBIDDEN", "a member who left may no longer send");
+        let admin = cli_token("root", "admin");
+        let sent = server
+            .ok(
+                Some(&admin),
+                SEND,
+                json!({ "r": "lobby", "b": "from above" }),
+            )
+            .await;
+        assert_eq!(sent["sendMessage"]["sender"]["username"], "root");
+        let bodies: Vec<_> = history(&server, &admin, "lobby")
+            .await
+            .iter()
+            .map(|m| m["body"].as_str().unwrap_or("").to_owned())
+            .collect();
+        assert_eq!(bodies, vec!["alice joined", "alice left", "from above"]);
+    }
+}
+
+#[tokio::test]
+async fn without_points_a_message_still_names_its_sender() {
+    let db = TestDb::new(&Backend::Sqlite).await;
+    let server = TestServer::start(&db, &[("TIDINGS_POINTS_PER_MESSAGE", "0")]);
+    let alice = register(&server, "alice").await;
+    join(&server, &alice, "lobby").await;
+    let sent = server
+        .ok(Some(&alice), SEND, json!({ "r": "lobby", "b": "free" }))
+        .await;
+    assert_eq!(
+        sent["sendMessage"]["sender"],
+        json!({ "id": "alice", "username": "alice", "points": 0 })
+    );
+}

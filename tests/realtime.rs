@@ -322,6 +322,111 @@ async fn presence_counts_connections_and_announces_offline_after_the_grace_perio
     }
 }
 
+fn last_seen(data: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    data["user"]["lastSeenAt"]
+        .as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+#[tokio::test]
+async fn last_seen_at_is_now_while_online_and_the_time_of_leaving_afterwards() {
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        let server = TestServer::start(&db, &[("TIDINGS_PRESENCE_GRACE", "300ms")]);
+        let (admin, t) = admin_and(&server, &["alice", "bob"], "lobby").await;
+        let query = "{ user(id: \"bob\") { lastSeenAt } }";
+        let never = server.ok(Some(&admin), query, json!({})).await;
+        assert_eq!(
+            never["user"]["lastSeenAt"],
+            json!(null),
+            "{}",
+            backend.name()
+        );
+
+        let bob = GqlSocket::user(&server, &t[1]).await;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let online = server.ok(Some(&admin), query, json!({})).await;
+        let seen = last_seen(&online).expect("online: a time");
+        assert!(
+            (chrono::Utc::now() - seen).num_milliseconds().abs() < 1000,
+            "an online user was seen just now, not at connect: {online}"
+        );
+
+        let mut watcher = GqlSocket::user(&server, &t[0]).await;
+        watcher
+            .subscribe("p", PRESENCE, json!({ "r": "lobby" }))
+            .await;
+        watcher.data("p").await;
+        watcher.data("p").await;
+        let closed_at = chrono::Utc::now();
+        bob.close().await;
+        let off = watcher.data("p").await;
+        assert_eq!(off["presence"]["status"], "OFFLINE");
+        let announced_at = chrono::Utc::now();
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let stored = server.ok(Some(&admin), query, json!({})).await;
+        let left = last_seen(&stored).expect("offline: the stored time");
+        assert!(
+            left >= closed_at - chrono::Duration::milliseconds(50)
+                && left <= announced_at + chrono::Duration::milliseconds(50),
+            "lastSeenAt is when bob went offline ({closed_at} .. {announced_at}): {stored}"
+        );
+
+        // It survives a restart: persisted, not remembered.
+        server.stop();
+        let server = TestServer::start(&db, &[]);
+        let again = server.ok(Some(&admin), query, json!({})).await;
+        assert_eq!(last_seen(&again), Some(left), "{}", backend.name());
+    }
+}
+
+#[tokio::test]
+async fn a_second_device_keeps_the_user_online_when_the_first_closes() {
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        let server = TestServer::start(&db, &[("TIDINGS_PRESENCE_GRACE", "300ms")]);
+        let (admin, t) = admin_and(&server, &["alice", "bob"], "lobby").await;
+        let mut alice = GqlSocket::user(&server, &t[0]).await;
+        alice
+            .subscribe("p", PRESENCE, json!({ "r": "lobby" }))
+            .await;
+        alice.data("p").await;
+        let phone = GqlSocket::user(&server, &t[1]).await;
+        assert_eq!(alice.data("p").await["presence"]["connections"], 1);
+        // Another transport counts as another device.
+        let laptop = LegacyClient::user(&server, &t[1]).await;
+        let two = alice.data("p").await;
+        assert_eq!(
+            (
+                two["presence"]["status"].as_str(),
+                two["presence"]["connections"].as_i64()
+            ),
+            (Some("ONLINE"), Some(2)),
+            "{}",
+            backend.name()
+        );
+        phone.close().await;
+        assert_eq!(alice.data("p").await["presence"]["connections"], 1);
+        alice.expect_silence(Duration::from_millis(800)).await;
+        let who = server
+            .ok(
+                Some(&admin),
+                "{ presenceOf(userIds: [\"bob\"]) { status connections } }",
+                json!({}),
+            )
+            .await;
+        assert_eq!(
+            who["presenceOf"][0],
+            json!({ "status": "ONLINE", "connections": 1 }),
+            "still online after the grace period"
+        );
+        laptop.close().await;
+        let off = alice.data("p").await;
+        assert_eq!(off["presence"]["status"], "OFFLINE");
+    }
+}
+
 #[tokio::test]
 async fn set_presence_changes_the_status_others_see() {
     let (server, _db) = server(&Backend::Sqlite).await;

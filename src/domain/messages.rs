@@ -11,7 +11,7 @@ use sea_orm::{
 
 use super::limits::Action;
 use super::notifications::{mentioned_names, Draft, Level};
-use super::rooms::next_seq;
+use super::rooms::{bump_seq, next_seq, validate_room_id};
 use super::{Domain, DomainError, DomainResult};
 use crate::auth::Viewer;
 use crate::db::{message, user};
@@ -70,6 +70,19 @@ pub(super) async fn insert_message(
     client_message_id: Option<&str>,
 ) -> DomainResult<message::Model> {
     let seq = next_seq(conn, room_id).await?;
+    Ok(insert_numbered(conn, room_id, seq, kind, sender_id, body, client_message_id).await?)
+}
+
+/// Inserts a message with the sequence number the caller took from the room's counter.
+async fn insert_numbered(
+    conn: &impl ConnectionTrait,
+    room_id: &str,
+    seq: i64,
+    kind: MessageKind,
+    sender_id: Option<&str>,
+    body: &str,
+    client_message_id: Option<&str>,
+) -> Result<message::Model, sea_orm::DbErr> {
     let model = message::ActiveModel {
         room_id: Set(room_id.to_owned()),
         seq: Set(seq),
@@ -80,9 +93,9 @@ pub(super) async fn insert_message(
         created_at: Set(Utc::now()),
         ..Default::default()
     };
-    Ok(message::Entity::insert(model)
+    message::Entity::insert(model)
         .exec_with_returning(conn)
-        .await?)
+        .await
 }
 
 fn validate_body(body: &str) -> DomainResult<&str> {
@@ -110,6 +123,12 @@ fn validate_client_id(id: Option<&str>) -> DomainResult<Option<&str>> {
 
 impl Domain {
     /// Sends a chat message to a room the viewer belongs to.
+    ///
+    /// The common case costs one transaction of three statements: the room's counter bump
+    /// (which is also the membership check, and takes the room row's lock that orders the
+    /// room's messages), the insert, and the sender's points (which returns the sender for the
+    /// event). A retry with a `clientMessageId` meets the unique (sender, client message id)
+    /// index, rolls back and returns the first message.
     pub async fn send_message(
         &self,
         viewer: &Viewer,
@@ -117,22 +136,45 @@ impl Domain {
         body: &str,
         client_message_id: Option<&str>,
     ) -> DomainResult<Sent> {
-        self.require_member(viewer, room_id).await?;
         let user = super::require_user(viewer)?;
-        let body = validate_body(body)?;
-        let client_id = validate_client_id(client_message_id)?;
-        if let Some(first) = self.find_by_client_id(&user.id, client_id).await? {
-            // A retry costs nothing: it finds the first message and publishes nothing.
-            return Ok(Sent {
-                view: self.with_sender(first).await?,
-                created: false,
-            });
+        validate_room_id(room_id)?;
+        let input =
+            validate_body(body).and_then(|body| Ok((body, validate_client_id(client_message_id)?)));
+        let (body, client_id) = match input {
+            Ok(input) => input,
+            Err(e) => {
+                // Who may write to the room is answered before what they wrote.
+                self.require_member(viewer, room_id).await?;
+                return Err(e);
+            }
+        };
+        if let Err(limited) = self.limits.check(&user.id, Action::Message).await {
+            // Not being a member is the first answer; a retry is answered even when over the
+            // limit, since it adds nothing.
+            self.require_member(viewer, room_id).await?;
+            if let Some(first) = self.find_by_client_id(&user.id, client_id).await? {
+                return Ok(Sent {
+                    view: self.with_sender(first).await?,
+                    created: false,
+                });
+            }
+            return Err(limited);
         }
-        self.limits.check(&user.id, Action::Message).await?;
+        let turn = self.write_turn().await;
         let txn = self.db.begin().await?;
-        let inserted = insert_message(
+        let member = (!user.is_admin()).then_some(user.id.as_str());
+        let Some(seq) = bump_seq(&txn, room_id, member).await? else {
+            txn.rollback().await?;
+            // No such room, or not a member: say which.
+            self.require_member(viewer, room_id).await?;
+            return Err(DomainError::Forbidden(format!(
+                "not a member of room {room_id}"
+            )));
+        };
+        let inserted = insert_numbered(
             &txn,
             room_id,
+            seq,
             MessageKind::User,
             Some(&user.id),
             body,
@@ -141,32 +183,37 @@ impl Domain {
         .await;
         let message = match inserted {
             Ok(m) => m,
-            Err(DomainError::Internal(e)) if is_unique_violation(&e) => {
-                // A concurrent retry with the same clientMessageId committed first.
+            Err(e) if client_id.is_some() && is_unique_violation(&e) => {
+                // A retry: the first message with this clientMessageId is committed already.
                 txn.rollback().await?;
                 let first = self
                     .find_by_client_id(&user.id, client_id)
                     .await?
-                    .ok_or_else(|| DomainError::Internal(e))?;
+                    .ok_or_else(|| DomainError::Internal(e.into()))?;
                 return Ok(Sent {
                     view: self.with_sender(first).await?,
                     created: false,
                 });
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
-        if self.rules.points_per_message != 0 {
+        let sender = if self.rules.points_per_message != 0 {
             user::Entity::update_many()
                 .col_expr(
                     user::Column::Points,
                     Expr::col(user::Column::Points).add(self.rules.points_per_message),
                 )
                 .filter(user::Column::Id.eq(user.id.as_str()))
-                .exec(&txn)
-                .await?;
-        }
+                .exec_with_returning(&txn)
+                .await?
+                .into_iter()
+                .next()
+        } else {
+            user::Entity::find_by_id(user.id.as_str()).one(&txn).await?
+        };
         txn.commit().await?;
-        let view = self.with_sender(message).await?;
+        drop(turn);
+        let view = MessageView { message, sender };
         self.publish_message(&view);
         if self.rules.points_per_message != 0 {
             self.leaderboard.points_changed();
@@ -315,8 +362,6 @@ pub fn parse_message_id(id: &str) -> DomainResult<i64> {
         .ok_or_else(|| DomainError::bad_input(format!("{id:?} is not a message id")))
 }
 
-fn is_unique_violation(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<sea_orm::DbErr>()
-        .and_then(|e| e.sql_err())
-        .is_some_and(|e| matches!(e, SqlErr::UniqueConstraintViolation(_)))
+fn is_unique_violation(e: &sea_orm::DbErr) -> bool {
+    matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }

@@ -1,7 +1,12 @@
 //! Presence: who is connected, on how many connections, with which status. A user is online
 //! while at least one of their connections is open, on any instance; going offline is announced
-//! after a grace period, so a page reload does not flap. `lastSeenAt` is persisted on connect
-//! and on going offline.
+//! after a grace period, so a page reload does not flap.
+//!
+//! Counting a connection touches no table: the user comes from the token's sign-in, and only
+//! the announcement reads the user's rooms (room-scoped subscribers filter on them).
+//! `lastSeenAt` is persisted when a user goes offline, and for everyone connected here once per
+//! `LAST_SEEN_EVERY` (one statement per batch of users), so it stays close to the truth even
+//! when an instance dies; while a user is online it reads as "now".
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -114,6 +119,7 @@ impl PresenceTracker {
             tracker.reseed().await;
             tokio::spawn(tracker.clone().heartbeat());
         }
+        tokio::spawn(tracker.clone().record_last_seen());
         tracker
     }
 
@@ -125,31 +131,24 @@ impl PresenceTracker {
         self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts a new connection of `user_id`; the returned guard counts it out when dropped.
-    /// With `limit`, a connection that would take the user's total (every instance) over it is
-    /// refused with `TooManyConnections`, before anyone hears of it.
+    /// Counts a new connection of `user` (as just read or provisioned by the sign-in); the
+    /// returned guard counts it out when dropped. With `limit`, a connection that would take
+    /// the user's total (every instance) over it is refused with `TooManyConnections`, before
+    /// anyone hears of it.
     pub async fn connect(
         self: &Arc<Self>,
-        user_id: &str,
+        user: &user::Model,
         limit: Option<u32>,
     ) -> DomainResult<PresenceGuard> {
-        let now = Utc::now();
-        user::Entity::update_many()
-            .col_expr(user::Column::LastSeenAt, Expr::value(now))
-            .filter(user::Column::Id.eq(user_id))
-            .exec(&self.db)
-            .await?;
-        let stored = user::Entity::find_by_id(user_id)
-            .one(&self.db)
-            .await?
-            .ok_or_else(|| DomainError::NotFound(format!("user {user_id} not found")))?;
-        let (user, here) = {
+        let user_id = user.id.as_str();
+        let (announced, here) = {
             let mut local = self.lock_local();
-            let entry = local.entry(user_id.to_owned()).or_insert_with(|| Local {
-                user: stored,
+            let entry = local.entry(user.id.clone()).or_insert_with(|| Local {
+                user: user.clone(),
                 connections: 0,
                 generation: 0,
             });
+            entry.user.last_seen_at = Some(Utc::now());
             entry.connections += 1;
             entry.generation += 1;
             (entry.user.clone(), entry.connections)
@@ -170,8 +169,8 @@ impl PresenceTracker {
             self.count(user_id, here).await;
             return Err(DomainError::TooManyConnections);
         }
-        let status = PresenceStatus::chosen(&user.status);
-        self.announce(user, status, total).await;
+        let status = PresenceStatus::chosen(&announced.status);
+        self.announce(announced, status, total).await;
         Ok(PresenceGuard {
             user_id: user_id.to_owned(),
             tracker: self.clone(),
@@ -404,6 +403,40 @@ impl PresenceTracker {
         }
     }
 
+    /// Persists `lastSeenAt` = now for every user connected here, every `LAST_SEEN_EVERY`, in
+    /// batches of `LAST_SEEN_BATCH` ids per statement. Connecting writes nothing; this bounds
+    /// how stale the stored value can be when an instance dies without announcing anyone
+    /// offline.
+    async fn record_last_seen(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(LAST_SEEN_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => break,
+            }
+            let connected: Vec<String> = self
+                .lock_local()
+                .iter()
+                .filter(|(_, l)| l.connections > 0)
+                .map(|(id, _)| id.clone())
+                .collect();
+            let now = Utc::now();
+            for batch in connected.chunks(LAST_SEEN_BATCH) {
+                let written = user::Entity::update_many()
+                    .col_expr(user::Column::LastSeenAt, Expr::value(now))
+                    .filter(user::Column::Id.is_in(batch.iter().cloned()))
+                    .exec(&self.db)
+                    .await;
+                if let Err(e) = written {
+                    tracing::warn!(error = %e, "presence: could not persist lastSeenAt");
+                    break;
+                }
+            }
+        }
+    }
+
     fn here(&self, user_id: &str) -> u32 {
         self.lock_local().get(user_id).map_or(0, |l| l.connections)
     }
@@ -476,6 +509,11 @@ impl PresenceTracker {
         }
     }
 }
+
+/// How often the `lastSeenAt` of connected users is written.
+const LAST_SEEN_EVERY: Duration = Duration::from_secs(60);
+/// Users per `lastSeenAt` statement (well under every backend's limit on parameters).
+const LAST_SEEN_BATCH: usize = 500;
 
 /// One open connection, counted while it lives.
 pub struct PresenceGuard {
@@ -641,10 +679,20 @@ impl RedisCounts {
 impl Domain {
     /// Counts a new connection of the user (any transport) for presence, refusing one over the
     /// per-user limit.
-    pub async fn open_connection(&self, user_id: &str) -> DomainResult<PresenceGuard> {
+    pub async fn open_connection(&self, user: &user::Model) -> DomainResult<PresenceGuard> {
         self.presence
-            .connect(user_id, self.rules.max_connections_per_user)
+            .connect(user, self.rules.max_connections_per_user)
             .await
+    }
+
+    /// When the user was last seen: now while they are online (on any instance), else what
+    /// was stored when they went offline.
+    pub fn last_seen_at(&self, user: &user::Model) -> Option<DateTime<Utc>> {
+        if self.presence.live(&user.id).is_some() {
+            Some(Utc::now())
+        } else {
+            user.last_seen_at
+        }
     }
 
     /// Admin: closes every connection of a user, on every instance, and refuses the tokens

@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use sea_orm::{
-    sea_query::{Expr, ExprTrait},
+    sea_query::{Expr, ExprTrait, Query},
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, SqlErr,
     TransactionTrait,
@@ -402,20 +402,41 @@ fn normalize_title(title: Option<&str>, id: &str) -> DomainResult<String> {
 /// Bumps the room's message counter and returns the new value. The UPDATE takes the room row's
 /// write lock until the transaction ends, which serialises writers per room.
 pub(super) async fn next_seq(conn: &impl ConnectionTrait, room_id: &str) -> DomainResult<i64> {
-    let updated = room::Entity::update_many()
+    bump_seq(conn, room_id, None)
+        .await?
+        .ok_or_else(|| DomainError::NotFound(format!("room {room_id} not found")))
+}
+
+/// Bumps the room's message counter in one statement (`UPDATE … RETURNING`) and returns the new
+/// value; with `member`, only if that user belongs to the room. `None` when nothing matched: no
+/// such room, or not a member. Like `next_seq`, it holds the room row's lock until the
+/// transaction ends; the membership test is part of the same statement, so it costs no round
+/// trip of its own.
+pub(super) async fn bump_seq(
+    conn: &impl ConnectionTrait,
+    room_id: &str,
+    member: Option<&str>,
+) -> DomainResult<Option<i64>> {
+    let mut update = room::Entity::update_many()
         .col_expr(
             room::Column::LastSeq,
             Expr::col(room::Column::LastSeq).add(1),
         )
-        .filter(room::Column::Id.eq(room_id))
-        .exec(conn)
-        .await?;
-    if updated.rows_affected == 0 {
-        return Err(DomainError::NotFound(format!("room {room_id} not found")));
+        .filter(room::Column::Id.eq(room_id));
+    if let Some(user_id) = member {
+        update = update.filter(Expr::exists(
+            Query::select()
+                .expr(Expr::val(1))
+                .from(room_member::Entity)
+                .and_where(room_member::Column::RoomId.eq(room_id))
+                .and_where(room_member::Column::UserId.eq(user_id))
+                .to_owned(),
+        ));
     }
-    let room = room::Entity::find_by_id(room_id)
-        .one(conn)
+    Ok(update
+        .exec_with_returning(conn)
         .await?
-        .ok_or_else(|| DomainError::NotFound(format!("room {room_id} not found")))?;
-    Ok(room.last_seq)
+        .into_iter()
+        .next()
+        .map(|room| room.last_seq))
 }

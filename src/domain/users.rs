@@ -117,6 +117,13 @@ impl Domain {
     /// The viewer a bearer token stands for. A valid token whose `sub` is not known yet
     /// provisions that user (username from `name`, else `sub`).
     pub async fn viewer_from_token(&self, token: &str) -> Result<Viewer, ViewerError> {
+        Ok(self.sign_in(token).await?.viewer)
+    }
+
+    /// The viewer a bearer token stands for, with the user as stored (read or provisioned by
+    /// this very call): what a connection needs to be counted for presence without reading the
+    /// user again.
+    pub async fn sign_in(&self, token: &str) -> Result<SignedIn, ViewerError> {
         let claims = self.tokens.verify(token).map_err(ViewerError::Token)?;
         let role = claims.role.clone().unwrap_or_else(|| ROLE_USER.to_owned());
         validate_role(&role).map_err(ViewerError::Token)?;
@@ -131,12 +138,13 @@ impl Domain {
         {
             return Err(ViewerError::Token(TokenError::Invalid));
         }
-        Ok(Viewer::User(AuthUser {
-            id: user.id,
-            username: user.username,
+        let viewer = Viewer::User(AuthUser {
+            id: user.id.clone(),
+            username: user.username.clone(),
             role,
             expires_at: claims.exp,
-        }))
+        });
+        Ok(SignedIn { viewer, user })
     }
 
     async fn provision(&self, claims: &Claims, role: &str) -> DomainResult<user::Model> {
@@ -211,6 +219,12 @@ impl Domain {
             .all(&self.db)
             .await?)
     }
+}
+
+/// A verified token's viewer and its user as the database holds it.
+pub struct SignedIn {
+    pub viewer: Viewer,
+    pub user: user::Model,
 }
 
 /// Why a token did not yield a viewer.

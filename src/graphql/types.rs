@@ -107,8 +107,9 @@ impl User {
         super::domain(ctx).presence.status_of(&self.0.id).into()
     }
 
-    async fn last_seen_at(&self) -> Option<DateTime<Utc>> {
-        self.0.last_seen_at
+    // Now while the user is online; else when they were last connected.
+    async fn last_seen_at(&self, ctx: &Context<'_>) -> Option<DateTime<Utc>> {
+        super::domain(ctx).last_seen_at(&self.0)
     }
 }
 
@@ -202,8 +203,9 @@ impl Presence {
         clamp_i32(self.0.connections.into())
     }
 
-    async fn last_seen_at(&self) -> Option<DateTime<Utc>> {
-        self.0.user.last_seen_at
+    // Now while the user is online; else when they were last connected.
+    async fn last_seen_at(&self, ctx: &Context<'_>) -> Option<DateTime<Utc>> {
+        super::domain(ctx).last_seen_at(&self.0.user)
     }
 }
 

@@ -28,6 +28,7 @@ use super::legacy::{Dialect, DialectChoice, Frames, Outgoing, Purpose, GENERAL_R
 use super::socket::{self, End, SocketWriter, UserWatch};
 use super::AppState;
 use crate::auth::{bearer, Viewer};
+use crate::db::user;
 use crate::domain::channels::Channel;
 use crate::domain::presence::{PresenceGuard, PresenceStatus};
 use crate::domain::typing::ConnectionId;
@@ -237,20 +238,20 @@ fn internal_error() -> End {
     End::Close(1011, "Internal error".into())
 }
 
-/// Who the socket is for: a token is required except on the leaderboard stream, and an arena
-/// path's user id must be the token's.
+/// Who the socket is for (and the user as stored, when signed in): a token is required except
+/// on the leaderboard stream, and an arena path's user id must be the token's.
 async fn authenticate(
     state: &AppState,
     token: Option<String>,
     entry: &Entry,
-) -> Result<Viewer, End> {
-    let viewer = match token {
+) -> Result<(Viewer, Option<user::Model>), End> {
+    let (viewer, user) = match token {
         None if entry.purpose == Purpose::Leaderboard || entry.channel.is_some() => {
-            Viewer::Anonymous
+            (Viewer::Anonymous, None)
         }
         None => return Err(authentication_failed()),
-        Some(token) => match state.domain.viewer_from_token(&token).await {
-            Ok(viewer) => viewer,
+        Some(token) => match state.domain.sign_in(&token).await {
+            Ok(signed_in) => (signed_in.viewer, Some(signed_in.user)),
             Err(ViewerError::Domain(e @ DomainError::Internal(_))) => {
                 tracing::warn!(error = %e, "legacy /ws: could not sign in a token");
                 return Err(internal_error());
@@ -266,7 +267,7 @@ async fn authenticate(
             return Err(authentication_failed());
         }
     }
-    Ok(viewer)
+    Ok((viewer, user))
 }
 
 /// One legacy connection's state, owned by its reader.
@@ -296,9 +297,9 @@ impl LegacySocket {
         outbox: socket::Outbox,
         id: ConnectionId,
     ) -> Result<Self, End> {
-        let viewer = authenticate(state, token, entry).await?;
-        let presence = match viewer.user() {
-            Some(user) => match state.domain.open_connection(&user.id).await {
+        let (viewer, user) = authenticate(state, token, entry).await?;
+        let presence = match &user {
+            Some(user) => match state.domain.open_connection(user).await {
                 Ok(guard) => Some(guard),
                 Err(DomainError::TooManyConnections) => {
                     return Err(End::Close(1008, "too many connections".into()));

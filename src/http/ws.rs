@@ -398,10 +398,10 @@ impl Connection {
         }
         self.init_received = true;
         let token = token_from_init(payload).or_else(|| self.upgrade_token.clone());
-        let viewer = match token {
-            None => Viewer::Anonymous,
-            Some(token) => match self.state.domain.viewer_from_token(&token).await {
-                Ok(v) => v,
+        let (viewer, user) = match token {
+            None => (Viewer::Anonymous, None),
+            Some(token) => match self.state.domain.sign_in(&token).await {
+                Ok(signed_in) => (signed_in.viewer, Some(signed_in.user)),
                 Err(e) => {
                     tracing::debug!(error = %e, "connection_init refused");
                     if self.protocol == Protocol::Legacy {
@@ -412,8 +412,8 @@ impl Connection {
                 }
             },
         };
-        if let Some(user) = viewer.user() {
-            match self.state.domain.open_connection(&user.id).await {
+        if let Some(user) = &user {
+            match self.state.domain.open_connection(user).await {
                 Ok(guard) => self._presence = Some(guard),
                 Err(DomainError::TooManyConnections) => {
                     return Some(End::Close(1008, "too many connections".into()));
