@@ -115,23 +115,35 @@ async fn resuming_after_a_disconnect_replays_what_was_missed_without_gap_or_dupl
 
 #[tokio::test]
 async fn a_subscriber_that_lags_behind_the_buffer_is_caught_up_from_the_database() {
+    let redis = TestRedis::start();
     for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        // A one-event buffer: any burst overruns it.
-        let server = TestServer::start(&db, &[("TIDINGS_BROADCAST_CAPACITY", "1")]);
-        let (_, t) = admin_and(&server, &["alice", "s1", "s2", "s3", "s4"], "busy").await;
-        let mut alice = GqlSocket::user(&server, &t[0]).await;
+        // The subscriber's instance has a one-event buffer and is frozen while the other
+        // instance takes the messages: once it runs again, its Redis bridge hands it the whole
+        // burst at once, which overruns the buffer.
+        let (a, b, _db) = bridged_pair(
+            &backend,
+            &redis,
+            &[
+                ("TIDINGS_BROADCAST_CAPACITY", "1"),
+                ("TIDINGS_RATE_LIMITS", "off"),
+            ],
+        )
+        .await;
+        let (_, t) = admin_and(&a, &["alice", "s1", "s2", "s3", "s4"], "busy").await;
+        let mut alice = GqlSocket::user(&b, &t[0]).await;
         alice.subscribe("m", MESSAGES, json!({ "r": "busy" })).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
+        b.pause();
         let sends = t[1..]
             .iter()
             .flat_map(|tok| (0..15).map(move |n| (tok.clone(), n)));
         futures_util::future::join_all(sends.map(|(tok, n)| {
-            let server = &server;
+            let server = &a;
             async move { send(server, &tok, "busy", &format!("n{n}")).await }
         }))
         .await;
-        let expected: Vec<i64> = history_ids(&server, &t[0], "busy").await;
+        b.resume();
+        let expected: Vec<i64> = history_ids(&a, &t[0], "busy").await;
         assert_eq!(expected.len(), 60);
         let mut got = Vec::new();
         for _ in 0..60 {
@@ -152,7 +164,7 @@ async fn a_subscriber_that_lags_behind_the_buffer_is_caught_up_from_the_database
         );
         alice.expect_silence(Duration::from_millis(300)).await;
         assert!(
-            server.log().contains("caught up from the database"),
+            b.log().contains("caught up from the database"),
             "the burst overran the one-event buffer, so the catch-up path ran"
         );
     }

@@ -242,6 +242,20 @@ impl TestServer {
         false
     }
 
+    /// Freezes the server's process (SIGSTOP): its sockets stay open, nothing runs.
+    pub fn pause(&self) {
+        let _ = Command::new("kill")
+            .args(["-STOP", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+    }
+
     /// Stops the server (SIGKILL) and waits for it.
     pub fn stop(mut self) {
         let _ = self.child.kill();
