@@ -160,7 +160,6 @@ impl Domain {
             }
             return Err(limited);
         }
-        let turn = self.write_turn().await;
         let txn = self.db.begin().await?;
         let member = (!user.is_admin()).then_some(user.id.as_str());
         let Some(seq) = bump_seq(&txn, room_id, member).await? else {
@@ -212,7 +211,6 @@ impl Domain {
             user::Entity::find_by_id(user.id.as_str()).one(&txn).await?
         };
         txn.commit().await?;
-        drop(turn);
         let view = MessageView { message, sender };
         self.publish_message(&view);
         if self.rules.points_per_message != 0 {

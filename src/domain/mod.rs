@@ -58,11 +58,6 @@ pub struct Domain {
     pub typing: Arc<TypingTracker>,
     pub leaderboard: Arc<Leaderboard>,
     pub limits: Arc<RateLimits>,
-    /// SQLite allows one writer at a time, and a writer that finds the lock taken sleeps in
-    /// its busy handler (backing off to tens of milliseconds) rather than being woken. Message
-    /// transactions queue here instead, in this process, and reach SQLite one at a time.
-    /// `None` on PostgreSQL, whose row locks wake their waiters.
-    sqlite_writes: Option<tokio::sync::Mutex<()>>,
 }
 
 impl Domain {
@@ -86,8 +81,6 @@ impl Domain {
         .await;
         let typing = TypingTracker::start(hub.clone(), rules.typing_timeout, shutdown.clone());
         let leaderboard = Leaderboard::start(db.clone(), hub.clone(), shutdown).await?;
-        let sqlite_writes = (db.get_database_backend() == sea_orm::DbBackend::Sqlite)
-            .then(|| tokio::sync::Mutex::new(()));
         Ok(Arc::new(Self {
             db,
             tokens,
@@ -97,19 +90,7 @@ impl Domain {
             typing,
             leaderboard,
             limits,
-            sqlite_writes,
         }))
-    }
-}
-
-impl Domain {
-    /// Waits for this process's turn to write when the database is SQLite (see
-    /// `sqlite_writes`); holds it until the guard is dropped.
-    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match &self.sqlite_writes {
-            Some(gate) => Some(gate.lock().await),
-            None => None,
-        }
     }
 }
 
