@@ -81,7 +81,7 @@ load() { "$BIN/tidings-bench" load --timeout 240 "$@"; }
 for scenario in $SCENARIOS; do
   case $scenario in
   fanout) # saturated fan-out to one room: about 256,000 deliveries in flight (256 messages at 1k)
-    for n in 1000 5000 15000; do
+    for n in ${FANOUT_SIZES:-1000 5000 15000}; do
       for target in floor tidings node; do
         port=$(free_port); serve $target "$port"
         load --url "http://127.0.0.1:$port" --server-pid "$SERVER_PID" $(join_flag $target) \
