@@ -822,6 +822,11 @@ async fn leaving_a_room_ends_its_subscriptions() {
     assert_eq!(bob.error_code("m").await, "FORBIDDEN");
     assert_eq!(bob.frame_for("m").await["type"], "complete");
     assert_eq!(bob.frame_for("t").await["type"], "complete");
+    // The id is free again once `complete` arrived: a new subscription under it is answered
+    // (refused: bob is no longer a member), not closed as a duplicate.
+    bob.subscribe("m", MESSAGES, json!({ "r": "lobby" })).await;
+    assert_eq!(bob.error_code("m").await, "FORBIDDEN");
+    assert_eq!(bob.frame_for("m").await["type"], "complete");
     send(&server, &t[0], "lobby", "after bob left").await;
     bob.expect_silence(Duration::from_millis(300)).await;
 }
