@@ -58,6 +58,13 @@ start_node() {
   SERVER_PID=$!; PIDS+=("$SERVER_PID")
   sleep 0.8
 }
+# start_redis: a Redis of our own, keeping nothing on disk; sets rport and REDIS_PID
+start_redis() {
+  rport=$(free_port)
+  redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+    >"$WORK/redis-$rport.log" 2>&1 &
+  REDIS_PID=$!; PIDS+=("$REDIS_PID"); sleep 0.5
+}
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 sqlite() { echo "sqlite://$WORK/$1.db?mode=rwc"; }
 pgdb() { # fresh PostgreSQL database
@@ -129,10 +136,7 @@ for scenario in $SCENARIOS; do
   idle50k) # 50,000 idle graphql-ws subscriptions over three instances sharing PostgreSQL and a
     # Redis of our own, by three generator processes (each process may hold 20,000 files); each
     # process spreads its connections over the three instances.
-    rport=$(free_port)
-    redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
-      >"$WORK/redis.log" 2>&1 &
-    REDIS_PID=$!; PIDS+=("$REDIS_PID"); sleep 0.5
+    start_redis
     db=$(pgdb idle50k)
     ports=(); spids=()
     for _ in 0 1 2; do
@@ -179,10 +183,7 @@ for scenario in $SCENARIOS; do
       --join-concurrency 64 --label chat-tidings-10000 --json "$OUT/chat-tidings-10000.json" || true
     stop "$SERVER_PID" ;;
   redis) # the same through two instances sharing PostgreSQL and a Redis of our own
-    rport=$(free_port)
-    redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
-      >"$WORK/redis.log" 2>&1 &
-    REDIS_PID=$!; PIDS+=("$REDIS_PID"); sleep 0.5
+    start_redis
     db=$(pgdb redis)
     p1=$(free_port); start_tidings "$p1" "$db" "redis://127.0.0.1:$rport"; s1=$SERVER_PID
     p2=$(free_port); start_tidings "$p2" "$db" "redis://127.0.0.1:$rport"; s2=$SERVER_PID

@@ -152,13 +152,7 @@ impl Domain {
             // Not being a member is the first answer; a retry is answered even when over the
             // limit, since it adds nothing.
             self.require_member(viewer, room_id).await?;
-            if let Some(first) = self.find_by_client_id(&user.id, client_id).await? {
-                return Ok(Sent {
-                    view: self.with_sender(first).await?,
-                    created: false,
-                });
-            }
-            return Err(limited);
+            return self.earlier_send(&user.id, client_id).await?.ok_or(limited);
         }
         let txn = self.db.begin().await?;
         let member = (!user.is_admin()).then_some(user.id.as_str());
@@ -185,14 +179,10 @@ impl Domain {
             Err(e) if client_id.is_some() && is_unique_violation(&e) => {
                 // A retry: the first message with this clientMessageId is committed already.
                 txn.rollback().await?;
-                let first = self
-                    .find_by_client_id(&user.id, client_id)
+                return self
+                    .earlier_send(&user.id, client_id)
                     .await?
-                    .ok_or_else(|| DomainError::Internal(e.into()))?;
-                return Ok(Sent {
-                    view: self.with_sender(first).await?,
-                    created: false,
-                });
+                    .ok_or_else(|| DomainError::Internal(e.into()));
             }
             Err(e) => return Err(e.into()),
         };
@@ -221,6 +211,21 @@ impl Domain {
             view,
             created: true,
         })
+    }
+
+    /// The message a retry stands for: the sender's first with this `clientMessageId`.
+    async fn earlier_send(
+        &self,
+        sender: &str,
+        client_id: Option<&str>,
+    ) -> DomainResult<Option<Sent>> {
+        let Some(first) = self.find_by_client_id(sender, client_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Sent {
+            view: self.with_sender(first).await?,
+            created: false,
+        }))
     }
 
     /// Publishes a committed message to the room's subscribers.

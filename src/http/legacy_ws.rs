@@ -495,14 +495,7 @@ impl LegacySocket {
                 _ = shutdown.cancelled() => {
                     return End::Close(1001, "server shutting down".into());
                 }
-                attention = outbox.attention() => {
-                    return match attention {
-                        socket::Attention::Slow => End::CloseNow(1008, "slow consumer".into()),
-                        socket::Attention::Kicked => {
-                            End::Close(4001, "disconnected by an administrator".into())
-                        }
-                    };
-                }
+                attention = outbox.attention() => return attention.end(4001),
             }
             deadlines.arm(timer.as_mut());
         }

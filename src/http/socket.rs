@@ -398,6 +398,17 @@ pub(crate) enum Attention {
     Kicked,
 }
 
+impl Attention {
+    /// How to close: a slow consumer at once with 1008; a disconnected user with the
+    /// transport's own code for a refused sign-in (`kicked_code`), after what is queued.
+    pub(crate) fn end(self, kicked_code: u16) -> End {
+        match self {
+            Attention::Slow => End::CloseNow(1008, "slow consumer".into()),
+            Attention::Kicked => End::Close(kicked_code, "disconnected by an administrator".into()),
+        }
+    }
+}
+
 /// Why a connection's reader stopped, and how to close.
 pub(crate) enum End {
     /// The peer closed or vanished: nothing to send.

@@ -273,14 +273,7 @@ impl Connection {
                 _ = shutdown.cancelled() => {
                     return End::Close(1001, "server shutting down".into());
                 }
-                attention = out.attention() => {
-                    return match attention {
-                        socket::Attention::Slow => End::CloseNow(1008, "slow consumer".into()),
-                        socket::Attention::Kicked => {
-                            End::Close(4403, "disconnected by an administrator".into())
-                        }
-                    };
-                }
+                attention = out.attention() => return attention.end(4403),
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
             }
             deadlines.arm(timer.as_mut());
