@@ -13,7 +13,7 @@ pub mod user;
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
 
 /// Opens the database and brings its schema up to date.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
@@ -34,19 +34,22 @@ pub async fn open(url: &str) -> Result<DatabaseConnection, DbErr> {
         // concurrent writers waiting rather than failing with "database is locked".
         opts.max_connections(4).min_connections(1);
         // Set on every connection of the pool (a PRAGMA run once reaches only one of them):
-        // WAL, so readers never wait for the writer; NORMAL sync, which in WAL mode keeps
-        // every commit across a crash of the process and syncs at checkpoints; a busy timeout.
+        // NORMAL sync, which in WAL mode keeps every commit across a crash of the process and
+        // syncs at checkpoints; a busy timeout; foreign keys.
         opts.map_sqlx_sqlite_opts(|o| {
-            use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-            o.journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
+            o.synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
         });
     } else {
         opts.max_connections(32).min_connections(2);
     }
-    Database::connect(opts).await
+    let db = Database::connect(opts).await?;
+    if sqlite {
+        // WAL is a property of the database file: set once, every connection then uses it.
+        db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
+    }
+    Ok(db)
 }
 
 /// Whether the database answers a trivial query (for `/health`).

@@ -57,7 +57,9 @@ impl Domain {
             status: Set("ONLINE".to_owned()),
             last_seen_at: Set(None),
             created_at: Set(Utc::now()),
-            ..Default::default()
+            // Every column is given: see `provision`.
+            notification_seq: Set(0),
+            tokens_revoked_at: Set(None),
         };
         let taken = || DomainError::bad_input("username is taken");
         if user::Entity::find()
@@ -182,7 +184,11 @@ impl Domain {
                 status: Set("ONLINE".to_owned()),
                 last_seen_at: Set(None),
                 created_at: Set(Utc::now()),
-                ..Default::default()
+                // Every column is given. Left to their defaults, the columns a later migration
+                // added (`ALTER TABLE … ADD COLUMN … DEFAULT`) sometimes came back NULL from
+                // SQLite's `INSERT … RETURNING` on a fresh database.
+                notification_seq: Set(0),
+                tokens_revoked_at: Set(None),
             };
             match user::Entity::insert(model)
                 .exec_with_returning(&self.db)
