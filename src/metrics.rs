@@ -48,6 +48,10 @@ pub const CHANNEL_DELIVERED: &str = "tidings_channel_events_delivered_total";
 pub const CHANNEL_MISSED: &str = "tidings_channel_events_missed_total";
 const CHANNEL_KINDS: [&str; 5] = ["public", "broadcast", "user", "role", "room"];
 const RATE_ACTIONS: [&str; 3] = ["message", "typing", "notification"];
+/// Transactions of the message writer (each commits a batch of sends).
+pub const MESSAGE_BATCHES: &str = "tidings_message_batches_total";
+/// Sends those transactions carried; over `MESSAGE_BATCHES`, the mean batch.
+pub const MESSAGE_BATCH_SENDS: &str = "tidings_message_batch_sends_total";
 /// 1 while the Redis bridge is connected; 0 when it is down or Redis is not configured.
 pub const REDIS_UP: &str = "tidings_redis_up";
 
@@ -202,6 +206,14 @@ fn describe() {
         "Channel events a slow subscriber missed, by channel kind"
     );
     describe_gauge!(REDIS_UP, "1 while the Redis bridge is connected, else 0");
+    describe_counter!(
+        MESSAGE_BATCHES,
+        "Transactions of the message writer, each committing a batch of sends"
+    );
+    describe_counter!(
+        MESSAGE_BATCH_SENDS,
+        "Sends carried by the message writer's transactions"
+    );
 }
 
 /// Every series a dashboard expects to find, present from the start rather than from its first
@@ -225,6 +237,8 @@ fn register_at_zero() {
     }
     counter!(REDIS_DISCONNECTS).absolute(0);
     counter!(COHORTS_STARTED).absolute(0);
+    counter!(MESSAGE_BATCHES).absolute(0);
+    counter!(MESSAGE_BATCH_SENDS).absolute(0);
     gauge!(COHORT_MEMBERS).set(0.0);
     gauge!(REDIS_UP).set(if REDIS_CONNECTED.load(Ordering::Relaxed) {
         1.0

@@ -412,3 +412,161 @@ async fn without_points_a_message_still_names_its_sender() {
         json!({ "id": "alice", "username": "alice", "points": 0 })
     );
 }
+
+/// One counter's value from `/metrics`.
+async fn metric(server: &TestServer, name: &str) -> u64 {
+    let text = http()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+/// Sends that queue while the message writer waits for a room's lock are committed together,
+/// and the batch keeps every rule of a lone send: a retry gets the first message and earns
+/// nothing, a non-member is refused without taking a number, the room's numbers run on with no
+/// gap, and subscribers get each new message once, in order.
+#[tokio::test]
+async fn sends_queued_behind_a_locked_room_commit_together_and_keep_every_rule() {
+    use sea_orm::{ConnectionTrait, Database, Statement, TransactionTrait};
+    use std::time::Duration;
+
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        // Thirty sends from one user in a moment: not what this test is about.
+        let server = TestServer::start(&db, &[("TIDINGS_RATE_LIMITS", "off")]);
+        let alice = cli_token("alice", "user");
+        let bob = cli_token("bob", "user");
+        let eve = cli_token("eve", "user");
+        join(&server, &alice, "queue").await;
+        join(&server, &bob, "queue").await;
+        join(&server, &eve, "elsewhere").await;
+        let mut watcher = GqlSocket::user(&server, &bob).await;
+        watcher
+            .subscribe(
+                "m",
+                "subscription { messageAdded(roomId: \"queue\") { id body } }",
+                json!({}),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let batches_before = metric(&server, "tidings_message_batches_total").await;
+        let sends_before = metric(&server, "tidings_message_batch_sends_total").await;
+
+        // Hold the room's row (SQLite: the database's write lock) from outside the server.
+        let outside = Database::connect(db.url.as_str()).await.expect("database");
+        let hold = outside.begin().await.expect("begin");
+        hold.execute_unprepared("UPDATE rooms SET last_seq = last_seq WHERE id = 'queue'")
+            .await
+            .expect("lock the room");
+
+        // Alice sends ten messages three times each (c-0 … c-9), Bob ten without a client id,
+        // Eve three to a room she is not in.
+        let mut sends = Vec::new();
+        for _ in 0..3 {
+            for n in 0..10 {
+                sends.push((alice.clone(), format!("a{n}"), Some(format!("c-{n}"))));
+            }
+        }
+        for n in 0..10 {
+            sends.push((bob.clone(), format!("b{n}"), None));
+        }
+        for n in 0..3 {
+            sends.push((eve.clone(), format!("e{n}"), None));
+        }
+        let total = sends.len() as u64;
+        let requests =
+            futures_util::future::join_all(sends.iter().map(|(t, b, c)| {
+                server.gql(Some(t), SEND, json!({ "r": "queue", "b": b, "c": c }))
+            }));
+        let release = async {
+            // Long enough for every request to reach the writer's queue.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            hold.rollback().await.expect("release the room");
+        };
+        let (answers, ()) = tokio::join!(requests, release);
+
+        let name = backend.name();
+        let mut first_by_client_id = std::collections::HashMap::new();
+        let mut created = Vec::new();
+        for ((token, body, client_id), answer) in sends.iter().zip(&answers) {
+            if token == &eve {
+                assert_eq!(
+                    answer["errors"][0]["extensions"]["code"], "FORBIDDEN",
+                    "{name}: {answer}"
+                );
+                continue;
+            }
+            let sent = &answer["data"]["sendMessage"];
+            assert_eq!(&sent["body"], body.as_str(), "{name}: {answer}");
+            match client_id {
+                Some(c) => {
+                    let first = first_by_client_id.entry(c.clone()).or_insert_with(|| {
+                        created.push(sent["id"].clone());
+                        sent["id"].clone()
+                    });
+                    assert_eq!(
+                        &sent["id"], first,
+                        "{name}: every retry of {c} gets the first message"
+                    );
+                }
+                None => created.push(sent["id"].clone()),
+            }
+        }
+        assert_eq!(created.len(), 20, "{name}");
+
+        let batches = metric(&server, "tidings_message_batches_total").await - batches_before;
+        let carried = metric(&server, "tidings_message_batch_sends_total").await - sends_before;
+        assert_eq!(carried, total, "{name}: every send went through the writer");
+        assert!(
+            batches * 4 <= total,
+            "{name}: {total} sends queued behind the lock took {batches} transactions"
+        );
+
+        // The room's numbers: 1, 2, 3 … with no gap, and the counter at the last.
+        let backend_kind = outside.get_database_backend();
+        let seqs: Vec<i64> = outside
+            .query_all_raw(Statement::from_string(
+                backend_kind,
+                "SELECT seq FROM messages WHERE room_id = 'queue' ORDER BY seq",
+            ))
+            .await
+            .expect("seqs")
+            .iter()
+            .map(|row| row.try_get::<i64>("", "seq").expect("seq"))
+            .collect();
+        let last = outside
+            .query_one_raw(Statement::from_string(
+                backend_kind,
+                "SELECT last_seq FROM rooms WHERE id = 'queue'",
+            ))
+            .await
+            .expect("room")
+            .expect("room row")
+            .try_get::<i64>("", "last_seq")
+            .expect("last_seq");
+        let expected: Vec<i64> = (1..=last).collect();
+        assert_eq!(seqs, expected, "{name}: numbers run on without a gap");
+
+        // Each new message reaches the subscriber once, in id order.
+        let mut delivered = Vec::new();
+        while delivered.len() < created.len() {
+            delivered.push(watcher.data("m").await["messageAdded"]["id"].clone());
+        }
+        watcher.expect_silence(Duration::from_millis(300)).await;
+        let mut in_order = created.clone();
+        in_order.sort_by_key(|id| id.as_str().and_then(|s| s.parse::<i64>().ok()));
+        assert_eq!(delivered, in_order, "{name}");
+
+        let me = server
+            .ok(Some(&alice), "{ me { points } }", json!({}))
+            .await;
+        assert_eq!(me["me"]["points"], 10, "{name}: retries earn nothing");
+    }
+}

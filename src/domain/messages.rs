@@ -3,20 +3,19 @@
 
 use chrono::Utc;
 use sea_orm::{
-    sea_query::{Expr, ExprTrait},
-    ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
-    TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
 };
 
 use super::limits::Action;
 use super::notifications::{mentioned_names, Draft, Level};
-use super::rooms::{bump_seq, next_seq, validate_room_id};
+use super::rooms::{next_seq, validate_room_id};
+use super::sends::{SendRequest, Written};
 use super::{Domain, DomainError, DomainResult};
 use crate::auth::Viewer;
 use crate::db::{message, user};
 use crate::hub::event::MessageAdded;
-use crate::hub::Event;
+use crate::hub::{Event, Hub};
 
 pub const BODY_MAX_CHARS: usize = 5000;
 pub const CLIENT_ID_MAX: usize = 128;
@@ -124,11 +123,12 @@ fn validate_client_id(id: Option<&str>) -> DomainResult<Option<&str>> {
 impl Domain {
     /// Sends a chat message to a room the viewer belongs to.
     ///
-    /// The common case costs one transaction of three statements: the room's counter bump
-    /// (which is also the membership check, and takes the room row's lock that orders the
+    /// The message joins the next batch of the group-commit writer (`sends`): three
+    /// statements in a transaction shared with the sends queued beside it: the room's counter
+    /// bump (which is also the membership check, and takes the room row's lock that orders the
     /// room's messages), the insert, and the sender's points (which returns the sender for the
-    /// event). A retry with a `clientMessageId` meets the unique (sender, client message id)
-    /// index, rolls back and returns the first message.
+    /// event). The writer publishes it once committed. A retry with a `clientMessageId` meets
+    /// the unique (sender, client message id) index and is answered with the first message.
     pub async fn send_message(
         &self,
         viewer: &Viewer,
@@ -154,55 +154,32 @@ impl Domain {
             self.require_member(viewer, room_id).await?;
             return self.earlier_send(&user.id, client_id).await?.ok_or(limited);
         }
-        let txn = self.db.begin().await?;
-        let member = (!user.is_admin()).then_some(user.id.as_str());
-        let Some(seq) = bump_seq(&txn, room_id, member).await? else {
-            txn.rollback().await?;
-            // No such room, or not a member: say which.
-            self.require_member(viewer, room_id).await?;
-            return Err(DomainError::Forbidden(format!(
-                "not a member of room {room_id}"
-            )));
+        let request = SendRequest {
+            sender: user.id.clone(),
+            admin: user.is_admin(),
+            room_id: room_id.to_owned(),
+            body: body.to_owned(),
+            client_id: client_id.map(str::to_owned),
         };
-        let inserted = insert_numbered(
-            &txn,
-            room_id,
-            seq,
-            MessageKind::User,
-            Some(&user.id),
-            body,
-            client_id,
-        )
-        .await;
-        let message = match inserted {
-            Ok(m) => m,
-            Err(e) if client_id.is_some() && is_unique_violation(&e) => {
-                // A retry: the first message with this clientMessageId is committed already.
-                txn.rollback().await?;
+        let view = match self.sends.write(request).await? {
+            Written::Sent(view) => *view,
+            Written::Refused => {
+                // No such room, or not a member: say which.
+                self.require_member(viewer, room_id).await?;
+                return Err(DomainError::Forbidden(format!(
+                    "not a member of room {room_id}"
+                )));
+            }
+            Written::Retry => {
+                // The first message with this clientMessageId is committed already.
                 return self
                     .earlier_send(&user.id, client_id)
                     .await?
-                    .ok_or_else(|| DomainError::Internal(e.into()));
+                    .ok_or_else(|| {
+                        DomainError::Internal(anyhow::anyhow!("a retried message was not found"))
+                    });
             }
-            Err(e) => return Err(e.into()),
         };
-        let sender = if self.rules.points_per_message != 0 {
-            user::Entity::update_many()
-                .col_expr(
-                    user::Column::Points,
-                    Expr::col(user::Column::Points).add(self.rules.points_per_message),
-                )
-                .filter(user::Column::Id.eq(user.id.as_str()))
-                .exec_with_returning(&txn)
-                .await?
-                .into_iter()
-                .next()
-        } else {
-            user::Entity::find_by_id(user.id.as_str()).one(&txn).await?
-        };
-        txn.commit().await?;
-        let view = MessageView { message, sender };
-        self.publish_message(&view);
         if self.rules.points_per_message != 0 {
             self.leaderboard.points_changed();
         }
@@ -230,10 +207,7 @@ impl Domain {
 
     /// Publishes a committed message to the room's subscribers.
     pub(crate) fn publish_message(&self, view: &MessageView) {
-        self.hub.publish(Event::Message(MessageAdded {
-            message: view.message.clone(),
-            sender: view.sender.clone(),
-        }));
+        publish(&self.hub, view);
     }
 
     /// Notifies the room members a message mentions by `@username` (never the sender). The
@@ -365,6 +339,10 @@ pub fn parse_message_id(id: &str) -> DomainResult<i64> {
         .ok_or_else(|| DomainError::bad_input(format!("{id:?} is not a message id")))
 }
 
-fn is_unique_violation(e: &sea_orm::DbErr) -> bool {
-    matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+/// Publishes a committed message to the room's subscribers.
+pub(super) fn publish(hub: &Hub, view: &MessageView) {
+    hub.publish(Event::Message(MessageAdded {
+        message: view.message.clone(),
+        sender: view.sender.clone(),
+    }));
 }

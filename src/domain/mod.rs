@@ -11,6 +11,7 @@ pub mod messages;
 pub mod notifications;
 pub mod presence;
 pub mod rooms;
+mod sends;
 pub mod typing;
 pub mod users;
 
@@ -58,6 +59,7 @@ pub struct Domain {
     pub typing: Arc<TypingTracker>,
     pub leaderboard: Arc<Leaderboard>,
     pub limits: Arc<RateLimits>,
+    sends: sends::SendWriter,
 }
 
 impl Domain {
@@ -81,7 +83,9 @@ impl Domain {
         .await;
         let typing = TypingTracker::start(hub.clone(), rules.typing_timeout, shutdown.clone());
         let leaderboard = Leaderboard::start(db.clone(), hub.clone(), shutdown).await?;
+        let sends = sends::SendWriter::start(db.clone(), hub.clone(), rules.points_per_message);
         Ok(Arc::new(Self {
+            sends,
             db,
             tokens,
             rules,
