@@ -66,7 +66,7 @@ pub struct TypingView {
 /// A presence change as a subscriber sees it, in the subscription's scope.
 #[derive(Clone, Debug)]
 pub struct PresenceEventView {
-    pub user: user::Model,
+    pub user: Arc<user::Model>,
     pub status: PresenceStatus,
     pub connections: u32,
     pub room_id: Option<String>,

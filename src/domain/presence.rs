@@ -59,14 +59,15 @@ impl PresenceStatus {
 /// One user's presence as queries report it.
 #[derive(Clone, Debug)]
 pub struct PresenceView {
-    pub user: user::Model,
+    /// Shared with what this instance counts and knows of the user: one copy of the row.
+    pub user: Arc<user::Model>,
     pub status: PresenceStatus,
     pub connections: u32,
 }
 
 /// A user's connections to this instance.
 struct Local {
-    user: user::Model,
+    user: Arc<user::Model>,
     connections: u32,
     /// Bumped on every connect: a pending offline announcement checks it is still current.
     generation: u64,
@@ -144,11 +145,12 @@ impl PresenceTracker {
         let (announced, here) = {
             let mut local = self.lock_local();
             let entry = local.entry(user.id.clone()).or_insert_with(|| Local {
-                user: user.clone(),
+                user: Arc::new(user.clone()),
                 connections: 0,
                 generation: 0,
             });
-            entry.user.last_seen_at = Some(Utc::now());
+            // A copy only while the previous announcement still shares the row.
+            Arc::make_mut(&mut entry.user).last_seen_at = Some(Utc::now());
             entry.connections += 1;
             entry.generation += 1;
             (entry.user.clone(), entry.connections)
@@ -242,9 +244,9 @@ impl PresenceTracker {
     }
 
     /// Persists `lastSeenAt` and announces OFFLINE.
-    async fn went_offline(&self, mut user: user::Model) {
+    async fn went_offline(&self, mut user: Arc<user::Model>) {
         let now = Utc::now();
-        user.last_seen_at = Some(now);
+        Arc::make_mut(&mut user).last_seen_at = Some(now);
         let persisted = user::Entity::update_many()
             .col_expr(user::Column::LastSeenAt, Expr::value(now))
             .filter(user::Column::Id.eq(user.id.as_str()))
@@ -256,7 +258,7 @@ impl PresenceTracker {
         self.announce(user, PresenceStatus::Offline, 0).await;
     }
 
-    async fn announce(&self, user: user::Model, status: PresenceStatus, connections: u32) {
+    async fn announce(&self, user: Arc<user::Model>, status: PresenceStatus, connections: u32) {
         let rooms = match self.rooms_of(&user.id).await {
             Ok(r) => r,
             Err(e) => {
@@ -349,7 +351,7 @@ impl PresenceTracker {
                 user.id.clone(),
                 Known {
                     view: PresenceView {
-                        user,
+                        user: Arc::new(user),
                         status,
                         connections,
                     },
@@ -397,7 +399,7 @@ impl PresenceTracker {
                     .await
                 {
                     tracing::info!(user_id, "presence: offline with its instance");
-                    self.went_offline(user).await;
+                    self.went_offline(Arc::new(user)).await;
                 }
             }
         }
@@ -487,9 +489,12 @@ impl PresenceTracker {
     }
 
     async fn set_chosen(&self, user: user::Model) {
-        if let Some(local) = self.lock_local().get_mut(&user.id) {
-            local.user.status = user.status.clone();
-        }
+        // Announced as counted here (one copy of the row), with the new status.
+        let counted = self.lock_local().get_mut(&user.id).map(|local| {
+            Arc::make_mut(&mut local.user).status = user.status.clone();
+            local.user.clone()
+        });
+        let user = counted.unwrap_or_else(|| Arc::new(user));
         if let Some(p) = self.live(&user.id) {
             let status = PresenceStatus::chosen(&user.status);
             self.announce(user, status, p.connections).await;
@@ -739,7 +744,7 @@ impl Domain {
 
     fn presence_of_user(&self, user: user::Model) -> PresenceView {
         self.presence.live(&user.id).unwrap_or(PresenceView {
-            user,
+            user: Arc::new(user),
             status: PresenceStatus::Offline,
             connections: 0,
         })

@@ -191,7 +191,7 @@ pub struct Presence(pub PresenceView);
 #[Object]
 impl Presence {
     async fn user(&self) -> User {
-        User(self.0.user.clone())
+        User(self.0.user.as_ref().clone())
     }
 
     async fn status(&self) -> PresenceStatus {
@@ -214,7 +214,7 @@ pub struct PresenceEvent(pub PresenceEventView);
 #[Object]
 impl PresenceEvent {
     async fn user(&self) -> User {
-        User(self.0.user.clone())
+        User(self.0.user.as_ref().clone())
     }
 
     async fn status(&self) -> PresenceStatus {

@@ -643,7 +643,7 @@ impl LegacySocket {
         let online: Vec<String> = presence
             .into_iter()
             .filter(|p| p.status != PresenceStatus::Offline)
-            .map(|p| p.user.id)
+            .map(|p| p.user.id.clone())
             .collect();
         self.frames
             .send(&Outgoing::OnlineUsers(&online), None)

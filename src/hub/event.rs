@@ -2,6 +2,7 @@
 //! format between instances (versioned by `Envelope::v`).
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -84,7 +85,7 @@ pub struct Typing {
 /// a connection. `rooms` are the rooms they belong to (room-scoped subscribers filter on it).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PresenceChanged {
-    pub user: user::Model,
+    pub user: Arc<user::Model>,
     pub status: PresenceStatus,
     pub connections: u32,
     pub rooms: Vec<String>,
