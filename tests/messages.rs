@@ -415,17 +415,8 @@ async fn without_points_a_message_still_names_its_sender() {
 
 /// One counter's value from `/metrics`.
 async fn metric(server: &TestServer, name: &str) -> u64 {
-    let text = http()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+    let text = metrics(server).await;
+    sample(&text, name).unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}")) as u64
 }
 
 /// Sends that queue while the message writer waits for a room's lock are committed together,

@@ -897,14 +897,7 @@ async fn equal_subscriptions_of_many_users_share_one_execution() {
         sockets.push(ws);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let metrics = http()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics(&server).await;
     let line = |name: &str| {
         metrics
             .lines()

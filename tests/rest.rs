@@ -15,28 +15,6 @@ async fn online(server: &TestServer, token: Option<&str>) -> reqwest::Response {
     req.send().await.expect("GET /api/presence/online")
 }
 
-async fn metrics(server: &TestServer) -> String {
-    let resp = http()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics");
-    assert_eq!(resp.status(), 200);
-    let content_type = resp.headers()["content-type"]
-        .to_str()
-        .unwrap_or("")
-        .to_owned();
-    assert!(content_type.starts_with("text/plain"), "{content_type}");
-    resp.text().await.expect("text")
-}
-
-/// The value of one series (`name{labels}` exactly as exposed), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// Polls `/metrics` until `series` has `value` (gauges follow closes a moment later).
 async fn wait_for_sample(server: &TestServer, series: &str, value: f64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

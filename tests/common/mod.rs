@@ -733,6 +733,29 @@ where
     }
 }
 
+/// `GET /metrics` (Prometheus' text format).
+pub async fn metrics(server: &TestServer) -> String {
+    let resp = http()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert_eq!(resp.status(), 200);
+    let content_type = resp.headers()["content-type"]
+        .to_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    resp.text().await.expect("text")
+}
+
+/// The value of one series (`name{labels}` exactly as exposed), if present.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 pub async fn health(server: &TestServer) -> Value {
     http()
         .get(server.url("/health"))
