@@ -941,3 +941,54 @@ async fn equal_subscriptions_of_many_users_share_one_execution() {
     }
     sockets[5].expect_silence(Duration::from_millis(300)).await;
 }
+
+/// Users who connect at the same moment are announced together (their rooms read in one query),
+/// and each still only to the rooms they belong to.
+#[tokio::test]
+async fn users_connecting_at_once_are_announced_to_their_own_rooms_only() {
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let watcher = cli_token("watcher", "user");
+        join(&server, &watcher, "red").await;
+        let mut red = Vec::new();
+        let mut blue = Vec::new();
+        for n in 0..12 {
+            let name = format!("r{n:02}");
+            let t = cli_token(&name, "user");
+            join(&server, &t, "red").await;
+            red.push((name, t));
+            let name = format!("b{n:02}");
+            let t = cli_token(&name, "user");
+            join(&server, &t, "blue").await;
+            blue.push((name, t));
+        }
+        let mut ws = GqlSocket::user(&server, &watcher).await;
+        ws.subscribe("p", PRESENCE, json!({ "r": "red" })).await;
+        let first = ws.data("p").await;
+        assert_eq!(first["presence"]["user"]["username"], "watcher");
+
+        let everyone = red.iter().chain(&blue).map(|(_, t)| t.clone());
+        let sockets = futures_util::future::join_all(everyone.map(|t| {
+            let server = &server;
+            async move { GqlSocket::user(server, &t).await }
+        }))
+        .await;
+        let mut seen = Vec::new();
+        while seen.len() < red.len() {
+            let p = ws.data("p").await;
+            assert_eq!(p["presence"]["status"], "ONLINE", "{p}");
+            assert_eq!(p["presence"]["roomId"], "red", "{p}");
+            seen.push(
+                p["presence"]["user"]["username"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_owned(),
+            );
+        }
+        ws.expect_silence(Duration::from_millis(500)).await;
+        seen.sort();
+        let expected: Vec<String> = red.iter().map(|(n, _)| n.clone()).collect();
+        assert_eq!(seen, expected, "{}", backend.name());
+        drop(sockets);
+    }
+}

@@ -3,7 +3,8 @@
 //! after a grace period, so a page reload does not flap.
 //!
 //! Counting a connection touches no table: the user comes from the token's sign-in, and only
-//! the announcement reads the user's rooms (room-scoped subscribers filter on them).
+//! the announcement reads the user's rooms (room-scoped subscribers filter on them), many users
+//! per query when many are announced at once.
 //! `lastSeenAt` is persisted when a user goes offline, and for everyone connected here once per
 //! `LAST_SEEN_EVERY` (one statement per batch of users), so it stays close to the truth even
 //! when an instance dies; while a user is online it reads as "now".
@@ -18,6 +19,7 @@ use sea_orm::{
     sea_query::Expr, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -85,6 +87,7 @@ pub struct PresenceTracker {
     local: Mutex<HashMap<String, Local>>,
     known: Mutex<HashMap<String, Known>>,
     counts: Option<RedisCounts>,
+    rooms: RoomsReader,
     grace: Duration,
     hub: Arc<Hub>,
     db: DatabaseConnection,
@@ -107,6 +110,7 @@ impl PresenceTracker {
             local: Mutex::new(HashMap::new()),
             known: Mutex::new(HashMap::new()),
             counts: shared.map(RedisCounts::new),
+            rooms: RoomsReader::start(db.clone()),
             grace,
             hub,
             db,
@@ -444,13 +448,7 @@ impl PresenceTracker {
     }
 
     async fn rooms_of(&self, user_id: &str) -> Result<Vec<String>, sea_orm::DbErr> {
-        Ok(room_member::Entity::find()
-            .filter(room_member::Column::UserId.eq(user_id))
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(|m| m.room_id)
-            .collect())
+        self.rooms.rooms_of(user_id).await
     }
 
     /// The user's presence, if online anywhere.
@@ -512,6 +510,66 @@ impl PresenceTracker {
                 tracing::debug!(error = %e, "presence: could not remove this instance's counts");
             }
         }
+    }
+}
+
+/// Users whose rooms one query reads at most.
+const ROOMS_BATCH: usize = 256;
+
+type RoomsReply = oneshot::Sender<Result<Vec<String>, sea_orm::DbErr>>;
+
+/// Reads the rooms of the users being announced, many users per query. A connect storm (or a
+/// shutdown) announces hundreds of users at once; each read on its own is a round trip to the
+/// database, and they queued for the pool one by one.
+struct RoomsReader {
+    queue: mpsc::Sender<(String, RoomsReply)>,
+}
+
+impl RoomsReader {
+    /// Starts the reader; it ends once the tracker is dropped and its queue is empty.
+    fn start(db: DatabaseConnection) -> Self {
+        let (queue, mut requests) = mpsc::channel::<(String, RoomsReply)>(ROOMS_BATCH * 4);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(ROOMS_BATCH);
+            while requests.recv_many(&mut batch, ROOMS_BATCH).await > 0 {
+                let mut ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+                ids.sort();
+                ids.dedup();
+                let found = room_member::Entity::find()
+                    .filter(room_member::Column::UserId.is_in(ids))
+                    .all(&db)
+                    .await;
+                match found {
+                    Ok(rows) => {
+                        let mut by_user: HashMap<String, Vec<String>> = HashMap::new();
+                        for row in rows {
+                            by_user.entry(row.user_id).or_default().push(row.room_id);
+                        }
+                        for (id, reply) in batch.drain(..) {
+                            let rooms = by_user.get(&id).cloned().unwrap_or_default();
+                            let _ = reply.send(Ok(rooms));
+                        }
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        for (_, reply) in batch.drain(..) {
+                            let _ = reply.send(Err(sea_orm::DbErr::Custom(message.clone())));
+                        }
+                    }
+                }
+            }
+        });
+        Self { queue }
+    }
+
+    async fn rooms_of(&self, user_id: &str) -> Result<Vec<String>, sea_orm::DbErr> {
+        let stopped = || sea_orm::DbErr::Custom("the presence rooms reader has stopped".into());
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((user_id.to_owned(), reply))
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 
