@@ -334,12 +334,7 @@ async fn a_legacy_message_reaches_graphql_subscribers_and_the_senders_own_socket
     for backend in backends() {
         let (server, _db) = server(&backend).await;
         let t = members(&server, &["alice", "bob"], "lobby").await;
-        // From the room's last message on: a subscription still being set up when the message
-        // is stored replays it instead of missing it.
-        let last = history(&server, &t[1], "lobby")
-            .await
-            .last()
-            .map(|m| m["id"].clone());
+        let last = last_message_id(&server, &t[1], "lobby").await;
         let mut bob = GqlSocket::user(&server, &t[1]).await;
         bob.subscribe("m", MESSAGES, json!({ "r": "lobby", "a": last }))
             .await;

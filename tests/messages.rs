@@ -297,15 +297,14 @@ async fn a_retry_publishes_nothing_and_the_event_carries_the_sender() {
         let (server, _db) = server(&backend).await;
         let alice = register(&server, "alice").await;
         join(&server, &alice, "lobby").await;
+        let last = last_message_id(&server, &alice, "lobby").await;
         let mut ws = GqlSocket::user(&server, &alice).await;
         ws.subscribe(
             "m",
-            "subscription { messageAdded(roomId: \"lobby\") { id body sender { username points } } }",
-            json!({}),
+            "subscription($a: ID) { messageAdded(roomId: \"lobby\", after: $a) { id body sender { username points } } }",
+            json!({ "a": last }),
         )
         .await;
-        // Live once the server has processed the subscribe frame.
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let vars = json!({ "r": "lobby", "b": "once", "c": "k-1" });
         let first = server.ok(Some(&alice), SEND, vars.clone()).await["sendMessage"].clone();
         let live = ws.data("m").await["messageAdded"].clone();

@@ -69,11 +69,11 @@ async fn resuming_after_a_disconnect_replays_what_was_missed_without_gap_or_dupl
     for backend in backends() {
         let (server, _db) = server(&backend).await;
         let (_, t) = admin_and(&server, &["alice", "bob"], "lobby").await;
+        let last = last_message_id(&server, &t[0], "lobby").await;
         let mut alice = GqlSocket::user(&server, &t[0]).await;
         alice
-            .subscribe("m", MESSAGES, json!({ "r": "lobby" }))
+            .subscribe("m", MESSAGES, json!({ "r": "lobby", "a": last }))
             .await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
         send(&server, &t[1], "lobby", "one").await;
         let last_seen = alice.data("m").await["messageAdded"]["id"]
             .as_str()

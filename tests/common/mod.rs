@@ -394,6 +394,17 @@ pub async fn history(server: &TestServer, token: &str, room: &str) -> Vec<Value>
         .clone()
 }
 
+/// The id of the room's last message (`null` for an empty room): a `messageAdded` subscription
+/// with it as `after` gets every message stored from now on, even one stored while the
+/// subscription is still being set up (without `after` it starts after whatever is stored by
+/// then).
+pub async fn last_message_id(server: &TestServer, token: &str, room: &str) -> Value {
+    history(server, token, room)
+        .await
+        .last()
+        .map_or(Value::Null, |m| m["id"].clone())
+}
+
 /// A raw GraphQL-over-WebSocket client speaking either subprotocol frame by frame, so tests can
 /// check exactly what the server sends.
 pub struct GqlSocket {
