@@ -69,20 +69,22 @@ pub(super) async fn insert_message(
     client_message_id: Option<&str>,
 ) -> DomainResult<message::Model> {
     let seq = next_seq(conn, room_id).await?;
-    Ok(insert_numbered(conn, room_id, seq, kind, sender_id, body, client_message_id).await?)
+    let model = new_message(room_id, seq, kind, sender_id, body, client_message_id);
+    Ok(message::Entity::insert(model)
+        .exec_with_returning(conn)
+        .await?)
 }
 
-/// Inserts a message with the sequence number the caller took from the room's counter.
-async fn insert_numbered(
-    conn: &impl ConnectionTrait,
+/// A message's row, numbered `seq` in its room.
+pub(super) fn new_message(
     room_id: &str,
     seq: i64,
     kind: MessageKind,
     sender_id: Option<&str>,
     body: &str,
     client_message_id: Option<&str>,
-) -> Result<message::Model, sea_orm::DbErr> {
-    let model = message::ActiveModel {
+) -> message::ActiveModel {
+    message::ActiveModel {
         room_id: Set(room_id.to_owned()),
         seq: Set(seq),
         kind: Set(kind.as_str().to_owned()),
@@ -91,10 +93,7 @@ async fn insert_numbered(
         client_message_id: Set(client_message_id.map(str::to_owned)),
         created_at: Set(Utc::now()),
         ..Default::default()
-    };
-    message::Entity::insert(model)
-        .exec_with_returning(conn)
-        .await
+    }
 }
 
 fn validate_body(body: &str) -> DomainResult<&str> {

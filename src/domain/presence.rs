@@ -153,8 +153,6 @@ impl PresenceTracker {
                 connections: 0,
                 generation: 0,
             });
-            // A copy only while the previous announcement still shares the row.
-            Arc::make_mut(&mut entry.user).last_seen_at = Some(Utc::now());
             entry.connections += 1;
             entry.generation += 1;
             (entry.user.clone(), entry.connections)

@@ -407,6 +407,20 @@ pub(super) async fn next_seq(conn: &impl ConnectionTrait, room_id: &str) -> Doma
         .ok_or_else(|| DomainError::NotFound(format!("room {room_id} not found")))
 }
 
+/// Gives back the number `bump_seq` just took, when nothing was stored under it. The room's
+/// lock is still the caller's, so no later number was taken meanwhile.
+pub(super) async fn unbump_seq(conn: &impl ConnectionTrait, room_id: &str) -> DomainResult<()> {
+    room::Entity::update_many()
+        .col_expr(
+            room::Column::LastSeq,
+            Expr::col(room::Column::LastSeq).sub(1),
+        )
+        .filter(room::Column::Id.eq(room_id))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
 /// Bumps the room's message counter in one statement (`UPDATE … RETURNING`) and returns the new
 /// value; with `member`, only if that user belongs to the room. `None` when nothing matched: no
 /// such room, or not a member. Like `next_seq`, it holds the room row's lock until the

@@ -12,19 +12,17 @@
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use chrono::Utc;
 use sea_orm::{
     sea_query::{Expr, ExprTrait, OnConflict},
-    ActiveValue::Set,
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
     TransactionTrait,
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::messages::{publish, MessageKind, MessageView};
-use super::rooms::bump_seq;
+use super::messages::{new_message, publish, MessageKind, MessageView};
+use super::rooms::{bump_seq, unbump_seq};
 use super::{DomainError, DomainResult};
-use crate::db::{message, room, user};
+use crate::db::{message, user};
 use crate::hub::Hub;
 
 /// Sends in one transaction at most.
@@ -175,16 +173,14 @@ async fn store(txn: &impl ConnectionTrait, request: &SendRequest) -> DomainResul
     let Some(seq) = bump_seq(txn, &request.room_id, member).await? else {
         return Ok(Written::Refused);
     };
-    let model = message::ActiveModel {
-        room_id: Set(request.room_id.clone()),
-        seq: Set(seq),
-        kind: Set(MessageKind::User.as_str().to_owned()),
-        sender_id: Set(Some(request.sender.clone())),
-        body: Set(request.body.clone()),
-        client_message_id: Set(request.client_id.clone()),
-        created_at: Set(Utc::now()),
-        ..Default::default()
-    };
+    let model = new_message(
+        &request.room_id,
+        seq,
+        MessageKind::User,
+        Some(&request.sender),
+        &request.body,
+        request.client_id.as_deref(),
+    );
     // A retry meets the unique (sender, clientMessageId) index; DO NOTHING keeps the
     // transaction (and the rest of the batch) usable on PostgreSQL too.
     // (No row back means the conflict.)
@@ -203,15 +199,7 @@ async fn store(txn: &impl ConnectionTrait, request: &SendRequest) -> DomainResul
             sender: None,
         }))),
         None if request.client_id.is_some() => {
-            // Give the number back: the room's lock is still ours, so nothing took a later one.
-            room::Entity::update_many()
-                .col_expr(
-                    room::Column::LastSeq,
-                    Expr::col(room::Column::LastSeq).sub(1),
-                )
-                .filter(room::Column::Id.eq(request.room_id.as_str()))
-                .exec(txn)
-                .await?;
+            unbump_seq(txn, &request.room_id).await?;
             Ok(Written::Retry)
         }
         None => Err(DomainError::Internal(anyhow::anyhow!(

@@ -48,19 +48,7 @@ impl Domain {
             )));
         }
         let hash = password::hash(pw.to_owned()).await?;
-        let model = user::ActiveModel {
-            id: Set(username.to_owned()),
-            username: Set(username.to_owned()),
-            password_hash: Set(Some(hash)),
-            role: Set(ROLE_USER.to_owned()),
-            points: Set(0),
-            status: Set("ONLINE".to_owned()),
-            last_seen_at: Set(None),
-            created_at: Set(Utc::now()),
-            // Every column is given: see `provision`.
-            notification_seq: Set(0),
-            tokens_revoked_at: Set(None),
-        };
+        let model = new_user(username, username.to_owned(), Some(hash), ROLE_USER);
         let taken = || DomainError::bad_input("username is taken");
         if user::Entity::find()
             .filter(
@@ -175,21 +163,7 @@ impl Domain {
             .into_iter()
             .chain((2..20).map(|n| format!("{wanted}-{n}")));
         for username in candidates {
-            let model = user::ActiveModel {
-                id: Set(claims.sub.clone()),
-                username: Set(username),
-                password_hash: Set(None),
-                role: Set(role.to_owned()),
-                points: Set(0),
-                status: Set("ONLINE".to_owned()),
-                last_seen_at: Set(None),
-                created_at: Set(Utc::now()),
-                // Every column is given. Left to their defaults, the columns a later migration
-                // added (`ALTER TABLE … ADD COLUMN … DEFAULT`) sometimes came back NULL from
-                // SQLite's `INSERT … RETURNING` on a fresh database.
-                notification_seq: Set(0),
-                tokens_revoked_at: Set(None),
-            };
+            let model = new_user(&claims.sub, username, None, role);
             match user::Entity::insert(model)
                 .exec_with_returning(&self.db)
                 .await
@@ -224,6 +198,29 @@ impl Domain {
             .filter(user::Column::Id.is_in(ids.iter().cloned()))
             .all(&self.db)
             .await?)
+    }
+}
+
+/// A new user's row, every column given. Left to their defaults, the columns a later migration
+/// added (`ALTER TABLE … ADD COLUMN … DEFAULT`) sometimes came back NULL from SQLite's
+/// `INSERT … RETURNING` on a fresh database.
+fn new_user(
+    id: &str,
+    username: String,
+    password_hash: Option<String>,
+    role: &str,
+) -> user::ActiveModel {
+    user::ActiveModel {
+        id: Set(id.to_owned()),
+        username: Set(username),
+        password_hash: Set(password_hash),
+        role: Set(role.to_owned()),
+        points: Set(0),
+        status: Set("ONLINE".to_owned()),
+        last_seen_at: Set(None),
+        created_at: Set(Utc::now()),
+        notification_seq: Set(0),
+        tokens_revoked_at: Set(None),
     }
 }
 
