@@ -7,6 +7,7 @@ mod m20261126_000001_initial;
 mod m20261126_000002_counters;
 mod m20261126_000003_notification_seq;
 mod m20261126_000004_token_revocation;
+mod m20261130_000005_membership_messages;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000002_counters::Migration),
             Box::new(m20261126_000003_notification_seq::Migration),
             Box::new(m20261126_000004_token_revocation::Migration),
+            Box::new(m20261130_000005_membership_messages::Migration),
         ]
     }
 }

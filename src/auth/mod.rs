@@ -6,7 +6,7 @@ pub mod tokens;
 pub mod viewer;
 
 pub use tokens::{Claims, TokenError, TokenKeys};
-pub use viewer::{AuthUser, Viewer};
+pub use viewer::{AuthUser, Grant, Viewer};
 
 /// The token carried by an `Authorization: Bearer …` header value, if any.
 pub fn bearer(value: &str) -> Option<&str> {

@@ -5,6 +5,18 @@ use std::fmt;
 pub enum Viewer {
     Anonymous,
     User(AuthUser),
+    /// One execution of a subscription shared by many subscribers: it reads exactly what its
+    /// grant names, which the domain checked each subscriber may read, and nothing else.
+    Shared(Grant),
+}
+
+/// What a shared execution may read.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Grant {
+    /// One room's messages.
+    Room(String),
+    /// These channels' events, none of them a room's.
+    Channels(Vec<String>),
 }
 
 /// A signed-in user, from a verified token (and provisioned in the database).
@@ -27,7 +39,7 @@ impl Viewer {
     pub fn user(&self) -> Option<&AuthUser> {
         match self {
             Viewer::User(u) => Some(u),
-            Viewer::Anonymous => None,
+            Viewer::Anonymous | Viewer::Shared(_) => None,
         }
     }
 
@@ -41,6 +53,7 @@ impl fmt::Display for Viewer {
         match self {
             Viewer::Anonymous => f.write_str("anonymous"),
             Viewer::User(u) => write!(f, "{} ({})", u.username, u.id),
+            Viewer::Shared(grant) => write!(f, "shared reader of {grant:?}"),
         }
     }
 }

@@ -1,6 +1,6 @@
 use sea_orm::entity::prelude::*;
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "messages")]
 pub struct Model {
     #[sea_orm(primary_key)]
@@ -15,6 +15,10 @@ pub struct Model {
     pub body: String,
     pub client_message_id: Option<String>,
     pub created_at: DateTimeUtc,
+    /// For a SYSTEM membership announcement: the user who joined or left.
+    pub subject_id: Option<String>,
+    /// For a SYSTEM membership announcement: `joined` or `left`.
+    pub action: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use rand::RngCore;
 
 use super::{require_admin, Domain, DomainError, DomainResult};
-use crate::auth::{AuthUser, Viewer};
+use crate::auth::{AuthUser, Grant, Viewer};
 use crate::hub::event::ChannelEvent;
 use crate::hub::{Event, RecvError, Topic};
 
@@ -150,6 +150,16 @@ impl Domain {
     /// Whether the viewer may read a channel: `UNAUTHENTICATED` when anonymous (and it is not
     /// public), `FORBIDDEN` when signed in without the right.
     pub async fn check_channel(&self, viewer: &Viewer, channel: &Channel) -> DomainResult<()> {
+        if let Viewer::Shared(grant) = viewer {
+            // A shared execution reads the channels its members were each allowed, no other.
+            return match grant {
+                Grant::Channels(names) if names.contains(&channel.name()) => Ok(()),
+                _ => Err(DomainError::Forbidden(format!(
+                    "not allowed to read channel {}",
+                    channel.name()
+                ))),
+            };
+        }
         if let Channel::Public(_) = channel {
             return Ok(());
         }

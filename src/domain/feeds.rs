@@ -1,22 +1,29 @@
-//! The live streams subscriptions are made of. Each is authorised once, when it starts, then
-//! follows a hub topic. Persistent streams (messages, notifications) never lose an item: a
-//! subscriber that falls behind its buffer, or sees a gap, catches up from the database.
+//! The live streams subscriptions are made of: every rule of a subscription lives in its feed
+//! here, whichever transport reads it. A feed checks who may open it, orders and filters what
+//! it delivers to whom, catches up from the database where the data is persistent, and ends
+//! when the subscriber's rights end, at the exact point of the room's sequence where that
+//! happens. A feed also says whether its output is the same for every subscriber and under
+//! which grant subscribers may share one execution of it (`Domain::sharing`); the transport
+//! then only groups equal grants and copies bytes.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures_util::stream::BoxStream;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::leaderboard::validate_limit;
 use super::messages::{parse_message_id, MessageView};
 use super::presence::PresenceStatus;
+use super::rooms::validate_room_id;
+use super::wire::{self, LEFT};
 use super::{require_user, Domain, DomainError, DomainResult};
-use crate::auth::Viewer;
+use crate::auth::{Grant, Viewer};
 use crate::db::{message, notification, user};
 use crate::hub::event::LeaderboardChanged;
-use crate::hub::{Event, RecvError, Topic};
+use crate::hub::{Event, RecvError, Topic, TopicReceiver};
 
 /// Rows read per query when replaying or catching up.
 pub(crate) const PAGE: u64 = 500;
@@ -27,10 +34,10 @@ fn pages<T, F, Fut>(
     mut cursor: i64,
     key: fn(&T) -> i64,
     fetch: F,
-) -> impl futures_util::Stream<Item = DomainResult<T>>
+) -> impl Stream<Item = DomainResult<T>>
 where
     F: Fn(i64) -> Fut,
-    Fut: std::future::Future<Output = DomainResult<Vec<T>>>,
+    Fut: Future<Output = DomainResult<Vec<T>>>,
 {
     async_stream::stream! {
         loop {
@@ -54,6 +61,131 @@ where
     }
 }
 
+/// The live part of a numbered feed (a room's messages, a user's notifications): items
+/// numbered 1, 2, 3… on one hub topic, from the one after `last` on. An item that arrives in
+/// turn is passed on; a gap (published elsewhere, or before the topic was followed, and not
+/// heard), a lag behind the topic's buffer, or a resync of the Redis bridge is filled from the
+/// database with `fetch(after)`, which reads the next page in order. Nothing is lost or
+/// repeated. Ends after an error, which it yields.
+fn numbered<T, F, Fut>(
+    mut live: TopicReceiver,
+    mut last: i64,
+    pick: fn(&Event) -> Option<T>,
+    seq: fn(&T) -> i64,
+    fetch: F,
+) -> impl Stream<Item = DomainResult<T>>
+where
+    F: Fn(i64) -> Fut,
+    Fut: Future<Output = DomainResult<Vec<T>>>,
+{
+    async_stream::stream! {
+        loop {
+            match live.recv().await {
+                Ok(event) => match pick(&event) {
+                    Some(item) => {
+                        let n = seq(&item);
+                        if n <= last {
+                            continue;
+                        }
+                        if n == last + 1 {
+                            last = n;
+                            yield Ok(item);
+                            continue;
+                        }
+                        // A gap: committed, and read below.
+                    }
+                    // Other instances' events may have gone unheard: check the database.
+                    None if matches!(*event, Event::Resync) => {}
+                    None => continue,
+                },
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            }
+            tracing::debug!(topic = %live.topic(), after_seq = last, "subscriber behind: caught up from the database");
+            let missed = pages(last, seq, &fetch);
+            futures_util::pin_mut!(missed);
+            while let Some(item) = missed.next().await {
+                match item {
+                    Ok(row) => {
+                        last = seq(&row);
+                        yield Ok(row);
+                    }
+                    Err(e) => {
+                        yield Err(e);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a shared execution of a feed delivers: an item for every subscriber, or the point
+/// where one user's subscribers stop (they left the room), after everything before it.
+#[derive(Clone, Debug)]
+pub enum Delivery<T> {
+    Item(T),
+    /// The user left: their subscriptions end here with this error.
+    Departed {
+        user_id: String,
+        error: Arc<DomainError>,
+    },
+}
+
+/// What a subscription asks to follow, as the transport read it from the request.
+#[derive(Clone, Debug)]
+pub enum FeedRequest<'a> {
+    /// `messageAdded(roomId, after)`.
+    Messages {
+        room_id: &'a str,
+        after: Option<&'a str>,
+    },
+    /// `events(channels)`.
+    Events { channels: Option<&'a [String]> },
+}
+
+impl FeedRequest<'_> {
+    /// The grant under which subscribers of this feed may share one execution, when its output
+    /// is the same for every subscriber allowed to open it; `None`: each runs their own.
+    ///
+    /// `messageAdded` without `after` is the same for every member of the room (a replay is
+    /// per subscriber). `events` on explicit channels none of which is a room's is the same for
+    /// everyone allowed to read them (a room channel ends per member when they leave). Typing
+    /// hides the viewer's own, notifications are the viewer's, presence and the leaderboard
+    /// start with a snapshot: none of those share.
+    pub fn shared_grant(&self) -> Option<Grant> {
+        match self {
+            FeedRequest::Messages {
+                room_id,
+                after: None,
+            } => Some(Grant::Room((*room_id).to_owned())),
+            FeedRequest::Events {
+                channels: Some(names),
+            } if !names.is_empty() && !names.iter().any(|n| n.starts_with("room:")) => {
+                Some(Grant::Channels(names.to_vec()))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// How one subscriber takes part in a shared execution: the user whose departure from the room
+/// ends this subscriber's stream (none for admins, who read every room, and for channels).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sharing {
+    pub ends_with: Option<String>,
+}
+
+/// Who reads a room's messages, which decides where the stream ends.
+enum MessageReader {
+    /// A member: the stream ends at their own "left" announcement.
+    Member(String),
+    /// An admin reads every room: nothing ends it.
+    Admin,
+    /// A shared execution: departures go out as `Delivery::Departed`.
+    Shared,
+}
+
 /// A typing change as a subscriber sees it.
 #[derive(Clone, Debug)]
 pub struct TypingView {
@@ -74,86 +206,132 @@ pub struct PresenceEventView {
 }
 
 impl Domain {
-    /// `messageAdded(roomId, after)`: every message after `after` from the database, then live
-    /// ones, with no gap and no duplicate, in id order. Members only.
+    /// Checks the viewer's right to read what `grant` names, by the same rule as opening the
+    /// feed alone (an error is the subscriber's answer), and says how they take part.
+    pub async fn sharing(&self, viewer: &Viewer, grant: &Grant) -> DomainResult<Sharing> {
+        match grant {
+            Grant::Room(room_id) => {
+                self.require_member(viewer, room_id).await?;
+                let user = require_user(viewer)?;
+                Ok(Sharing {
+                    ends_with: (!user.is_admin()).then(|| user.id.clone()),
+                })
+            }
+            Grant::Channels(names) => {
+                self.resolve_channels(viewer, Some(names)).await?;
+                Ok(Sharing { ends_with: None })
+            }
+        }
+    }
+
+    /// `messageAdded(roomId, after)` for one subscriber: every message after `after` from the
+    /// database, then live ones, with no gap and no duplicate, in id order. Members only; a
+    /// member's stream ends with FORBIDDEN right after their own "left" announcement.
     pub async fn message_feed(
         self: &Arc<Self>,
         viewer: &Viewer,
         room_id: &str,
         after: Option<&str>,
     ) -> DomainResult<BoxStream<'static, DomainResult<MessageView>>> {
-        self.require_member(viewer, room_id).await?;
-        let me = require_user(viewer)?;
-        // Admins read every room whether or not they belong to it.
-        let ends_on_leave = (!me.is_admin()).then(|| me.id.clone());
+        let deliveries = self.message_deliveries(viewer, room_id, after).await?;
+        Ok(deliveries
+            .filter_map(|d| async move {
+                match d {
+                    Ok(Delivery::Item(view)) => Some(Ok(view)),
+                    Ok(Delivery::Departed { .. }) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            })
+            .boxed())
+    }
+
+    /// `messageAdded(roomId, after)` for a subscriber or a shared execution (`Viewer::Shared`,
+    /// whose stream carries each member's departure as `Delivery::Departed` in its place).
+    pub async fn message_deliveries(
+        self: &Arc<Self>,
+        viewer: &Viewer,
+        room_id: &str,
+        after: Option<&str>,
+    ) -> DomainResult<BoxStream<'static, DomainResult<Delivery<MessageView>>>> {
+        validate_room_id(room_id)?;
         let after = after.map(parse_message_id).transpose()?;
-        // Follow the topic first, then read where the room stands: anything committed later
-        // arrives as an event, anything before is in the database.
-        let mut live = self.hub.subscribe(Topic::RoomMessages(room_id.to_owned()));
+        // Follow the topic, then read where the room stands, then check the viewer's right:
+        // anything committed later arrives as an event, anything before is in the database,
+        // and a leave committed before the check is refused by it (one committed after it is
+        // numbered after the baseline, so the stream meets it).
+        let live = self.hub.subscribe(Topic::RoomMessages(room_id.to_owned()));
         let baseline = self.room(room_id).await?.map(|r| r.last_seq).unwrap_or(0);
+        let reader = match viewer {
+            Viewer::Shared(Grant::Room(room)) if room == room_id => MessageReader::Shared,
+            Viewer::Shared(_) => {
+                return Err(DomainError::Forbidden(format!(
+                    "not a reader of room {room_id}"
+                )))
+            }
+            _ => {
+                self.require_member(viewer, room_id).await?;
+                let user = require_user(viewer)?;
+                if user.is_admin() {
+                    MessageReader::Admin
+                } else {
+                    MessageReader::Member(user.id.clone())
+                }
+            }
+        };
         let domain = self.clone();
         let room = room_id.to_owned();
         Ok(Box::pin(async_stream::stream! {
+            // History first: what was there when the subscription started.
             if let Some(after) = after {
                 let replay = pages(after, |v: &MessageView| v.message.id, |cursor| {
                     domain.replay_page(&room, cursor, baseline)
                 });
                 futures_util::pin_mut!(replay);
                 while let Some(item) = replay.next().await {
-                    let failed = item.is_err();
-                    yield item;
-                    if failed {
-                        return;
-                    }
-                }
-            }
-            let mut last = baseline;
-            loop {
-                match live.recv().await {
-                    Ok(event) => match &*event {
-                        Event::Message(added) => {
-                            let seq = added.message.seq;
-                            if seq <= last {
-                                continue;
-                            }
-                            if seq == last + 1 {
-                                last = seq;
-                                yield Ok(MessageView {
-                                    message: added.message.clone(),
-                                    sender: added.sender.clone(),
-                                });
-                                continue;
-                            }
-                            // A gap: published elsewhere, or before we subscribed, and not
-                            // heard. It is committed: read it below.
-                        }
-                        Event::Left(left) if Some(&left.user_id) == ends_on_leave.as_ref() => {
-                            yield Err(DomainError::Forbidden(format!("you left room {room}")));
-                            return;
-                        }
-                        // Other instances' events may have gone unheard: check the database.
-                        Event::Resync => {}
-                        _ => continue,
-                    },
-                    Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => return,
-                }
-                tracing::debug!(room = %room, after_seq = last, "message subscriber behind: caught up from the database");
-                let missed = pages(last, |v: &MessageView| v.message.seq, |cursor| {
-                    domain.messages_after_seq(&room, cursor)
-                });
-                futures_util::pin_mut!(missed);
-                while let Some(item) = missed.next().await {
                     match item {
-                        Ok(view) => {
-                            last = view.message.seq;
-                            yield Ok(view);
-                        }
+                        Ok(view) => yield Ok(Delivery::Item(view)),
                         Err(e) => {
                             yield Err(e);
                             return;
                         }
                     }
+                }
+            }
+            let live = numbered(
+                live,
+                baseline,
+                |event| match event {
+                    Event::Message(added) => Some(MessageView {
+                        message: wire::message_of(&added.message),
+                        sender: added.sender.as_ref().map(wire::user_of),
+                    }),
+                    _ => None,
+                },
+                |view| view.message.seq,
+                |cursor| domain.messages_after_seq(&room, cursor),
+            );
+            futures_util::pin_mut!(live);
+            while let Some(item) = live.next().await {
+                let view = match item {
+                    Ok(view) => view,
+                    Err(e) => {
+                        yield Err(e);
+                        return;
+                    }
+                };
+                let departed = departure(&view.message).map(str::to_owned);
+                yield Ok(Delivery::Item(view));
+                let Some(user_id) = departed else { continue };
+                let error = DomainError::Forbidden(format!("you left room {room}"));
+                match &reader {
+                    MessageReader::Member(me) if *me == user_id => {
+                        yield Err(error);
+                        return;
+                    }
+                    MessageReader::Shared => {
+                        yield Ok(Delivery::Departed { user_id, error: Arc::new(error) });
+                    }
+                    _ => {}
                 }
             }
         }))
@@ -215,7 +393,7 @@ impl Domain {
                         }
                         yield TypingView {
                             room_id: t.room_id.clone(),
-                            user: t.user.clone(),
+                            user: wire::user_of(&t.user),
                             is_typing: t.is_typing,
                             at: t.at,
                         };
@@ -229,42 +407,57 @@ impl Domain {
     }
 
     /// `presence(roomId)`: one event per user online in scope, then changes. Everyone's
-    /// presence needs a signed-in viewer; a room's, membership.
+    /// presence needs a signed-in viewer; a room's, membership, and for a member it ends with
+    /// FORBIDDEN when they leave the room: the leave travels the presence topic, so nothing
+    /// announced after it reaches them, and nothing announced before it is withheld.
     pub async fn presence_feed(
         self: &Arc<Self>,
         viewer: &Viewer,
         room_id: Option<&str>,
-    ) -> DomainResult<BoxStream<'static, PresenceEventView>> {
-        require_user(viewer)?;
+    ) -> DomainResult<BoxStream<'static, DomainResult<PresenceEventView>>> {
+        let me = require_user(viewer)?;
+        let ends_on_leave = (room_id.is_some() && !me.is_admin()).then(|| me.id.clone());
         let mut live = self.hub.subscribe(Topic::Presence);
         let initial = self.online_users(viewer, room_id).await?;
         let scope = room_id.map(str::to_owned);
         Ok(Box::pin(async_stream::stream! {
             let now = Utc::now();
             for p in initial {
-                yield PresenceEventView {
+                yield Ok(PresenceEventView {
                     user: p.user,
                     status: p.status,
                     connections: p.connections,
                     room_id: scope.clone(),
                     at: now,
-                };
+                });
             }
             loop {
                 match live.recv().await {
-                    Ok(event) => {
-                        let Event::Presence(p) = &*event else { continue };
-                        if scope.as_ref().is_some_and(|room| !p.rooms.contains(room)) {
-                            continue;
+                    Ok(event) => match &*event {
+                        Event::Presence(p) => {
+                            if scope.as_ref().is_some_and(|room| !p.rooms.contains(room)) {
+                                continue;
+                            }
+                            yield Ok(PresenceEventView {
+                                user: Arc::new(wire::user_of(&p.user)),
+                                status: wire::presence_status(p.status),
+                                connections: p.connections,
+                                room_id: scope.clone(),
+                                at: p.at,
+                            });
                         }
-                        yield PresenceEventView {
-                            user: p.user.clone(),
-                            status: p.status,
-                            connections: p.connections,
-                            room_id: scope.clone(),
-                            at: p.at,
-                        };
-                    }
+                        Event::Left(left)
+                            if Some(&left.user_id) == ends_on_leave.as_ref()
+                                && Some(&left.room_id) == scope.as_ref() =>
+                        {
+                            yield Err(DomainError::Forbidden(format!(
+                                "you left room {}",
+                                left.room_id
+                            )));
+                            return;
+                        }
+                        _ => {}
+                    },
                     Err(RecvError::Lagged(n)) => tracing::debug!(missed = n, "presence subscriber lagged"),
                     Err(RecvError::Closed) => return,
                 }
@@ -279,7 +472,7 @@ impl Domain {
         viewer: &Viewer,
     ) -> DomainResult<BoxStream<'static, DomainResult<notification::Model>>> {
         let me = require_user(viewer)?.id.clone();
-        let mut live = self.hub.subscribe(Topic::UserNotifications(me.clone()));
+        let live = self.hub.subscribe(Topic::UserNotifications(me.clone()));
         let baseline = self
             .user_by_id(&me)
             .await?
@@ -287,44 +480,19 @@ impl Domain {
             .unwrap_or(0);
         let domain = self.clone();
         Ok(Box::pin(async_stream::stream! {
-            let mut last = baseline;
-            loop {
-                match live.recv().await {
-                    Ok(event) => match &*event {
-                        Event::Notification(n) => {
-                            let seq = n.notification.seq;
-                            if seq <= last {
-                                continue;
-                            }
-                            if seq == last + 1 {
-                                last = seq;
-                                yield Ok(n.notification.clone());
-                                continue;
-                            }
-                        }
-                        Event::Resync => {}
-                        _ => continue,
-                    },
-                    Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => return,
-                }
-                tracing::debug!(after_seq = last, "notification subscriber behind: caught up from the database");
-                let missed = pages(last, |n: &notification::Model| n.seq, |cursor| {
-                    domain.notifications_after_seq(&me, cursor)
-                });
-                futures_util::pin_mut!(missed);
-                while let Some(item) = missed.next().await {
-                    match item {
-                        Ok(n) => {
-                            last = n.seq;
-                            yield Ok(n);
-                        }
-                        Err(e) => {
-                            yield Err(e);
-                            return;
-                        }
-                    }
-                }
+            let feed = numbered(
+                live,
+                baseline,
+                |event| match event {
+                    Event::Notification(n) => Some(wire::notification_of(&n.notification)),
+                    _ => None,
+                },
+                |n| n.seq,
+                |cursor| domain.notifications_after_seq(&me, cursor),
+            );
+            futures_util::pin_mut!(feed);
+            while let Some(item) = feed.next().await {
+                yield item;
             }
         }))
     }
@@ -374,4 +542,11 @@ impl Domain {
             }
         }))
     }
+}
+
+/// The member a message announces leaving the room, if it is such an announcement.
+fn departure(message: &message::Model) -> Option<&str> {
+    (message.action.as_deref() == Some(LEFT))
+        .then_some(message.subject_id.as_deref())
+        .flatten()
 }

@@ -130,7 +130,7 @@ async fn top(db: &DatabaseConnection) -> Result<Vec<LeaderboardRow>, sea_orm::Db
         .into_iter()
         .map(|u| LeaderboardRow {
             points: u.points,
-            user: u,
+            user: super::wire::card(&u),
         })
         .collect())
 }
@@ -185,7 +185,7 @@ pub fn ranked(snapshot: &LeaderboardChanged, limit: usize) -> Vec<RankedEntry> {
         .enumerate()
         .map(|(i, row)| RankedEntry {
             rank: i as i64 + 1,
-            user: row.user.clone(),
+            user: super::wire::user_of(&row.user),
             points: row.points,
         })
         .collect()

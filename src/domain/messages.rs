@@ -58,18 +58,20 @@ pub struct Sent {
     pub created: bool,
 }
 
-/// Inserts a message into the room, numbered after the room's last one. Run inside the
-/// caller's transaction.
-pub(super) async fn insert_message(
+/// Inserts a membership announcement ("alice joined", "alice left") into the room, numbered
+/// after the room's last message, naming whom it is about: a leave is that point of the room's
+/// sequence, where the leaver's streams of the room end. Run inside the caller's transaction.
+pub(super) async fn insert_announcement(
     conn: &impl ConnectionTrait,
     room_id: &str,
-    kind: MessageKind,
-    sender_id: Option<&str>,
+    user_id: &str,
+    action: &'static str,
     body: &str,
-    client_message_id: Option<&str>,
 ) -> DomainResult<message::Model> {
     let seq = next_seq(conn, room_id).await?;
-    let model = new_message(room_id, seq, kind, sender_id, body, client_message_id);
+    let mut model = new_message(room_id, seq, MessageKind::System, None, body, None);
+    model.subject_id = Set(Some(user_id.to_owned()));
+    model.action = Set(Some(action.to_owned()));
     Ok(message::Entity::insert(model)
         .exec_with_returning(conn)
         .await?)
@@ -341,7 +343,7 @@ pub fn parse_message_id(id: &str) -> DomainResult<i64> {
 /// Publishes a committed message to the room's subscribers.
 pub(super) fn publish(hub: &Hub, view: &MessageView) {
     hub.publish(Event::Message(MessageAdded {
-        message: view.message.clone(),
-        sender: view.sender.clone(),
+        message: super::wire::posted(&view.message),
+        sender: view.sender.as_ref().map(super::wire::card),
     }));
 }

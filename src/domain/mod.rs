@@ -14,6 +14,7 @@ pub mod rooms;
 mod sends;
 pub mod typing;
 pub mod users;
+pub(crate) mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -210,8 +210,9 @@ impl Domain {
             txn.commit().await?;
             count += stored.len();
             for notification in stored {
-                self.hub
-                    .publish(Event::Notification(NotificationAdded { notification }));
+                self.hub.publish(Event::Notification(NotificationAdded {
+                    notification: super::wire::stored(&notification),
+                }));
             }
         }
         Ok(count)

@@ -269,35 +269,60 @@ impl PresenceTracker {
             }
         };
         tracing::debug!(user_id = %user.id, status = status.as_str(), connections, "presence announced");
+        let at = Utc::now();
         let change = PresenceChanged {
-            user,
-            status,
+            user: Arc::new(super::wire::card(&user)),
+            status: super::wire::status(status),
             connections,
             rooms,
-            at: Utc::now(),
+            at,
         };
         // Known here at once, before any subscriber (or query) can ask.
-        self.learn(&change);
+        self.learn(user, status, connections, at);
         self.hub.publish(Event::Presence(change));
         tracing::trace!("presence published");
     }
 
-    fn learn(&self, change: &PresenceChanged) {
+    /// Records a user's presence as of `at`, unless something as recent is known (this
+    /// instance's own announcements come back from the hub: they are known already).
+    fn learn(
+        &self,
+        user: Arc<user::Model>,
+        status: PresenceStatus,
+        connections: u32,
+        at: chrono::DateTime<Utc>,
+    ) {
         let mut known = self.lock_known();
-        if known.get(&change.user.id).is_some_and(|k| k.at > change.at) {
+        if known.get(&user.id).is_some_and(|k| k.at >= at) {
             return;
         }
         known.insert(
-            change.user.id.clone(),
+            user.id.clone(),
             Known {
                 view: PresenceView {
-                    user: change.user.clone(),
-                    status: change.status,
-                    connections: change.connections,
+                    user,
+                    status,
+                    connections,
                 },
-                at: change.at,
+                at,
             },
         );
+    }
+
+    /// Records an announcement from the hub.
+    fn learn_change(&self, change: &PresenceChanged) {
+        let stale = self
+            .lock_known()
+            .get(&change.user.id)
+            .is_some_and(|k| k.at >= change.at);
+        if !stale {
+            self.learn(
+                Arc::new(super::wire::user_of(&change.user)),
+                super::wire::presence_status(change.status),
+                change.connections,
+                change.at,
+            );
+        }
     }
 
     /// Applies every announcement (other instances' too) to what this instance knows.
@@ -309,7 +334,7 @@ impl PresenceTracker {
             };
             match event {
                 Ok(event) => match &*event {
-                    Event::Presence(change) => self.learn(change),
+                    Event::Presence(change) => self.learn_change(change),
                     Event::Resync => self.reseed().await,
                     _ => {}
                 },

@@ -9,7 +9,8 @@ use sea_orm::{
     TransactionTrait,
 };
 
-use super::messages::{insert_message, MessageKind, MessageView};
+use super::messages::{insert_announcement, MessageView};
+use super::wire::{JOINED, LEFT};
 use super::{require_user, Domain, DomainError, DomainResult};
 use crate::auth::{AuthUser, Viewer};
 use crate::db::{room, room_member, user};
@@ -272,13 +273,12 @@ impl Domain {
         let txn = self.db.begin().await?;
         // The message insert bumps the room's counter first: that locks the room row, so the
         // membership change and its announcement are ordered with the room's other writes.
-        let announcement = insert_message(
+        let announcement = insert_announcement(
             &txn,
             room_id,
-            MessageKind::System,
-            None,
+            user_id,
+            JOINED,
             &format!("{username} joined"),
-            None,
         )
         .await?;
         let member = room_member::ActiveModel {
@@ -329,33 +329,30 @@ impl Domain {
             txn.rollback().await?;
             return Ok(None);
         }
-        let announcement = insert_message(
-            &txn,
-            id,
-            MessageKind::System,
-            None,
-            &format!("{} left", user.username),
-            None,
-        )
-        .await?;
+        let announcement =
+            insert_announcement(&txn, id, &user.id, LEFT, &format!("{} left", user.username))
+                .await?;
         txn.commit().await?;
         let announcement = MessageView {
             message: announcement,
             sender: None,
         };
+        // Message streams end for the leaver at this announcement, which the room's sequence
+        // numbers. The room's unnumbered streams (typing, presence in the room, the room's
+        // channel) end at the `Left` that follows it on each of their topics: published before
+        // this call returns, so ahead of anything published after the leave.
         self.publish_message(&announcement);
         let left = crate::hub::event::LeftRoom {
             room_id: id.to_owned(),
             user_id: user.id.clone(),
         };
-        // Every stream of the room ends for the leaver: messages, typing, its channel.
         self.hub
             .publish_to(Topic::RoomTyping(id.to_owned()), Event::Left(left.clone()));
         self.hub.publish_to(
             Topic::Channel(format!("room:{id}")),
             Event::Left(left.clone()),
         );
-        self.hub.publish(Event::Left(left));
+        self.hub.publish_to(Topic::Presence, Event::Left(left));
         Ok(Some(announcement))
     }
 

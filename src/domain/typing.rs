@@ -65,7 +65,7 @@ impl TypingTracker {
     fn publish(&self, room_id: String, user: user::Model, is_typing: bool) {
         self.hub.publish(Event::Typing(Typing {
             room_id,
-            user,
+            user: super::wire::card(&user),
             is_typing,
             at: Utc::now(),
         }));

@@ -6,6 +6,7 @@ pub mod errors;
 pub mod limits;
 pub mod mutation;
 pub mod query;
+pub mod share;
 pub mod subscription;
 pub mod types;
 

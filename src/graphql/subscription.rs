@@ -2,10 +2,12 @@ use async_graphql::{Context, Result, Subscription, ID};
 use futures_util::{Stream, StreamExt};
 
 use super::errors::IntoGql;
+use super::share::departure_error;
 use super::types::{
     ChannelEvent, LeaderboardSnapshot, Message, Notification, PresenceEvent, TypingEvent,
 };
 use super::{domain, viewer};
+use crate::domain::feeds::Delivery;
 use crate::domain::DomainResult;
 
 pub struct Subscription;
@@ -28,7 +30,8 @@ fn until_error<T: Send + 'static>(
 #[Subscription]
 impl Subscription {
     /// New messages in a room. With `after`, every message after that id comes first (from
-    /// history), then live ones: no gap, no duplicate, in id order. Members only.
+    /// history), then live ones: no gap, no duplicate, in id order. Members only; a member who
+    /// leaves the room gets their own "left" message, then FORBIDDEN.
     async fn message_added(
         &self,
         ctx: &Context<'_>,
@@ -36,10 +39,18 @@ impl Subscription {
         after: Option<ID>,
     ) -> Result<impl Stream<Item = Result<Message>>> {
         let feed = domain(ctx)
-            .message_feed(viewer(ctx), &room_id, after.as_ref().map(|a| a.as_str()))
+            .message_deliveries(viewer(ctx), &room_id, after.as_ref().map(|a| a.as_str()))
             .await
             .gql()?;
-        Ok(until_error(feed).map(|r| r.map(Message)))
+        // A shared execution's stream marks each member's departure in its place; a
+        // subscriber's own ends with its first error.
+        let items = feed.map(|item| {
+            item.map(|delivery| match delivery {
+                Delivery::Item(view) => Ok(Message(view)),
+                Delivery::Departed { user_id, error } => Err(departure_error(&user_id, &error)),
+            })
+        });
+        Ok(until_error(items).map(|r| r.and_then(|inner| inner)))
     }
 
     /// Who starts and stops typing in a room (never the viewer). Members only.
@@ -52,17 +63,18 @@ impl Subscription {
         Ok(feed.map(TypingEvent))
     }
 
-    /// Presence in a room (members only), or everyone's: first who is online, then changes.
+    /// Presence in a room (members only: it ends with FORBIDDEN when the viewer leaves the
+    /// room), or everyone's: first who is online, then changes.
     async fn presence(
         &self,
         ctx: &Context<'_>,
         room_id: Option<ID>,
-    ) -> Result<impl Stream<Item = PresenceEvent>> {
+    ) -> Result<impl Stream<Item = Result<PresenceEvent>>> {
         let feed = domain(ctx)
             .presence_feed(viewer(ctx), room_id.as_ref().map(|r| r.as_str()))
             .await
             .gql()?;
-        Ok(feed.map(PresenceEvent))
+        Ok(until_error(feed).map(|r| r.map(PresenceEvent)))
     }
 
     /// The viewer's notifications as they arrive.

@@ -1,14 +1,14 @@
 //! The events that travel the hub, and the topics they travel on. The serde form is the wire
-//! format between instances (versioned by `Envelope::v`).
+//! format between instances (versioned by `Envelope::v`): plain types of its own, which the
+//! domain maps its rows to, so that no database migration or domain type changes what
+//! instances send each other. `tests/wire/` pins each event's JSON; changing it means a new
+//! `WIRE_VERSION`.
 
 use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-
-use crate::db::{message, notification, user};
-use crate::domain::presence::PresenceStatus;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -22,8 +22,10 @@ pub enum Event {
     Channel(ChannelEvent),
     /// An admin disconnected a user: every instance closes the user's connections.
     Disconnect(DisconnectUser),
-    /// A member left a room: their subscriptions to it end. Sent on the room's message and
-    /// typing topics.
+    /// A member left a room: their unnumbered streams of it (typing, presence, the room's
+    /// channel) end. Sent on the room's typing and channel topics and on the presence topic;
+    /// message streams end at the "left" announcement itself, which the room's sequence
+    /// numbers.
     Left(LeftRoom),
     /// Local only, never sent between instances: events from other instances may have been
     /// missed (the Redis bridge was down), so persistent streams check the database.
@@ -41,7 +43,9 @@ pub struct Envelope {
     pub event: Event,
 }
 
-pub const WIRE_VERSION: u32 = 1;
+/// 2: events carry their own types (users without credentials or counters, membership in
+/// announcements), and a leave travels on the presence topic.
+pub const WIRE_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LeftRoom {
@@ -65,37 +69,108 @@ pub struct DisconnectUser {
     pub user_id: String,
 }
 
+/// A user as events carry them: what subscribers show, never a credential or a counter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserCard {
+    pub id: String,
+    pub username: String,
+    pub role: String,
+    pub points: i64,
+    /// The status the user chose (`ONLINE`, `AWAY`, `BUSY`).
+    pub status: String,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A stored message as it travels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostedMessage {
+    pub id: i64,
+    pub room_id: String,
+    /// 1, 2, 3… within the room: a subscriber that sees a jump catches up from the database.
+    pub seq: i64,
+    /// `USER` or `SYSTEM`.
+    pub kind: String,
+    pub sender_id: Option<String>,
+    pub body: String,
+    pub client_message_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// For a membership announcement: who joined or left, and which of the two.
+    pub membership: Option<Membership>,
+}
+
+/// What a SYSTEM message announces about one user's membership of its room.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub user_id: String,
+    pub change: MembershipChange,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MembershipChange {
+    Joined,
+    Left,
+}
+
 /// A message was committed to a room.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MessageAdded {
-    pub message: message::Model,
-    pub sender: Option<user::Model>,
+    pub message: PostedMessage,
+    pub sender: Option<UserCard>,
 }
 
 /// Someone started or stopped typing in a room.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Typing {
     pub room_id: String,
-    pub user: user::Model,
+    pub user: UserCard,
     pub is_typing: bool,
     pub at: DateTime<Utc>,
+}
+
+/// A user's presence as it travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Online,
+    Away,
+    Busy,
+    Offline,
 }
 
 /// A user's presence changed: came online, went offline, changed status, or opened or closed
 /// a connection. `rooms` are the rooms they belong to (room-scoped subscribers filter on it).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PresenceChanged {
-    pub user: Arc<user::Model>,
-    pub status: PresenceStatus,
+    pub user: Arc<UserCard>,
+    pub status: Status,
     pub connections: u32,
     pub rooms: Vec<String>,
     pub at: DateTime<Utc>,
 }
 
+/// A notification as it travels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredNotification {
+    pub id: i64,
+    pub user_id: String,
+    /// 1, 2, 3… per recipient: a gap tells a subscriber it missed one.
+    pub seq: i64,
+    pub kind: String,
+    /// `INFO`, `SUCCESS`, `WARNING` or `ERROR`.
+    pub level: String,
+    pub title: String,
+    pub body: Option<String>,
+    pub data: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    pub read_at: Option<DateTime<Utc>>,
+}
+
 /// A notification was stored for its recipient.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NotificationAdded {
-    pub notification: notification::Model,
+    pub notification: StoredNotification,
 }
 
 /// The top of the leaderboard, recomputed after points changed.
@@ -108,7 +183,7 @@ pub struct LeaderboardChanged {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaderboardRow {
-    pub user: user::Model,
+    pub user: UserCard,
     pub points: i64,
 }
 
@@ -135,7 +210,7 @@ impl Event {
             Event::Presence(_) => Topic::Presence,
             Event::Notification(n) => Topic::UserNotifications(n.notification.user_id.clone()),
             Event::Leaderboard(_) => Topic::Leaderboard,
-            Event::Left(l) => Topic::RoomMessages(l.room_id.clone()),
+            Event::Left(_) => Topic::Presence,
             Event::Channel(c) => Topic::Channel(c.channel.clone()),
             Event::Disconnect(_) => Topic::Control,
             Event::Resync => Topic::Presence,

@@ -197,6 +197,7 @@ pub(crate) async fn presence(
         let Event::Presence(p) = &*event else {
             continue;
         };
+        let status = crate::domain::wire::presence_status(p.status);
         if p.user.id == me.id {
             rooms.replace(&p.rooms);
             continue;
@@ -204,7 +205,7 @@ pub(crate) async fn presence(
         if !me.is_admin() && !rooms.share_any(&p.rooms) {
             continue;
         }
-        let change = match (p.status, told.get(&p.user.id)) {
+        let change = match (status, told.get(&p.user.id)) {
             (PresenceStatus::Offline, _) => {
                 told.remove(&p.user.id);
                 PresenceChange::Offline
@@ -220,8 +221,9 @@ pub(crate) async fn presence(
             // Only the number of their connections changed.
             _ => continue,
         };
+        let user = crate::domain::wire::user_of(&p.user);
         let event = Outgoing::Presence {
-            user: &p.user,
+            user: &user,
             change,
             at: p.at,
         };

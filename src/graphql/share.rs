@@ -1,0 +1,124 @@
+//! Subscriptions that share one execution, from the GraphQL side: which feed a request asks for
+//! (the domain says whether its output is shared), and how a shared execution's response stream
+//! marks the point where one member's stream ends.
+
+use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
+use async_graphql::{ErrorExtensions, Name, Request, Response, Value as GqlValue};
+
+use crate::auth::Grant;
+use crate::domain::feeds::FeedRequest;
+use crate::domain::DomainError;
+
+/// The extension of the error that marks a departure in a shared execution's stream: the
+/// departing user's id. Never sent to a client.
+const DEPARTED: &str = "departed";
+
+/// A subscription request that may share an execution: its root field (as error paths name
+/// it) and the grant the domain gave its feed.
+pub struct Shared {
+    pub field: &'static str,
+    pub grant: Grant,
+}
+
+/// Whether `request` is a subscription to a feed whose output the domain shares: a single
+/// root field without directives, arguments known (from variables or literals).
+pub fn shared(request: &Request) -> Option<Shared> {
+    let doc = async_graphql::parser::parse_query(&request.query).ok()?;
+    let operation = match (&doc.operations, &request.operation_name) {
+        (DocumentOperations::Single(op), _) => op,
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name.as_str())?,
+        (DocumentOperations::Multiple(_), None) => return None,
+    };
+    if operation.node.ty != OperationType::Subscription || !operation.node.directives.is_empty() {
+        return None;
+    }
+    let [item] = operation.node.selection_set.node.items.as_slice() else {
+        return None;
+    };
+    let Selection::Field(field) = &item.node else {
+        return None;
+    };
+    let field = &field.node;
+    if !field.directives.is_empty() {
+        return None;
+    }
+    let variables = &request.variables;
+    let argument = |name: &str| -> Option<GqlValue> {
+        let value = field.get_argument(name)?.node.clone();
+        value
+            .into_const_with(|var: Name| variables.get(&var).cloned().ok_or(()))
+            .ok()
+    };
+    let string = |value: Option<GqlValue>| -> Option<Option<String>> {
+        match value {
+            None | Some(GqlValue::Null) => Some(None),
+            Some(GqlValue::String(s)) => Some(Some(s)),
+            Some(_) => None,
+        }
+    };
+    match field.name.node.as_str() {
+        "messageAdded" => {
+            let room_id = string(argument("roomId"))??;
+            let after = string(argument("after"))?;
+            let grant = FeedRequest::Messages {
+                room_id: &room_id,
+                after: after.as_deref(),
+            }
+            .shared_grant()?;
+            Some(Shared {
+                field: "messageAdded",
+                grant,
+            })
+        }
+        "events" => {
+            let channels = match argument("channels") {
+                None | Some(GqlValue::Null) => None,
+                Some(GqlValue::List(items)) => Some(
+                    items
+                        .into_iter()
+                        .map(|v| match v {
+                            GqlValue::String(s) => Some(s),
+                            _ => None,
+                        })
+                        .collect::<Option<Vec<_>>>()?,
+                ),
+                Some(_) => return None,
+            };
+            let grant = FeedRequest::Events {
+                channels: channels.as_deref(),
+            }
+            .shared_grant()?;
+            Some(Shared {
+                field: "events",
+                grant,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The error a shared execution yields where `user_id` left: FORBIDDEN for that user's
+/// members, marked so the transport knows whose stream it ends.
+pub(crate) fn departure_error(user_id: &str, error: &DomainError) -> async_graphql::Error {
+    let user_id = user_id.to_owned();
+    let code = error.code();
+    async_graphql::Error::new(error.to_string()).extend_with(move |_, e| {
+        e.set("code", code);
+        e.set(DEPARTED, user_id.as_str());
+    })
+}
+
+/// Whose departure `response` marks, with the marker taken out (the response is then what
+/// that user's members receive).
+pub fn take_departure(response: &mut Response) -> Option<String> {
+    let mut departed = None;
+    for error in &mut response.errors {
+        if let Some(ext) = error.extensions.as_mut() {
+            if let Some(GqlValue::String(user)) = ext.get(DEPARTED).cloned() {
+                ext.unset(DEPARTED);
+                departed = Some(user);
+            }
+        }
+    }
+    departed
+}
