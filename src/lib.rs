@@ -27,6 +27,7 @@ pub mod metrics;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use tokio::net::{TcpListener, TcpSocket};
@@ -44,6 +45,9 @@ use tokio_util::sync::CancellationToken;
 /// Pending connections the kernel queues before `accept`: the default of 128 overflows under
 /// connect storms, and each overflow costs a client a one-second SYN retry.
 const LISTEN_BACKLOG: u32 = 4096;
+/// The longest shutdown waits for this instance's offline announcements and the removal of
+/// its presence counts from Redis (counts left behind expire with `TIDINGS_PRESENCE_TTL`).
+const PRESENCE_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The assembled server: its router and the state behind it.
 pub struct App {
@@ -136,7 +140,6 @@ impl App {
         http::router(self.state.clone())
     }
 
-    /// Serves on `listener` until `shutdown` completes, then finishes in-flight requests.
     /// Serves on `listener` until `shutdown` completes: then stops accepting, closes every
     /// WebSocket with 1001, finishes in-flight requests and announces this instance's users
     /// offline.
@@ -155,7 +158,15 @@ impl App {
             .with_graceful_shutdown(signal)
             .await?;
         self.state.connections.wait_closed().await;
-        self.state.domain.presence.drain().await;
+        // The announcements read the database and Redis: a slow one must not hold up the exit.
+        if tokio::time::timeout(PRESENCE_DRAIN_TIMEOUT, self.state.domain.presence.drain())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown: presence announcements unfinished after {PRESENCE_DRAIN_TIMEOUT:?}; exiting anyway"
+            );
+        }
         self.bridge_shutdown.cancel();
         if let Some(bridge) = &self.state.bridge {
             bridge.flushed().await;

@@ -73,6 +73,35 @@ async fn online_presence_needs_a_signed_in_user() {
     assert_eq!(resp.status(), 401);
 }
 
+/// Tokens with a `name` claim, signed with the test servers' secret.
+async fn named_token(sub: &str, name: &str) -> String {
+    let mut config = tidings::config::Config::for_database("sqlite::memory:");
+    config.jwt_secret = Some(SECRET.to_owned());
+    let keys = tidings::auth::TokenKeys::load(&config, None)
+        .await
+        .expect("keys");
+    keys.mint(sub, name, "user", Duration::from_secs(3600))
+        .expect("mint")
+}
+
+/// An error gets the status of its code on every endpoint (one table, `src/http/error.rs`): a
+/// token whose user cannot be given a username is bad input, 400.
+#[tokio::test]
+async fn online_presence_answers_bad_input_with_400() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    // Every username the token `victim` named "bob" could take belongs to someone else.
+    let mut taken = vec!["bob".to_owned(), "victim".to_owned()];
+    taken.extend((2..20).map(|n| format!("bob-{n}")));
+    for (k, name) in taken.iter().enumerate() {
+        let token = named_token(&format!("holder{k}"), name).await;
+        assert_eq!(online(&server, Some(&token)).await.status(), 200, "{name}");
+    }
+    let resp = online(&server, Some(&named_token("victim", "bob").await)).await;
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+}
+
 #[tokio::test]
 async fn metrics_gauge_open_connections_by_transport() {
     let (server, _db) = server(&Backend::Sqlite).await;

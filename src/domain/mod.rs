@@ -5,6 +5,7 @@
 pub mod channels;
 pub mod error;
 pub mod feeds;
+mod health;
 pub mod leaderboard;
 pub mod limits;
 pub mod messages;

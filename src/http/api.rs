@@ -1,15 +1,17 @@
 //! `POST /api/publish`: a backend publishes a channel event without a GraphQL client. Same
-//! rules as the `publish` mutation (one domain method behind both).
+//! rules as the `publish` mutation (one domain method behind both). Errors are
+//! `{"error", "code"}` with the code's status (`super::error`).
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::error::ApiError;
 use super::graphql::viewer_from_headers;
 use super::AppState;
 use crate::domain::DomainError;
@@ -27,25 +29,6 @@ struct Publish {
     data: Option<serde_json::Value>,
 }
 
-/// A REST error: the HTTP status that fits the code, and `{"error", "code"}`.
-fn error(e: &DomainError) -> Response {
-    let status = match e {
-        DomainError::Unauthenticated | DomainError::BadCredentials => StatusCode::UNAUTHORIZED,
-        DomainError::Forbidden(_) => StatusCode::FORBIDDEN,
-        DomainError::NotFound(_) => StatusCode::NOT_FOUND,
-        DomainError::BadInput(_) => StatusCode::BAD_REQUEST,
-        DomainError::RateLimited(_) | DomainError::TooManyConnections => {
-            StatusCode::TOO_MANY_REQUESTS
-        }
-        DomainError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    (
-        status,
-        Json(json!({ "error": e.to_string(), "code": e.code() })),
-    )
-        .into_response()
-}
-
 async fn publish(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -58,10 +41,11 @@ async fn publish(
     let Json(body) = match body {
         Ok(b) => b,
         Err(rejection) => {
-            return error(&DomainError::bad_input(format!(
+            return ApiError(DomainError::bad_input(format!(
                 "body must be JSON {{\"channel\", \"type\", \"data\"}}: {}",
                 rejection.body_text()
             )))
+            .into_response()
         }
     };
     match state
@@ -76,6 +60,6 @@ async fn publish(
             "at": event.at,
         }))
         .into_response(),
-        Err(e) => error(&e),
+        Err(e) => ApiError(e).into_response(),
     }
 }

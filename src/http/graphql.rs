@@ -11,8 +11,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use serde_json::json;
 
+use super::error::{coded_error, request_error, ApiError};
 use super::AppState;
 use crate::auth::{bearer, TokenError, Viewer};
 use crate::domain::users::ViewerError;
@@ -41,12 +41,6 @@ async fn graphql_get(
     }
 }
 
-/// An error response in GraphQL's shape, for failures before execution.
-pub(super) fn request_error(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
-    (status, axum::Json(body)).into_response()
-}
-
 /// The viewer an HTTP request's `Authorization: Bearer` header stands for.
 pub async fn viewer_from_headers(
     state: &AppState,
@@ -55,30 +49,22 @@ pub async fn viewer_from_headers(
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(Viewer::Anonymous);
     };
-    let token = value.to_str().ok().and_then(bearer).ok_or_else(|| {
-        request_error(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHENTICATED",
-            "Authorization must be 'Bearer <token>'",
-        )
-    })?;
+    let token =
+        value.to_str().ok().and_then(bearer).ok_or_else(|| {
+            coded_error("UNAUTHENTICATED", "Authorization must be 'Bearer <token>'")
+        })?;
     state
         .domain
         .viewer_from_token(token)
         .await
         .map_err(|e| match e {
             ViewerError::Token(TokenError::Expired) => {
-                request_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "token expired")
+                coded_error("UNAUTHENTICATED", "token expired")
             }
             ViewerError::Token(TokenError::Invalid) => {
-                request_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "invalid token")
+                coded_error("UNAUTHENTICATED", "invalid token")
             }
-            ViewerError::Domain(e) => request_error(
-                StatusCode::from_u16(if e.code() == "INTERNAL" { 503 } else { 400 })
-                    .unwrap_or(StatusCode::BAD_REQUEST),
-                e.code(),
-                &e.to_string(),
-            ),
+            ViewerError::Domain(e) => ApiError(e).graphql_shaped(),
         })
 }
 
@@ -101,8 +87,7 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
     let request: BatchRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return request_error(
-                StatusCode::BAD_REQUEST,
+            return coded_error(
                 "BAD_USER_INPUT",
                 &format!("request body is not a GraphQL request: {e}"),
             )
@@ -145,10 +130,6 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
             bytes,
         )
             .into_response(),
-        Err(_) => request_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL",
-            "could not encode the response",
-        ),
+        Err(_) => coded_error("INTERNAL", "could not encode the response"),
     }
 }

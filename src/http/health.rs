@@ -13,7 +13,7 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let database_ok = crate::db::ping(&state.domain.db).await;
+    let database_ok = state.domain.database_ok().await;
     let redis = match &state.bridge {
         None => "disabled",
         Some(b) if b.is_up() => "ok",

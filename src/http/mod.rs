@@ -3,6 +3,7 @@
 
 mod api;
 pub(crate) mod cohort;
+mod error;
 mod graphql;
 mod health;
 mod legacy;

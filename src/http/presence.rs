@@ -3,16 +3,16 @@
 //! lower case, as in the legacy protocol's frames, which the same clients read.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::graphql::{request_error, viewer_from_headers};
+use super::error::ApiError;
+use super::graphql::viewer_from_headers;
 use super::legacy::status_name;
 use super::AppState;
-use crate::domain::DomainError;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/presence/online", get(online))
@@ -25,14 +25,7 @@ async fn online(State(state): State<AppState>, headers: HeaderMap) -> Response {
     };
     let online = match state.domain.online_users(&viewer, None).await {
         Ok(online) => online,
-        Err(e) => {
-            let status = match e {
-                DomainError::Unauthenticated => StatusCode::UNAUTHORIZED,
-                DomainError::Forbidden(_) => StatusCode::FORBIDDEN,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            return request_error(status, e.code(), &e.to_string());
-        }
+        Err(e) => return ApiError(e).graphql_shaped(),
     };
     let users: Vec<_> = online
         .iter()
