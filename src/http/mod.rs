@@ -6,7 +6,6 @@ pub(crate) mod cohort;
 mod graphql;
 mod health;
 mod legacy;
-mod legacy_ws;
 mod metrics;
 mod playground;
 mod presence;
@@ -47,7 +46,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(graphql::router())
         .merge(api::router())
-        .merge(legacy_ws::router())
+        .merge(legacy::router())
         .merge(health::router())
         .merge(presence::router())
         .merge(metrics::router())

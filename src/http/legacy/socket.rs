@@ -1,40 +1,37 @@
-//! The legacy JSON WebSocket protocol (LEGACY_WS.md): `/ws` and `/api/v1/ws`, `/ws/auth` (the
-//! `conversations` dialect) and the `arena` dialect's endpoints under `/api/ws/`.
+//! The legacy JSON WebSocket protocol (LEGACY_WS.md): `/ws` and `/api/v1/ws`, `/ws/NAME`
+//! channel sockets, `/ws/auth` (the `conversations` dialect) and the `arena` dialect's
+//! endpoints under `/api/ws/`.
 //!
-//! A thin translation: each client frame becomes one call of the same domain service GraphQL
-//! calls, a domain error becomes an `error` frame with the same `code`, and what the socket is
-//! told comes from the same domain feeds and hub topics as GraphQL subscriptions
-//! (`legacy::follow`). A connection is, as for GraphQL, a reader (this task) and a writer task
-//! joined by a bounded queue (`socket.rs`).
+//! A thin translation on the connection skeleton of `socket.rs`: each client frame becomes one
+//! call of the same domain service GraphQL calls, a domain error becomes an `error` frame with
+//! the same `code`, and what the socket is told comes from the same domain feeds as GraphQL
+//! subscriptions (`follow`).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
 use serde_json::Value;
-use tokio::time::Instant;
 
-use super::legacy::follow::{self, Follow, Follows, MemberRooms};
-use super::legacy::inbound::{self, Command, Inbound, Undecodable};
-use super::legacy::{Dialect, DialectChoice, Frames, Outgoing, Purpose, GENERAL_ROOM};
-use super::socket::{self, End, SocketWriter, UserWatch};
-use super::AppState;
-use crate::auth::{bearer, Viewer};
-use crate::db::user;
+use super::follow::{self, Follow, Follows};
+use super::inbound::{self, Command, Inbound, Undecodable};
+use super::{Dialect, DialectChoice, Frames, Notice, Outgoing, Purpose, GENERAL_ROOM};
+use crate::auth::Viewer;
 use crate::domain::channels::Channel;
-use crate::domain::presence::{PresenceGuard, PresenceStatus};
+use crate::domain::contacts::ContactRooms;
+use crate::domain::presence::PresenceStatus;
 use crate::domain::typing::ConnectionId;
-use crate::domain::users::ViewerError;
-use crate::domain::{require_user, DomainError, DomainResult};
-use crate::hub::Topic;
+use crate::domain::{Domain, DomainResult};
+use crate::http::socket::{self, Closes, End, Link, Refused};
+use crate::http::AppState;
 use crate::metrics::Transport;
 
 /// How many entries the arena leaderboard stream sends.
@@ -181,163 +178,64 @@ fn upgrade(
         )
             .into_response();
     };
-    // Browsers cannot set headers on a WebSocket: `?token=` stands in for Authorization.
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer)
-        .map(str::to_owned)
-        .or_else(|| params.get("token").cloned())
-        .filter(|t| !t.trim().is_empty());
+    let token = socket::upgrade_token(&headers, &params).filter(|t| !t.trim().is_empty());
     let dialect = params.get("dialect").cloned();
-    let max = state.config.max_frame_bytes;
-    socket::sized(ws, max).on_upgrade(move |ws| run(ws, state, entry, token, dialect))
-}
-
-async fn run(
-    ws: WebSocket,
-    state: AppState,
-    entry: Entry,
-    token: Option<String>,
-    dialect: Option<String>,
-) {
-    let ticket = state.connections.open(Transport::LegacyWs);
-    let (writer, outbox, stream) = SocketWriter::start(
-        ws,
-        state.config.ws_queue,
-        state.config.slow_consumer_timeout,
-        Transport::LegacyWs,
-    );
-    let end = match LegacySocket::open(&state, &entry, token, dialect, outbox, ticket.id).await {
-        Ok(mut socket) => {
-            let end = socket.read_loop(stream).await;
-            // Stops what it follows and counts it out of presence, before the close.
-            drop(socket);
-            end
-        }
-        Err(end) => end,
-    };
-    if let End::Close(code, reason) | End::CloseNow(code, reason) = &end {
-        tracing::debug!(
-            connection = ticket.id,
-            code,
-            reason,
-            "closing legacy WebSocket"
-        );
-    }
-    writer.finish(end).await;
-    state.domain.typing.connection_closed(ticket.id);
-    drop(ticket);
-}
-
-fn authentication_failed() -> End {
-    End::Close(4001, "Authentication failed".into())
-}
-
-fn internal_error() -> End {
-    End::Close(1011, "Internal error".into())
-}
-
-/// Who the socket is for (and the user as stored, when signed in): a token is required except
-/// on the leaderboard stream, and an arena path's user id must be the token's.
-async fn authenticate(
-    state: &AppState,
-    token: Option<String>,
-    entry: &Entry,
-) -> Result<(Viewer, Option<user::Model>), End> {
-    let (viewer, user) = match token {
-        None if entry.purpose == Purpose::Leaderboard || entry.channel.is_some() => {
-            (Viewer::Anonymous, None)
-        }
-        None => return Err(authentication_failed()),
-        Some(token) => match state.domain.sign_in(&token).await {
-            Ok(signed_in) => (signed_in.viewer, Some(signed_in.user)),
-            Err(ViewerError::Domain(e @ DomainError::Internal(_))) => {
-                tracing::warn!(error = %e, "legacy /ws: could not sign in a token");
-                return Err(internal_error());
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "legacy /ws: token refused");
-                return Err(authentication_failed());
-            }
-        },
-    };
-    if let Some(path_user) = &entry.path_user {
-        if viewer.user().map(|u| u.id.as_str()) != Some(path_user.as_str()) {
-            return Err(authentication_failed());
-        }
-    }
-    Ok((viewer, user))
+    socket::accept::<LegacySocket>(ws, state, (entry, token, dialect))
 }
 
 /// One legacy connection's state, owned by its reader.
 struct LegacySocket {
-    state: AppState,
+    domain: Arc<Domain>,
     id: ConnectionId,
     viewer: Viewer,
     purpose: Purpose,
     dialect: Arc<DialectChoice>,
     frames: Frames,
-    /// Dropped before `_presence`: nothing follows for a socket no longer counted.
     follows: Follows,
-    member_rooms: MemberRooms,
-    _presence: Option<PresenceGuard>,
-    /// Cancelled when an admin disconnects the user.
-    watch: Option<UserWatch>,
+    /// The rooms that decide whose presence the socket is told, once it follows presence.
+    contacts: Option<ContactRooms>,
 }
 
-impl LegacySocket {
-    /// Signs the socket in, counts it for presence, starts what its path follows and sends its
-    /// welcome. `Err` closes it at once.
-    async fn open(
-        state: &AppState,
-        entry: &Entry,
-        token: Option<String>,
-        dialect: Option<String>,
-        outbox: socket::Outbox,
-        id: ConnectionId,
-    ) -> Result<Self, End> {
-        let (viewer, user) = authenticate(state, token, entry).await?;
-        let presence = match &user {
-            Some(user) => match state.domain.open_connection(user).await {
-                Ok(guard) => Some(guard),
-                Err(DomainError::TooManyConnections) => {
-                    return Err(End::Close(1008, "too many connections".into()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "presence: could not count a connection");
-                    return Err(internal_error());
-                }
-            },
-            None => None,
-        };
+impl socket::Protocol for LegacySocket {
+    /// The path's entry, the token, `?dialect=`.
+    type Opening = (Entry, Option<String>, Option<String>);
+    const TRANSPORT: Transport = Transport::LegacyWs;
+    const CLOSES: Closes = Closes {
+        unauthorised: (4001, "Authentication failed"),
+        internal: 1011,
+        init_timeout: None,
+    };
+    const NOT_TEXT: (u16, &'static str) = (4002, "Invalid JSON");
+
+    /// Signs the socket in (a token is required except on the leaderboard stream and channel
+    /// sockets; an arena path's user id must be the token's), starts what its path follows and
+    /// sends its greeting.
+    async fn open(link: &mut Link, (entry, token, dialect): Self::Opening) -> Result<Self, End> {
+        let anonymous = entry.purpose == Purpose::Leaderboard || entry.channel.is_some();
+        if token.is_none() && !anonymous {
+            return Err(Refused::Token("a token is required".into()).end::<Self>());
+        }
+        let viewer = link
+            .sign_in(token.as_deref(), entry.path_user.as_deref())
+            .await
+            .map_err(|refused| refused.end::<Self>())?
+            .clone();
         let named = dialect.as_deref().map(|d| (d, Dialect::named(d)));
         let chosen = named.and_then(|(_, d)| d).or(entry.dialect);
         let dialect = Arc::new(DialectChoice::new(chosen));
-        let frames = Frames::new(outbox, dialect.clone(), entry.purpose);
-        let path_channel = entry.channel.clone();
         let mut socket = Self {
-            state: state.clone(),
-            id,
+            domain: link.state.domain.clone(),
+            id: link.id,
             viewer,
             purpose: entry.purpose,
+            frames: Frames::new(link.out.clone(), dialect.clone(), entry.purpose),
             dialect,
-            frames,
             follows: Follows::default(),
-            member_rooms: MemberRooms::default(),
-            _presence: presence,
-            watch: None,
+            contacts: None,
         };
-        if let Some(user) = socket.viewer.user() {
-            socket.watch = Some(
-                state
-                    .connections
-                    .watch_user(&user.id, id, socket.frames.outbox()),
-            );
-        }
-        if let Err(e) = socket.start(path_channel).await {
+        if let Err(e) = socket.start(entry.channel).await {
             tracing::warn!(error = %e, "legacy /ws: could not start a socket's feeds");
-            return Err(internal_error());
+            return Err(Refused::Internal.end::<Self>());
         }
         if let Some((name, None)) = named {
             let message = format!("unknown dialect {name:?}: rooms, conversations or arena");
@@ -346,11 +244,26 @@ impl LegacySocket {
         Ok(socket)
     }
 
+    async fn on_text(&mut self, _link: &mut Link, text: &str) -> Option<End> {
+        let Ok(frame) = serde_json::from_str::<Value>(text) else {
+            return Some(End::Close(Self::NOT_TEXT.0, Self::NOT_TEXT.1.into()));
+        };
+        match inbound::decode(&frame) {
+            Ok(inbound) => self.on_frame(inbound).await,
+            Err(Undecodable(why)) => {
+                self.frames.error("BAD_USER_INPUT", &why).await;
+            }
+        }
+        None
+    }
+}
+
+impl LegacySocket {
     /// Follows what the socket's purpose says. Every feed is subscribed before the welcome
     /// goes out, so a client that has the welcome misses nothing after it; the welcome is
     /// queued before any follower runs, so it is the first frame.
     async fn start(&mut self, path_channel: Option<Channel>) -> DomainResult<()> {
-        let domain = self.state.domain.clone();
+        let domain = self.domain.clone();
         match self.purpose {
             Purpose::Chat => {
                 // A signed-in socket follows its user's own channels without asking; a channel
@@ -367,7 +280,7 @@ impl LegacySocket {
                 let personal = match self.viewer.user() {
                     Some(_) => Some((
                         self.presence_follower().await?,
-                        domain.notification_feed(&self.viewer).await?,
+                        self.notification_follower().await?,
                     )),
                     // Anonymous channel sockets: not counted online, no inbox.
                     None => None,
@@ -385,9 +298,17 @@ impl LegacySocket {
                 } else {
                     None
                 };
+                // The conversations dialect greets with the user's online contacts.
+                let contacts = match self.dialect.chosen() {
+                    Some(Dialect::Conversations) if self.viewer.user().is_some() => {
+                        Some(domain.online_contacts(&self.viewer).await?)
+                    }
+                    _ => None,
+                };
                 let welcome = Outgoing::Welcome {
                     user: self.viewer.user(),
-                    online_count: domain.presence.online().len(),
+                    online_count: domain.online_count(),
+                    contacts: contacts.as_deref(),
                 };
                 self.frames.send(&welcome, None).await;
                 if let Some(general) = general {
@@ -401,18 +322,12 @@ impl LegacySocket {
                 }
                 if let Some((presence, notifications)) = personal {
                     self.follows.start(Follow::Presence, presence);
-                    let frames = self.frames.clone();
-                    self.follows.start(
-                        Follow::Notifications,
-                        follow::notifications(notifications, frames),
-                    );
+                    self.follows.start(Follow::Notifications, notifications);
                 }
             }
             Purpose::Notifications => {
-                let feed = domain.notification_feed(&self.viewer).await?;
-                let frames = self.frames.clone();
-                self.follows
-                    .start(Follow::Notifications, follow::notifications(feed, frames));
+                let notifications = self.notification_follower().await?;
+                self.follows.start(Follow::Notifications, notifications);
             }
             Purpose::Presence => {
                 let presence = self.presence_follower().await?;
@@ -428,90 +343,32 @@ impl LegacySocket {
         Ok(())
     }
 
-    /// The presence follower, subscribed (not yet running).
+    /// The presence of the user's contacts, subscribed (not yet running).
     async fn presence_follower(
+        &mut self,
+    ) -> DomainResult<impl Future<Output = ()> + Send + 'static> {
+        let (changes, rooms) = self.domain.contacts_presence_feed(&self.viewer).await?;
+        self.contacts = Some(rooms);
+        Ok(follow::presence(changes, self.frames.clone()))
+    }
+
+    /// The user's notifications, subscribed (not yet running).
+    async fn notification_follower(
         &self,
-    ) -> DomainResult<impl std::future::Future<Output = ()> + Send + 'static> {
-        let me = require_user(&self.viewer)?.clone();
-        let domain = &self.state.domain;
-        let live = domain.hub.subscribe(Topic::Presence);
-        self.member_rooms
-            .replace(&domain.rooms_of_member(&me.id).await?);
-        Ok(follow::presence(
-            live,
-            me,
-            self.member_rooms.clone(),
-            self.frames.clone(),
-        ))
-    }
-
-    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) -> End {
-        let config = self.state.config.clone();
-        let mut last_heard = Instant::now();
-        let mut deadlines = socket::Deadlines {
-            ping: Instant::now() + config.ws_ping_interval,
-            init: None,
-            expires: socket::token_expiry(Some(&self.viewer)),
-        };
-        let timer = tokio::time::sleep_until(deadlines.next());
-        tokio::pin!(timer);
-        let shutdown = self.state.shutdown.clone();
-        let outbox = self.frames.outbox().clone();
-        loop {
-            tokio::select! {
-                frame = stream.next() => {
-                    last_heard = Instant::now();
-                    let end = match frame {
-                        None => Some(End::Gone),
-                        // Boxed: the handlers' database calls make large futures, which would
-                        // otherwise stay part of every idle connection's read loop.
-                        Some(Ok(Message::Text(text))) => Box::pin(self.on_text(text.as_str())).await,
-                        Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
-                            Ok(text) => Box::pin(self.on_text(text)).await,
-                            Err(_) => Some(invalid_json()),
-                        },
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
-                        Some(Ok(Message::Close(_))) => Some(End::Gone),
-                        Some(Err(e)) => Some(socket::read_error(e)),
-                    };
-                    if let Some(end) = end {
-                        return end;
-                    }
-                }
-                () = &mut timer => {
-                    let now = Instant::now();
-                    if deadlines.expires.is_some_and(|at| at <= now) {
-                        return End::Close(4001, "token expired".into());
-                    }
-                    if deadlines.ping <= now {
-                        deadlines.ping = now + config.ws_ping_interval;
-                        if last_heard.elapsed() > config.ws_idle_timeout {
-                            return End::Close(1001, "ping timeout".into());
-                        }
-                        // A WebSocket ping: browsers answer it without any code of the client's.
-                        outbox.offer(Message::Ping(Default::default()));
-                    }
-                }
-                _ = shutdown.cancelled() => {
-                    return End::Close(1001, "server shutting down".into());
-                }
-                attention = outbox.attention() => return attention.end(4001),
-            }
-            deadlines.arm(timer.as_mut());
-        }
-    }
-
-    async fn on_text(&mut self, text: &str) -> Option<End> {
-        let Ok(frame) = serde_json::from_str::<Value>(text) else {
-            return Some(invalid_json());
-        };
-        match inbound::decode(&frame) {
-            Ok(inbound) => self.on_frame(inbound).await,
-            Err(Undecodable(why)) => {
-                self.frames.error("BAD_USER_INPUT", &why).await;
-            }
-        }
-        None
+    ) -> DomainResult<impl Future<Output = ()> + Send + 'static> {
+        let feed = self.domain.notification_feed(&self.viewer).await?;
+        let notices = feed.map(|item| {
+            item.map(|n| Notice {
+                id: n.id,
+                kind: n.kind,
+                level: n.level,
+                title: n.title,
+                body: n.body,
+                data: n.data,
+                created_at: n.created_at,
+            })
+        });
+        Ok(follow::notifications(notices.boxed(), self.frames.clone()))
     }
 
     async fn on_frame(&mut self, Inbound { command, chooses }: Inbound) {
@@ -521,7 +378,7 @@ impl LegacySocket {
                 self.enter_general().await;
             }
         }
-        let domain = self.state.domain.clone();
+        let domain = self.domain.clone();
         let done = match command {
             Command::Join { room } => self.join(&room, true).await,
             Command::Leave { room } => self.leave(&room).await,
@@ -564,10 +421,12 @@ impl LegacySocket {
     async fn prepare_room(
         &mut self,
         room: &str,
-    ) -> DomainResult<Option<impl std::future::Future<Output = ()> + Send + 'static>> {
-        let domain = self.state.domain.clone();
+    ) -> DomainResult<Option<impl Future<Output = ()> + Send + 'static>> {
+        let domain = self.domain.clone();
         let joined = domain.join_room(&self.viewer, room).await?;
-        self.member_rooms.add(room);
+        if let Some(contacts) = &self.contacts {
+            contacts.joined(room);
+        }
         if self.follows.is_active(&Follow::Room(room.to_owned())) {
             return Ok(None);
         }
@@ -587,9 +446,11 @@ impl LegacySocket {
     /// once, from here.
     async fn leave(&mut self, room: &str) -> DomainResult<()> {
         self.follows.stop(&Follow::Room(room.to_owned())).await;
-        let domain = self.state.domain.clone();
+        let domain = self.domain.clone();
         let left = domain.leave_room(&self.viewer, room).await?;
-        self.member_rooms.remove(room);
+        if let Some(contacts) = &self.contacts {
+            contacts.left(room);
+        }
         if let Some(announcement) = left {
             follow::send_message(&domain, &announcement, &self.frames).await;
         }
@@ -598,7 +459,7 @@ impl LegacySocket {
 
     /// Follows a channel the viewer may read (the domain decides), answering `subscribed`.
     async fn subscribe(&mut self, name: &str) -> DomainResult<()> {
-        let domain = self.state.domain.clone();
+        let domain = self.domain.clone();
         let names = [name.to_owned()];
         for channel in domain.resolve_channels(&self.viewer, Some(&names)).await? {
             let feed = domain.channel_feed(&self.viewer, &channel);
@@ -635,11 +496,7 @@ impl LegacySocket {
     }
 
     async fn online_status(&self, user_ids: &[String]) -> DomainResult<()> {
-        let presence = self
-            .state
-            .domain
-            .presence_of(&self.viewer, user_ids)
-            .await?;
+        let presence = self.domain.presence_of(&self.viewer, user_ids).await?;
         let online: Vec<String> = presence
             .into_iter()
             .filter(|p| p.status != PresenceStatus::Offline)
@@ -650,8 +507,4 @@ impl LegacySocket {
             .await;
         Ok(())
     }
-}
-
-fn invalid_json() -> End {
-    End::Close(4002, "Invalid JSON".into())
 }
