@@ -219,7 +219,7 @@ struct QueueState {
     /// The reader asked to close: nothing more is queued.
     closing: bool,
     /// How, for the running writer to carry out.
-    close: Option<Control>,
+    close: Option<End>,
     /// The write half is closed (or failed): nothing more will be written.
     writer_gone: bool,
     /// Since when the queue has been full (none while it has room).
@@ -330,10 +330,10 @@ impl Queue {
     }
 
     /// The close the reader asked for, if any; a close at once drops what is queued.
-    fn take_close(&self) -> Option<Control> {
+    fn take_close(&self) -> Option<End> {
         let mut state = self.lock();
         let close = state.close.take();
-        if matches!(close, Some(Control::CloseNow(_))) {
+        if matches!(close, Some(End::CloseNow(..))) {
             state.frames = VecDeque::new();
         }
         close
@@ -412,40 +412,21 @@ impl Outbox {
         }
     }
 
-    /// Resolves once the reader must close: a producer gave up on a full queue (close with
-    /// 1008), or an administrator disconnected the user.
-    pub(crate) async fn attention(&self) -> Attention {
+    /// Resolves once the reader must close: a slow consumer at once with 1008; a user an
+    /// administrator disconnected with `kicked_code`, after what is queued.
+    async fn attention(&self, kicked_code: u16) -> End {
         loop {
             let attention = self.0.attention.notified();
             {
                 let state = self.0.lock();
                 if state.slow {
-                    return Attention::Slow;
+                    return End::CloseNow(1008, "slow consumer".into());
                 }
                 if state.kicked {
-                    return Attention::Kicked;
+                    return End::Close(kicked_code, "disconnected by an administrator".into());
                 }
             }
             attention.await;
-        }
-    }
-}
-
-/// Why a reader must close, from `Outbox::attention`.
-pub(crate) enum Attention {
-    /// A slow consumer.
-    Slow,
-    /// Disconnected by an administrator.
-    Kicked,
-}
-
-impl Attention {
-    /// How to close: a slow consumer at once with 1008; a disconnected user with the
-    /// transport's own code for a refused sign-in (`kicked_code`), after what is queued.
-    pub(crate) fn end(self, kicked_code: u16) -> End {
-        match self {
-            Attention::Slow => End::CloseNow(1008, "slow consumer".into()),
-            Attention::Kicked => End::Close(kicked_code, "disconnected by an administrator".into()),
         }
     }
 }
@@ -458,23 +439,6 @@ pub(crate) enum End {
     Close(u16, String),
     /// Close at once, dropping what is queued (a slow consumer, an oversized frame).
     CloseNow(u16, String),
-}
-
-/// What the reader tells the writer besides data frames.
-enum Control {
-    /// Close now, dropping queued frames.
-    CloseNow(CloseFrame),
-    /// Close after the queued frames are written.
-    CloseAfterQueue(CloseFrame),
-    /// The peer is gone: stop without a close frame.
-    Gone,
-}
-
-fn close_frame(code: u16, reason: &str) -> CloseFrame {
-    CloseFrame {
-        code,
-        reason: Utf8Bytes::from(reason.to_owned()),
-    }
 }
 
 /// A connection's writing side, owned by its reader, which ends it with `finish`.
@@ -516,20 +480,15 @@ impl SocketWriter {
     /// holding an `Outbox` should be stopped first: what they queued is written before a
     /// `Close`, for at most a few seconds.
     pub(crate) async fn finish(self, end: End) {
-        let control = match end {
-            End::Gone => Control::Gone,
-            End::Close(code, reason) => Control::CloseAfterQueue(close_frame(code, &reason)),
-            End::CloseNow(code, reason) => Control::CloseNow(close_frame(code, &reason)),
-        };
         let queue = self.queue.clone();
         let parked = {
             let mut state = queue.lock();
             state.closing = true;
             match state.sink.take() {
-                Some(sink) => Some((sink, control)),
+                Some(sink) => Some((sink, end)),
                 None => {
                     if state.writing {
-                        state.close = Some(control);
+                        state.close = Some(end);
                     }
                     None
                 }
@@ -538,7 +497,7 @@ impl SocketWriter {
         queue.room.notify_waiters();
         match parked {
             // Nothing queued (a parked write half means an empty queue): close here.
-            Some((sink, control)) => close(sink, &queue, control).await,
+            Some((sink, end)) => close(sink, &queue, end).await,
             // The running writer closes once it is done with what it has.
             None => {
                 let wait = async {
@@ -566,7 +525,7 @@ impl Drop for SocketWriter {
             let mut state = self.queue.lock();
             state.closing = true;
             if state.writing && state.close.is_none() {
-                state.close = Some(Control::Gone);
+                state.close = Some(End::Gone);
             }
             state.sink.take()
         };
@@ -600,23 +559,35 @@ async fn write_burst(mut sink: Sink, queue: Arc<Queue>) {
 }
 
 /// Closes the write half as the reader asked.
-async fn close(mut sink: Sink, queue: &Queue, control: Control) {
-    match control {
-        Control::CloseNow(frame) => {
-            let _ = sink.send(Message::Close(Some(frame))).await;
+async fn close(mut sink: Sink, queue: &Queue, end: End) {
+    match end {
+        End::CloseNow(code, reason) => {
+            let _ = sink.send(close_frame(code, reason)).await;
         }
         // Boxed, as a close happens once: not kept in every writer.
-        Control::CloseAfterQueue(frame) => {
-            Box::pin(close_after_queue(&mut sink, queue, frame)).await;
+        End::Close(code, reason) => {
+            Box::pin(close_after_queue(
+                &mut sink,
+                queue,
+                close_frame(code, reason),
+            ))
+            .await;
         }
-        Control::Gone => {}
+        End::Gone => {}
     }
     let _ = sink.close().await;
     queue.writer_gone();
 }
 
+fn close_frame(code: u16, reason: String) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    }))
+}
+
 /// Writes what is queued, then the close; but never waits long on a peer that stopped reading.
-async fn close_after_queue(sink: &mut Sink, queue: &Queue, frame: CloseFrame) {
+async fn close_after_queue(sink: &mut Sink, queue: &Queue, close: Message) {
     let drain = async {
         while let Some(out) = queue.try_pop() {
             if !write(sink, out, queue, queue.transport).await {
@@ -626,7 +597,7 @@ async fn close_after_queue(sink: &mut Sink, queue: &Queue, frame: CloseFrame) {
         true
     };
     if let Ok(true) = tokio::time::timeout(DRAIN_BEFORE_CLOSE, drain).await {
-        let _ = sink.send(Message::Close(Some(frame))).await;
+        let _ = sink.send(close).await;
     }
 }
 
@@ -971,7 +942,7 @@ async fn read_loop<P: Protocol>(
             _ = shutdown.cancelled() => {
                 return End::Close(1001, "server shutting down".into());
             }
-            attention = out.attention() => return attention.end(P::CLOSES.unauthorised.0),
+            end = out.attention(P::CLOSES.unauthorised.0) => return end,
             () = protocol.background() => {}
         }
         deadlines.arm(timer.as_mut());

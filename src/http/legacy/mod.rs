@@ -56,21 +56,14 @@ impl Dialect {
         }
     }
 
+    /// 1, 2, 3 in the order declared: 0 is "none chosen" in a `DialectChoice`.
     fn code(self) -> u8 {
-        match self {
-            Dialect::Rooms => 1,
-            Dialect::Conversations => 2,
-            Dialect::Arena => 3,
-        }
+        self as u8 + 1
     }
 
     fn from_code(code: u8) -> Option<Self> {
-        match code {
-            1 => Some(Dialect::Rooms),
-            2 => Some(Dialect::Conversations),
-            3 => Some(Dialect::Arena),
-            _ => None,
-        }
+        let all = [Dialect::Rooms, Dialect::Conversations, Dialect::Arena];
+        all.get(usize::from(code).checked_sub(1)?).copied()
     }
 }
 

@@ -38,24 +38,39 @@ use crate::metrics::Transport;
 const LEADERBOARD_TOP: i32 = 10;
 
 pub fn router() -> Router<AppState> {
+    use Dialect::{Arena, Conversations};
+    use Purpose::{Chat, Leaderboard, Notifications, Presence};
+    let arena = |purpose, user: Path<String>| Entry::new(purpose, Some(Arena), Some(user.0));
     // `/ws/auth` is the conversations endpoint; every other `/ws/NAME` a channel socket.
     Router::new()
-        .route("/ws", get(general))
-        .route("/api/v1/ws", get(general))
-        .route("/ws/auth", get(conversations))
+        .route(
+            "/ws",
+            get(|s, h, q, ws| upgrade(Entry::new(Chat, None, None), s, h, q, ws)),
+        )
+        .route(
+            "/api/v1/ws",
+            get(|s, h, q, ws| upgrade(Entry::new(Chat, None, None), s, h, q, ws)),
+        )
+        .route(
+            "/ws/auth",
+            get(|s, h, q, ws| upgrade(Entry::new(Chat, Some(Conversations), None), s, h, q, ws)),
+        )
         .route("/ws/{name}", get(channel_socket))
-        .route("/api/ws/leaderboard", get(arena_leaderboard))
+        .route(
+            "/api/ws/leaderboard",
+            get(|s, h, q, ws| upgrade(Entry::new(Leaderboard, Some(Arena), None), s, h, q, ws)),
+        )
         .route(
             "/api/ws/notifications/{user_id}",
-            get(|s, p, h, q, ws| arena_user(Purpose::Notifications, s, p, h, q, ws)),
+            get(move |p, s, h, q, ws| upgrade(arena(Notifications, p), s, h, q, ws)),
         )
         .route(
             "/api/ws/presence/{user_id}",
-            get(|s, p, h, q, ws| arena_user(Purpose::Presence, s, p, h, q, ws)),
+            get(move |p, s, h, q, ws| upgrade(arena(Presence, p), s, h, q, ws)),
         )
         .route(
             "/api/ws/{user_id}",
-            get(|s, p, h, q, ws| arena_user(Purpose::Chat, s, p, h, q, ws)),
+            get(move |p, s, h, q, ws| upgrade(arena(Chat, p), s, h, q, ws)),
         )
 }
 
@@ -72,29 +87,25 @@ struct Entry {
     channel: Option<Channel>,
 }
 
+impl Entry {
+    fn new(purpose: Purpose, dialect: Option<Dialect>, path_user: Option<String>) -> Self {
+        Entry {
+            purpose,
+            dialect,
+            path_user,
+            channel: None,
+        }
+    }
+}
+
 type Params = Query<HashMap<String, String>>;
 type Upgrade = Result<WebSocketUpgrade, WebSocketUpgradeRejection>;
-
-async fn general(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    params: Params,
-    ws: Upgrade,
-) -> Response {
-    let entry = Entry {
-        purpose: Purpose::Chat,
-        dialect: None,
-        path_user: None,
-        channel: None,
-    };
-    upgrade(state, headers, params, ws, entry)
-}
 
 /// `/ws/NAME`: the general protocol, following `public:NAME` from the start, as per-feature
 /// endpoints like `/ws/game` do.
 async fn channel_socket(
-    State(state): State<AppState>,
     Path(name): Path<String>,
+    state: State<AppState>,
     headers: HeaderMap,
     params: Params,
     ws: Upgrade,
@@ -104,72 +115,19 @@ async fn channel_socket(
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
     let entry = Entry {
-        purpose: Purpose::Chat,
-        dialect: None,
-        path_user: None,
         channel: Some(channel),
+        ..Entry::new(Purpose::Chat, None, None)
     };
-    upgrade(state, headers, params, ws, entry)
+    upgrade(entry, state, headers, params, ws).await
 }
 
-async fn conversations(
+/// Opens a socket at the path that gave `entry`.
+async fn upgrade(
+    entry: Entry,
     State(state): State<AppState>,
-    headers: HeaderMap,
-    params: Params,
-    ws: Upgrade,
-) -> Response {
-    let entry = Entry {
-        purpose: Purpose::Chat,
-        dialect: Some(Dialect::Conversations),
-        path_user: None,
-        channel: None,
-    };
-    upgrade(state, headers, params, ws, entry)
-}
-
-fn arena(purpose: Purpose, path_user: Option<String>) -> Entry {
-    Entry {
-        purpose,
-        dialect: Some(Dialect::Arena),
-        path_user,
-        channel: None,
-    }
-}
-
-/// `/api/ws/{user_id}`, `/api/ws/notifications/{user_id}`, `/api/ws/presence/{user_id}`: the
-/// arena dialect's per-user streams, which differ only in what they follow.
-async fn arena_user(
-    purpose: Purpose,
-    State(state): State<AppState>,
-    Path(user_id): Path<String>,
-    headers: HeaderMap,
-    params: Params,
-    ws: Upgrade,
-) -> Response {
-    upgrade(state, headers, params, ws, arena(purpose, Some(user_id)))
-}
-
-async fn arena_leaderboard(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    params: Params,
-    ws: Upgrade,
-) -> Response {
-    upgrade(
-        state,
-        headers,
-        params,
-        ws,
-        arena(Purpose::Leaderboard, None),
-    )
-}
-
-fn upgrade(
-    state: AppState,
     headers: HeaderMap,
     Query(params): Params,
     ws: Upgrade,
-    entry: Entry,
 ) -> Response {
     let Ok(ws) = ws else {
         return (
