@@ -7,7 +7,6 @@
 //! (`super::super::x`). Inline `mod name { … }` blocks are followed, so `super` inside them
 //! resolves to the right module.
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -33,25 +32,6 @@ const RULES: &[Rule] = &[
         never: &["hub"],
         because: "storage publishes nothing; the domain publishes after the write commits",
     },
-];
-
-/// Forbidden imports that exist today and are being removed: `(file, path as written)`.
-/// The list may only shrink. A violation not listed here fails the test, and so does an entry
-/// that no longer occurs (remove it from the list then).
-const KNOWN_VIOLATIONS: &[(&str, &str)] = &[
-    // The legacy /ws transport still reads user and notification rows.
-    ("src/http/legacy_ws.rs", "crate::db::user"),
-    ("src/http/legacy/mod.rs", "crate::db::{notification, user}"),
-    ("src/http/legacy/follow.rs", "crate::db::notification"),
-    // The hub's events still carry sea-orm rows and a domain type.
-    (
-        "src/hub/event.rs",
-        "crate::db::{message, notification, user}",
-    ),
-    (
-        "src/hub/event.rs",
-        "crate::domain::presence::PresenceStatus",
-    ),
 ];
 
 struct Rule {
@@ -89,31 +69,20 @@ fn no_layer_imports_what_it_may_not() {
         found.extend(check_source(&relative, &source));
     }
 
-    let mut failures = Vec::new();
-    for v in &found {
-        if !KNOWN_VIOLATIONS.contains(&(v.file.as_str(), v.path.as_str())) {
+    let failures: Vec<String> = found
+        .iter()
+        .map(|v| {
             let layer = layer_of(&v.file).unwrap_or_default();
             let because = RULES
                 .iter()
                 .find(|r| r.layer == layer)
                 .map_or("", |r| r.because);
-            failures.push(format!(
+            format!(
                 "{}:{}: `{}`: {layer} may not import {} ({because})",
                 v.file, v.line, v.path, v.target
-            ));
-        }
-    }
-    let occurring: BTreeSet<(&str, &str)> = found
-        .iter()
-        .map(|v| (v.file.as_str(), v.path.as_str()))
+            )
+        })
         .collect();
-    for (file, path) in KNOWN_VIOLATIONS {
-        if !occurring.contains(&(*file, *path)) {
-            failures.push(format!(
-                "{file}: `{path}` no longer occurs: remove it from KNOWN_VIOLATIONS"
-            ));
-        }
-    }
     assert!(
         failures.is_empty(),
         "forbidden imports between layers (ARCHITECTURE.md):\n{}",

@@ -729,12 +729,9 @@ async fn ws_auth_speaks_conversations_for_joins_messages_and_typing() {
     let (server, _db) = server(&Backend::Sqlite).await;
     let t = members(&server, &["alice", "bob"], "lobby").await;
     let mut c = LegacyClient::open(&server, &format!("/ws/auth?token={}", t[0])).await;
-    let welcome = c.next().await;
-    assert_eq!(welcome["type"], "system", "no row: the rooms shape");
-    assert_keys(
-        &welcome,
-        &["type", "message", "user_id", "online_count", "timestamp"],
-    );
+    let greeting = c.next().await;
+    assert_eq!(greeting["type"], "online_users", "the greeting row");
+    assert_keys(&greeting, &["type", "users", "timestamp"]);
 
     c.send(json!({ "type": "join_conversation", "conversation_id": "lobby" }))
         .await;
@@ -775,10 +772,32 @@ async fn ws_auth_speaks_conversations_for_joins_messages_and_typing() {
 }
 
 #[tokio::test]
+async fn ws_auth_greets_with_the_online_users_who_share_a_conversation_the_user_included() {
+    let (server, _db) = presence_server().await;
+    let t = members(&server, &["alice", "bob"], "lobby").await;
+    let carol = members(&server, &["carol"], "elsewhere").await;
+    let _bob = GqlSocket::user(&server, &t[1]).await;
+    let _carol = GqlSocket::user(&server, &carol[0]).await;
+    let mut c = LegacyClient::open(&server, &format!("/ws/auth?token={}", t[0])).await;
+    let greeting = c.next().await;
+    assert_eq!(
+        greeting["type"], "online_users",
+        "the first frame: {greeting}"
+    );
+    assert_keys(&greeting, &["type", "users", "timestamp"]);
+    assert_eq!(
+        greeting["users"],
+        json!(["alice", "bob"]),
+        "alice herself and bob, who shares lobby; not carol, who shares nothing"
+    );
+}
+
+#[tokio::test]
 async fn ws_auth_speaks_conversations_for_presence_online_users_and_errors() {
     let (server, _db) = presence_server().await;
     let t = members(&server, &["alice", "bob"], "lobby").await;
-    let mut c = LegacyClient::at(&server, &format!("/ws/auth?token={}", t[0])).await;
+    let mut c = LegacyClient::open(&server, &format!("/ws/auth?token={}", t[0])).await;
+    assert_eq!(c.next().await["type"], "online_users", "the greeting");
     let bob = GqlSocket::user(&server, &t[1]).await;
     let online = c.next_of("presence_update").await;
     assert_keys(&online, &["type", "user_id", "online", "timestamp"]);

@@ -3,6 +3,7 @@
 //! database, then publishes what happened.
 
 pub mod channels;
+pub mod contacts;
 pub mod error;
 pub mod feeds;
 mod health;

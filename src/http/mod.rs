@@ -7,7 +7,6 @@ mod error;
 mod graphql;
 mod health;
 mod legacy;
-mod legacy_ws;
 mod metrics;
 mod playground;
 mod presence;
@@ -48,7 +47,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(graphql::router())
         .merge(api::router())
-        .merge(legacy_ws::router())
+        .merge(legacy::router())
         .merge(health::router())
         .merge(presence::router())
         .merge(metrics::router())

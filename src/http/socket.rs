@@ -1,24 +1,45 @@
-//! What every WebSocket transport shares: the count of open connections (shutdown waits for
-//! it), the writer task each connection hands its frames to through a bounded queue, the
-//! slow-consumer cut-off, and how a connection ends.
+//! The connection skeleton every WebSocket transport shares: graphql-ws (both subprotocols,
+//! `ws.rs`) and the legacy JSON protocol (`legacy/socket.rs`) implement only a `Protocol`
+//! (framing, dispatch and close codes); everything else is here, once: the sized upgrade,
+//! sign-in with connection counting and presence (and the per-user limit, 1008), the
+//! ping/idle/token-expiry loop, an admin's disconnect, shutdown (1001), the write queue and
+//! teardown.
 //!
-//! A connection is a reader (the task that owns the socket's read half and the transport's
+//! A connection is a reader (the task that owns the socket's read half and the protocol's
 //! state) and a writer task. Frames go to the writer through an `Outbox`; the reader ends the
 //! connection by handing an `End` to `SocketWriter::finish`.
+//!
+//! **Slow consumers, one policy for every path**: a connection whose queue stays full for
+//! `slow_consumer_timeout` (`TIDINGS_SLOW_CONSUMER_TIMEOUT`, 5 s) is a slow consumer and is
+//! closed at once with 1008 `slow consumer`; until then no frame is dropped. A producer that
+//! can wait (`Outbox::push`: a connection's own operations and feeds) waits for room until
+//! then. One that must not (`Outbox::try_push`: fan-out to a cohort, where one member must
+//! never hold up the others) queues past the bound instead; so that memory stays bounded, a
+//! queue that reaches twice its bound that way is a slow consumer at once. Control frames
+//! (`Outbox::offer`: acks, pongs, keep-alives) that do not fit are dropped, as the peer is not
+//! reading.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::auth::Viewer;
+use super::AppState;
+use crate::auth::{bearer, Viewer};
+use crate::domain::presence::PresenceGuard;
+use crate::domain::typing::ConnectionId;
+use crate::domain::users::ViewerError;
+use crate::domain::DomainError;
 use crate::metrics::Transport;
 
 /// Read-buffer chunk: frames from clients are small, and the buffer stays allocated for the
@@ -31,7 +52,7 @@ const DRAIN_BEFORE_CLOSE: Duration = Duration::from_secs(5);
 
 /// Sizes a socket's buffers for small frames and caps what a client may send (`max_bytes`:
 /// larger closes with 1009).
-pub(crate) fn sized(ws: WebSocketUpgrade, max_bytes: usize) -> WebSocketUpgrade {
+fn sized(ws: WebSocketUpgrade, max_bytes: usize) -> WebSocketUpgrade {
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(max_bytes)
@@ -198,10 +219,12 @@ struct QueueState {
     /// The reader asked to close: nothing more is queued.
     closing: bool,
     /// How, for the running writer to carry out.
-    close: Option<Control>,
+    close: Option<End>,
     /// The write half is closed (or failed): nothing more will be written.
     writer_gone: bool,
-    /// A producer found the queue full for too long.
+    /// Since when the queue has been full (none while it has room).
+    full_since: Option<Instant>,
+    /// The queue stayed full for too long.
     slow: bool,
     /// An administrator disconnected the user.
     kicked: bool,
@@ -212,7 +235,10 @@ const QUEUE_KEEP: usize = 64;
 
 enum Enqueue {
     Queued,
-    Full(Outbound),
+    /// No room; the queue has been full since then.
+    Full(Outbound, Instant),
+    /// A producer that cannot wait found the queue full for too long, or twice its bound.
+    Slow,
     Closed,
 }
 
@@ -221,15 +247,23 @@ impl Queue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a frame, starting a writer when none runs.
-    fn enqueue(self: &Arc<Self>, frame: Outbound) -> Enqueue {
+    /// Queues a frame, starting a writer when none runs. `past_bound`: a producer that cannot
+    /// wait queues past the bound while the queue has not been full for too long.
+    fn enqueue(self: &Arc<Self>, frame: Outbound, past_bound: bool) -> Enqueue {
         let sink = {
             let mut state = self.lock();
             if state.writer_gone || state.closing {
                 return Enqueue::Closed;
             }
-            if state.frames.len() >= self.capacity {
-                return Enqueue::Full(frame);
+            let queued = state.frames.len();
+            if queued >= self.capacity {
+                let since = *state.full_since.get_or_insert_with(Instant::now);
+                if !past_bound {
+                    return Enqueue::Full(frame, since);
+                }
+                if queued >= 2 * self.capacity || since.elapsed() >= self.slow_after {
+                    return Enqueue::Slow;
+                }
             }
             state.frames.push_back(frame);
             if state.writing {
@@ -262,16 +296,20 @@ impl Queue {
 
     /// The next frame, without waiting.
     fn try_pop(&self) -> Option<Outbound> {
-        let (frame, was_full) = {
+        let (frame, freed) = {
             let mut state = self.lock();
             let was_full = state.frames.len() >= self.capacity;
             let frame = state.frames.pop_front();
+            let has_room = state.frames.len() < self.capacity;
+            if has_room {
+                state.full_since = None;
+            }
             if state.frames.is_empty() && state.frames.capacity() > QUEUE_KEEP {
                 state.frames = VecDeque::new();
             }
-            (frame, was_full)
+            (frame, was_full && has_room)
         };
-        if was_full && frame.is_some() {
+        if freed && frame.is_some() {
             self.room.notify_waiters();
         }
         frame
@@ -292,10 +330,10 @@ impl Queue {
     }
 
     /// The close the reader asked for, if any; a close at once drops what is queued.
-    fn take_close(&self) -> Option<Control> {
+    fn take_close(&self) -> Option<End> {
         let mut state = self.lock();
         let close = state.close.take();
-        if matches!(close, Some(Control::CloseNow(_))) {
+        if matches!(close, Some(End::CloseNow(..))) {
             state.frames = VecDeque::new();
         }
         close
@@ -322,30 +360,33 @@ impl Outbox {
     /// Queues a control-plane frame (an ack, a pong, a keep-alive); one that does not fit is
     /// dropped, as the peer is not reading.
     pub(crate) fn offer(&self, message: Message) {
-        let _ = self.0.enqueue(Outbound {
+        let frame = Outbound {
             message,
             event: None,
-        });
+        };
+        let _ = self.0.enqueue(frame, false);
     }
 
-    /// Queues a frame, waiting a bounded time for room; false when the connection is ending
-    /// (closed, or a slow consumer now).
+    /// Queues a frame, waiting for room while the queue has not been full for too long; false
+    /// when the connection is ending (closed, or a slow consumer now).
     pub(crate) async fn push(&self, text: String, event: Option<EventStamp>) -> bool {
         let queue = &self.0;
         let mut frame = Outbound {
             message: Message::Text(Utf8Bytes::from(text)),
             event,
         };
-        let deadline = Instant::now() + queue.slow_after;
         loop {
             let room = queue.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            match queue.enqueue(frame) {
+            let deadline = match queue.enqueue(frame, false) {
                 Enqueue::Queued => return true,
-                Enqueue::Closed => return false,
-                Enqueue::Full(back) => frame = back,
-            }
+                Enqueue::Closed | Enqueue::Slow => return false,
+                Enqueue::Full(back, since) => {
+                    frame = back;
+                    since + queue.slow_after
+                }
+            };
             if tokio::time::timeout_at(deadline, room).await.is_err() {
                 queue.mark_slow();
                 return false;
@@ -353,58 +394,39 @@ impl Outbox {
         }
     }
 
-    /// Queues a frame without waiting: a full queue makes the connection a slow consumer at
-    /// once (for fan-out, where one member must never hold up the others). False when the
-    /// frame was not queued.
+    /// Queues a frame without waiting (fan-out, where one member must never hold up the
+    /// others), past the bound if need be: the same slow-consumer policy as `push`, see the
+    /// top of this file. False when the frame was not queued.
     pub(crate) fn try_push(&self, text: String, event: Option<EventStamp>) -> bool {
         let frame = Outbound {
             message: Message::Text(Utf8Bytes::from(text)),
             event,
         };
-        match self.0.enqueue(frame) {
+        match self.0.enqueue(frame, true) {
             Enqueue::Queued => true,
-            Enqueue::Full(_) => {
+            Enqueue::Slow => {
                 self.0.mark_slow();
                 false
             }
-            Enqueue::Closed => false,
+            Enqueue::Full(..) | Enqueue::Closed => false,
         }
     }
 
-    /// Resolves once the reader must close: a producer gave up on a full queue (close with
-    /// 1008), or an administrator disconnected the user.
-    pub(crate) async fn attention(&self) -> Attention {
+    /// Resolves once the reader must close: a slow consumer at once with 1008; a user an
+    /// administrator disconnected with `kicked_code`, after what is queued.
+    async fn attention(&self, kicked_code: u16) -> End {
         loop {
             let attention = self.0.attention.notified();
             {
                 let state = self.0.lock();
                 if state.slow {
-                    return Attention::Slow;
+                    return End::CloseNow(1008, "slow consumer".into());
                 }
                 if state.kicked {
-                    return Attention::Kicked;
+                    return End::Close(kicked_code, "disconnected by an administrator".into());
                 }
             }
             attention.await;
-        }
-    }
-}
-
-/// Why a reader must close, from `Outbox::attention`.
-pub(crate) enum Attention {
-    /// A slow consumer.
-    Slow,
-    /// Disconnected by an administrator.
-    Kicked,
-}
-
-impl Attention {
-    /// How to close: a slow consumer at once with 1008; a disconnected user with the
-    /// transport's own code for a refused sign-in (`kicked_code`), after what is queued.
-    pub(crate) fn end(self, kicked_code: u16) -> End {
-        match self {
-            Attention::Slow => End::CloseNow(1008, "slow consumer".into()),
-            Attention::Kicked => End::Close(kicked_code, "disconnected by an administrator".into()),
         }
     }
 }
@@ -417,23 +439,6 @@ pub(crate) enum End {
     Close(u16, String),
     /// Close at once, dropping what is queued (a slow consumer, an oversized frame).
     CloseNow(u16, String),
-}
-
-/// What the reader tells the writer besides data frames.
-enum Control {
-    /// Close now, dropping queued frames.
-    CloseNow(CloseFrame),
-    /// Close after the queued frames are written.
-    CloseAfterQueue(CloseFrame),
-    /// The peer is gone: stop without a close frame.
-    Gone,
-}
-
-fn close_frame(code: u16, reason: &str) -> CloseFrame {
-    CloseFrame {
-        code,
-        reason: Utf8Bytes::from(reason.to_owned()),
-    }
 }
 
 /// A connection's writing side, owned by its reader, which ends it with `finish`.
@@ -475,20 +480,15 @@ impl SocketWriter {
     /// holding an `Outbox` should be stopped first: what they queued is written before a
     /// `Close`, for at most a few seconds.
     pub(crate) async fn finish(self, end: End) {
-        let control = match end {
-            End::Gone => Control::Gone,
-            End::Close(code, reason) => Control::CloseAfterQueue(close_frame(code, &reason)),
-            End::CloseNow(code, reason) => Control::CloseNow(close_frame(code, &reason)),
-        };
         let queue = self.queue.clone();
         let parked = {
             let mut state = queue.lock();
             state.closing = true;
             match state.sink.take() {
-                Some(sink) => Some((sink, control)),
+                Some(sink) => Some((sink, end)),
                 None => {
                     if state.writing {
-                        state.close = Some(control);
+                        state.close = Some(end);
                     }
                     None
                 }
@@ -497,7 +497,7 @@ impl SocketWriter {
         queue.room.notify_waiters();
         match parked {
             // Nothing queued (a parked write half means an empty queue): close here.
-            Some((sink, control)) => close(sink, &queue, control).await,
+            Some((sink, end)) => close(sink, &queue, end).await,
             // The running writer closes once it is done with what it has.
             None => {
                 let wait = async {
@@ -525,7 +525,7 @@ impl Drop for SocketWriter {
             let mut state = self.queue.lock();
             state.closing = true;
             if state.writing && state.close.is_none() {
-                state.close = Some(Control::Gone);
+                state.close = Some(End::Gone);
             }
             state.sink.take()
         };
@@ -559,23 +559,35 @@ async fn write_burst(mut sink: Sink, queue: Arc<Queue>) {
 }
 
 /// Closes the write half as the reader asked.
-async fn close(mut sink: Sink, queue: &Queue, control: Control) {
-    match control {
-        Control::CloseNow(frame) => {
-            let _ = sink.send(Message::Close(Some(frame))).await;
+async fn close(mut sink: Sink, queue: &Queue, end: End) {
+    match end {
+        End::CloseNow(code, reason) => {
+            let _ = sink.send(close_frame(code, reason)).await;
         }
         // Boxed, as a close happens once: not kept in every writer.
-        Control::CloseAfterQueue(frame) => {
-            Box::pin(close_after_queue(&mut sink, queue, frame)).await;
+        End::Close(code, reason) => {
+            Box::pin(close_after_queue(
+                &mut sink,
+                queue,
+                close_frame(code, reason),
+            ))
+            .await;
         }
-        Control::Gone => {}
+        End::Gone => {}
     }
     let _ = sink.close().await;
     queue.writer_gone();
 }
 
+fn close_frame(code: u16, reason: String) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    }))
+}
+
 /// Writes what is queued, then the close; but never waits long on a peer that stopped reading.
-async fn close_after_queue(sink: &mut Sink, queue: &Queue, frame: CloseFrame) {
+async fn close_after_queue(sink: &mut Sink, queue: &Queue, close: Message) {
     let drain = async {
         while let Some(out) = queue.try_pop() {
             if !write(sink, out, queue, queue.transport).await {
@@ -585,7 +597,7 @@ async fn close_after_queue(sink: &mut Sink, queue: &Queue, frame: CloseFrame) {
         true
     };
     if let Ok(true) = tokio::time::timeout(DRAIN_BEFORE_CLOSE, drain).await {
-        let _ = sink.send(Message::Close(Some(frame))).await;
+        let _ = sink.send(close).await;
     }
 }
 
@@ -619,7 +631,7 @@ async fn write(sink: &mut Sink, first: Outbound, queue: &Queue, transport: Trans
 }
 
 /// How to close after a read error: 1009 for a message over the size limit.
-pub(crate) fn read_error(e: axum::Error) -> End {
+fn read_error(e: axum::Error) -> End {
     let inner = e.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(_)) => End::CloseNow(1009, "message too big".into()),
@@ -628,7 +640,7 @@ pub(crate) fn read_error(e: axum::Error) -> End {
 }
 
 /// When the viewer's token expires (live sockets close then); never for anonymous viewers.
-pub(crate) fn token_expiry(viewer: Option<&Viewer>) -> Option<Instant> {
+fn token_expiry(viewer: Option<&Viewer>) -> Option<Instant> {
     let user = viewer?.user()?;
     let left = user.expires_at - Utc::now().timestamp();
     Some(Instant::now() + Duration::from_secs(left.max(0) as u64))
@@ -637,14 +649,14 @@ pub(crate) fn token_expiry(viewer: Option<&Viewer>) -> Option<Instant> {
 /// A connection's one timer: the next of its deadlines (keep-alive ping, initialisation
 /// timeout, token expiry). One `Sleep`, moved as the deadlines change, instead of one per
 /// deadline in every idle connection.
-pub(crate) struct Deadlines {
-    pub(crate) ping: Instant,
-    pub(crate) init: Option<Instant>,
-    pub(crate) expires: Option<Instant>,
+struct Deadlines {
+    ping: Instant,
+    init: Option<Instant>,
+    expires: Option<Instant>,
 }
 
 impl Deadlines {
-    pub(crate) fn next(&self) -> Instant {
+    fn next(&self) -> Instant {
         [self.init, self.expires]
             .into_iter()
             .flatten()
@@ -652,10 +664,287 @@ impl Deadlines {
     }
 
     /// Moves `timer` to the next deadline, if that changed.
-    pub(crate) fn arm(&self, timer: std::pin::Pin<&mut tokio::time::Sleep>) {
+    fn arm(&self, timer: std::pin::Pin<&mut tokio::time::Sleep>) {
         let next = self.next();
         if timer.deadline() != next {
             timer.reset(next);
         }
+    }
+}
+
+// --- The skeleton ----------------------------------------------------------------------------
+
+/// How a protocol closes for the skeleton's reasons.
+pub(crate) struct Closes {
+    /// A refused sign-in (the reason given), an expired token (`token expired`), a user an
+    /// administrator disconnected.
+    pub(crate) unauthorised: (u16, &'static str),
+    /// The server could not sign the connection in (`Internal error`).
+    pub(crate) internal: u16,
+    /// A connection not initialised in time (`ws_init_timeout`), for protocols that sign in
+    /// with a message of their own rather than when they open.
+    pub(crate) init_timeout: Option<(u16, &'static str)>,
+}
+
+/// What a WebSocket transport adds to the skeleton: its framing, dispatch and close codes.
+pub(crate) trait Protocol: Sized + Send + 'static {
+    /// What the upgrade hands over to open a connection.
+    type Opening: Send + 'static;
+    const TRANSPORT: Transport;
+    const CLOSES: Closes;
+    /// How to close on a binary frame that is not UTF-8.
+    const NOT_TEXT: (u16, &'static str);
+
+    /// Opens the connection: signs it in (`Link::sign_in`) if the protocol does so at once,
+    /// starts what it follows, greets. `Err` closes at once.
+    fn open(
+        link: &mut Link,
+        opening: Self::Opening,
+    ) -> impl Future<Output = Result<Self, End>> + Send;
+
+    /// A text frame (or a UTF-8 binary one); `Some` ends the connection.
+    fn on_text(&mut self, link: &mut Link, text: &str) -> impl Future<Output = Option<End>> + Send;
+
+    /// A keep-alive frame of the protocol's own, sent with each WebSocket ping.
+    fn keepalive(&self, _link: &Link) -> Option<String> {
+        None
+    }
+
+    /// Work the connection owns that the reader also waits on (graphql-ws: operations
+    /// ending); never resolves by default.
+    fn background(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+}
+
+/// Why a sign-in was refused.
+pub(crate) enum Refused {
+    /// The token is invalid, expired, revoked, or not the expected user's.
+    Token(String),
+    /// The user holds as many connections as allowed (1008).
+    TooMany,
+    /// The database or Redis failed.
+    Internal,
+}
+
+impl Refused {
+    /// How `P` closes for it.
+    pub(crate) fn end<P: Protocol>(&self) -> End {
+        match self {
+            Refused::Token(_) => {
+                let (code, reason) = P::CLOSES.unauthorised;
+                End::Close(code, reason.into())
+            }
+            Refused::TooMany => End::Close(1008, "too many connections".into()),
+            Refused::Internal => End::Close(P::CLOSES.internal, "Internal error".into()),
+        }
+    }
+}
+
+/// One connection as the skeleton holds it, lent to its protocol: where frames go, and who
+/// is signed in.
+pub(crate) struct Link {
+    pub(crate) state: AppState,
+    /// Names the connection to the domain (typing set on it stops when it closes).
+    pub(crate) id: ConnectionId,
+    pub(crate) out: Outbox,
+    viewer: Option<Viewer>,
+    _presence: Option<PresenceGuard>,
+    /// Set once a user signed in: `Connections::disconnect_user` reaches the connection.
+    _watch: Option<UserWatch>,
+}
+
+impl Link {
+    /// Who the connection is for, once signed in (anonymous included).
+    pub(crate) fn viewer(&self) -> Option<&Viewer> {
+        self.viewer.as_ref()
+    }
+
+    /// Signs the connection in as the token's user, or anonymous without a token (and without
+    /// `only`, the user a path names, which the token's must be). A user's connection counts
+    /// for presence, within the per-user limit, while it lives.
+    pub(crate) async fn sign_in(
+        &mut self,
+        token: Option<&str>,
+        only: Option<&str>,
+    ) -> Result<&Viewer, Refused> {
+        let domain = &self.state.domain;
+        let Some(token) = token else {
+            return match only {
+                Some(_) => Err(Refused::Token("a token is required".into())),
+                None => Ok(self.viewer.insert(Viewer::Anonymous)),
+            };
+        };
+        let signed_in = match domain.sign_in(token).await {
+            Ok(signed_in) => signed_in,
+            Err(ViewerError::Domain(e @ DomainError::Internal(_))) => {
+                tracing::warn!(error = %e, "could not sign a token in");
+                return Err(Refused::Internal);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "token refused");
+                return Err(Refused::Token(e.to_string()));
+            }
+        };
+        if only.is_some_and(|only| only != signed_in.user.id) {
+            return Err(Refused::Token("not this path's user".into()));
+        }
+        match domain.open_connection(&signed_in.user).await {
+            Ok(guard) => self._presence = Some(guard),
+            Err(DomainError::TooManyConnections) => return Err(Refused::TooMany),
+            Err(e) => {
+                tracing::warn!(error = %e, "presence: could not count a connection");
+                return Err(Refused::Internal);
+            }
+        }
+        let connections = &self.state.connections;
+        self._watch = Some(connections.watch_user(&signed_in.user.id, self.id, &self.out));
+        Ok(self.viewer.insert(signed_in.viewer))
+    }
+}
+
+/// The token an upgrade request carries: `Authorization: Bearer`, else `?token=` (browsers
+/// cannot set headers on a WebSocket).
+pub(crate) fn upgrade_token(
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .map(str::to_owned)
+        .or_else(|| query.get("token").cloned())
+}
+
+/// Accepts the upgrade with buffers sized for small frames; the connection runs as a task of
+/// its own, so axum's upgrade task (and what it holds) ends.
+pub(crate) fn accept<P: Protocol>(
+    ws: WebSocketUpgrade,
+    state: AppState,
+    opening: P::Opening,
+) -> Response {
+    let max = state.config.max_frame_bytes;
+    sized(ws, max).on_upgrade(move |socket| async move {
+        tokio::spawn(serve::<P>(socket, state, opening));
+    })
+}
+
+/// One connection, from its upgrade to its close.
+async fn serve<P: Protocol>(socket: WebSocket, state: AppState, opening: P::Opening) {
+    let ticket = state.connections.open(P::TRANSPORT);
+    let (writer, out, stream) = SocketWriter::start(
+        socket,
+        state.config.ws_queue,
+        state.config.slow_consumer_timeout,
+        P::TRANSPORT,
+    );
+    let mut link = Link {
+        state,
+        id: ticket.id,
+        out,
+        viewer: None,
+        _presence: None,
+        _watch: None,
+    };
+    // Boxed: opening runs once, and its future need not stay part of every connection.
+    let end = match Box::pin(P::open(&mut link, opening)).await {
+        Ok(mut protocol) => {
+            let end = read_loop(&mut protocol, &mut link, stream).await;
+            // What the protocol runs stops before the connection is counted out.
+            drop(protocol);
+            end
+        }
+        Err(end) => end,
+    };
+    let domain = link.state.domain.clone();
+    drop(link);
+    match &end {
+        End::Gone => tracing::debug!(connection = ticket.id, "WebSocket closed by the peer"),
+        End::Close(code, reason) | End::CloseNow(code, reason) => {
+            tracing::debug!(connection = ticket.id, code, reason, "closing WebSocket")
+        }
+    }
+    Box::pin(writer.finish(end)).await;
+    domain.typing.connection_closed(ticket.id);
+    drop(ticket);
+}
+
+/// Reads frames and hands them to the protocol, and keeps the connection's deadlines, until
+/// the connection ends.
+async fn read_loop<P: Protocol>(
+    protocol: &mut P,
+    link: &mut Link,
+    mut stream: SplitStream<WebSocket>,
+) -> End {
+    let config = link.state.config.clone();
+    let now = Instant::now();
+    let mut last_heard = now;
+    let mut deadlines = Deadlines {
+        ping: now + config.ws_ping_interval,
+        init: (link.viewer.is_none() && P::CLOSES.init_timeout.is_some())
+            .then(|| now + config.ws_init_timeout),
+        expires: token_expiry(link.viewer.as_ref()),
+    };
+    let timer = tokio::time::sleep_until(deadlines.next());
+    tokio::pin!(timer);
+    let shutdown = link.state.shutdown.clone();
+    let out = link.out.clone();
+    loop {
+        tokio::select! {
+            frame = stream.next() => {
+                last_heard = Instant::now();
+                let end = match frame {
+                    None => Some(End::Gone),
+                    // Boxed: the handlers' database calls make large futures, which would
+                    // otherwise stay part of every idle connection's read loop.
+                    Some(Ok(Message::Text(text))) => {
+                        Box::pin(protocol.on_text(link, text.as_str())).await
+                    }
+                    Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
+                        Ok(text) => Box::pin(protocol.on_text(link, text)).await,
+                        Err(_) => Some(End::Close(P::NOT_TEXT.0, P::NOT_TEXT.1.into())),
+                    },
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                    Some(Ok(Message::Close(_))) => Some(End::Gone),
+                    Some(Err(e)) => Some(read_error(e)),
+                };
+                if let Some(end) = end {
+                    return end;
+                }
+                if deadlines.init.is_some() && link.viewer.is_some() {
+                    deadlines.init = None;
+                    deadlines.expires = token_expiry(link.viewer.as_ref());
+                }
+            }
+            () = &mut timer => {
+                let now = Instant::now();
+                if let (Some(at), Some((code, reason))) = (deadlines.init, P::CLOSES.init_timeout) {
+                    if at <= now {
+                        return End::Close(code, reason.into());
+                    }
+                }
+                if deadlines.expires.is_some_and(|at| at <= now) {
+                    return End::Close(P::CLOSES.unauthorised.0, "token expired".into());
+                }
+                if deadlines.ping <= now {
+                    deadlines.ping = now + config.ws_ping_interval;
+                    if last_heard.elapsed() > config.ws_idle_timeout {
+                        return End::Close(1001, "ping timeout".into());
+                    }
+                    if let Some(keepalive) = protocol.keepalive(link) {
+                        out.offer(Message::Text(Utf8Bytes::from(keepalive)));
+                    }
+                    // A WebSocket ping too: browsers answer it without any code of ours.
+                    out.offer(Message::Ping(Default::default()));
+                }
+            }
+            _ = shutdown.cancelled() => {
+                return End::Close(1001, "server shutting down".into());
+            }
+            end = out.attention(P::CLOSES.unauthorised.0) => return end,
+            () = protocol.background() => {}
+        }
+        deadlines.arm(timer.as_mut());
     }
 }

@@ -1,32 +1,28 @@
 //! GraphQL over WebSocket at `GET /graphql`, in both subprotocols: `graphql-transport-ws`
 //! (graphql-ws, current) and `graphql-ws` (subscriptions-transport-ws, legacy).
 //!
-//! async-graphql executes; this loop is ours because the built-in one does not meet the
-//! graphql-transport-ws protocol's close codes (4400, 4401, 4403, 4408, 4409, 4429). Each
-//! connection is a reader (this task) and a writer task joined by a bounded queue of frames
-//! (`socket.rs`); operations run as tasks the connection owns and hand the writer finished
+//! async-graphql executes; this protocol is ours because the built-in one does not meet the
+//! graphql-transport-ws protocol's close codes (4400, 4401, 4403, 4408, 4409, 4429). The
+//! connection itself (sign-in, keep-alive, queue, close) is the shared skeleton of
+//! `socket.rs`; operations run as tasks the connection owns and hand the writer finished
 //! frames.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_graphql::Request;
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::Query;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::task::{AbortHandle, JoinSet};
-use tokio::time::Instant;
 
 use super::cohort;
-use super::socket::{self, End, Outbox, SocketWriter, UserWatch};
+use super::socket::{self, Closes, End, Link, Outbox, Refused};
 use super::AppState;
 use crate::auth::{bearer, Viewer};
-use crate::domain::presence::PresenceGuard;
-use crate::domain::DomainError;
 use crate::graphql::errors::{is_request_error, stamp_codes};
 use crate::graphql::SocketConnection;
 use crate::metrics::Transport;
@@ -34,7 +30,7 @@ use crate::metrics::Transport;
 pub use super::socket::Connections;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Protocol {
+enum Subprotocol {
     /// `graphql-transport-ws`
     Transport,
     /// `graphql-ws`
@@ -49,22 +45,12 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let ws = ws.protocols(["graphql-transport-ws", "graphql-ws"]);
-    let protocol = match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
-        Some("graphql-ws") => Protocol::Legacy,
-        _ => Protocol::Transport,
+    let subprotocol = match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
+        Some("graphql-ws") => Subprotocol::Legacy,
+        _ => Subprotocol::Transport,
     };
-    // Browsers cannot set headers on a WebSocket: `?token=` stands in for Authorization.
-    let upgrade_token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer)
-        .map(str::to_owned)
-        .or_else(|| query.get("token").cloned());
-    let max = state.config.max_frame_bytes;
-    // The connection runs as a task of its own, so axum's upgrade task (and what it holds) ends.
-    socket::sized(ws, max).on_upgrade(move |socket| async move {
-        tokio::spawn(run(socket, state, protocol, upgrade_token));
-    })
+    let upgrade_token = socket::upgrade_token(&headers, &query);
+    socket::accept::<Connection>(ws, state, (subprotocol, upgrade_token))
 }
 
 /// A GET that is not an upgrade.
@@ -141,222 +127,116 @@ impl Running {
     }
 }
 
+/// One graphql-ws connection's own state: its subprotocol and operations.
 struct Connection {
-    state: AppState,
-    protocol: Protocol,
-    id: u64,
+    subprotocol: Subprotocol,
     upgrade_token: Option<String>,
-    out: Outbox,
-    init_received: bool,
-    viewer: Option<Viewer>,
     operations: Operations,
     tasks: JoinSet<()>,
     next_op: u64,
-    _presence: Option<PresenceGuard>,
-    /// Set once signed in: cancelled when an admin disconnects the user.
-    watch: Option<UserWatch>,
 }
 
-async fn run(
-    socket: WebSocket,
-    state: AppState,
-    protocol: Protocol,
-    upgrade_token: Option<String>,
-) {
-    let ticket = state.connections.open(Transport::GraphqlWs);
-    let (writer, out, stream) = SocketWriter::start(
-        socket,
-        state.config.ws_queue,
-        state.config.slow_consumer_timeout,
-        Transport::GraphqlWs,
-    );
-    let mut conn = Connection {
-        state: state.clone(),
-        protocol,
-        id: ticket.id,
-        upgrade_token,
-        out,
-        init_received: false,
-        viewer: None,
-        operations: Arc::default(),
-        tasks: JoinSet::new(),
-        next_op: 0,
-        _presence: None,
-        watch: None,
+impl socket::Protocol for Connection {
+    type Opening = (Subprotocol, Option<String>);
+    const TRANSPORT: Transport = Transport::GraphqlWs;
+    const CLOSES: Closes = Closes {
+        unauthorised: (4403, "Forbidden"),
+        internal: 4500,
+        init_timeout: Some((4408, "Connection initialisation timeout")),
     };
-    let end = conn.read_loop(stream).await;
-    // Stop every operation, then close: their frames already queued are written first.
-    conn.tasks.abort_all();
-    let typing_connection = conn.id;
-    drop(conn);
-    match &end {
-        End::Gone => tracing::debug!(
-            connection = typing_connection,
-            "WebSocket closed by the peer"
-        ),
-        End::Close(code, reason) | End::CloseNow(code, reason) => {
-            tracing::debug!(
-                connection = typing_connection,
-                code,
-                reason,
-                "closing WebSocket"
-            )
-        }
-    }
-    Box::pin(writer.finish(end)).await;
-    state.domain.typing.connection_closed(typing_connection);
-    drop(ticket);
-}
+    const NOT_TEXT: (u16, &'static str) = (4400, "Invalid message received");
 
-impl Connection {
-    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) -> End {
-        let config = self.state.config.clone();
-        let mut last_heard = Instant::now();
-        let mut deadlines = socket::Deadlines {
-            ping: Instant::now() + config.ws_ping_interval,
-            init: Some(Instant::now() + config.ws_init_timeout),
-            expires: None,
-        };
-        let timer = tokio::time::sleep_until(deadlines.next());
-        tokio::pin!(timer);
-        let shutdown = self.state.shutdown.clone();
-        let out = self.out.clone();
-        loop {
-            tokio::select! {
-                frame = stream.next() => {
-                    last_heard = Instant::now();
-                    let end = match frame {
-                        None => Some(End::Gone),
-                        // Boxed: the handlers' database calls make large futures, which would
-                        // otherwise stay part of every idle connection's read loop.
-                        Some(Ok(Message::Text(text))) => Box::pin(self.on_text(text.as_str())).await,
-                        Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
-                            Ok(text) => Box::pin(self.on_text(text)).await,
-                            Err(_) => Some(End::Close(4400, "Invalid message received".into())),
-                        },
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
-                        Some(Ok(Message::Close(_))) => Some(End::Gone),
-                        Some(Err(e)) => Some(socket::read_error(e)),
-                    };
-                    if let Some(end) = end {
-                        return end;
-                    }
-                    if self.init_received && deadlines.init.take().is_some() {
-                        deadlines.expires = socket::token_expiry(self.viewer.as_ref());
-                    }
-                }
-                () = &mut timer => {
-                    let now = Instant::now();
-                    if deadlines.init.is_some_and(|at| at <= now) {
-                        return End::Close(4408, "Connection initialisation timeout".into());
-                    }
-                    if deadlines.expires.is_some_and(|at| at <= now) {
-                        return End::Close(4403, "token expired".into());
-                    }
-                    if deadlines.ping <= now {
-                        deadlines.ping = now + config.ws_ping_interval;
-                        if last_heard.elapsed() > config.ws_idle_timeout {
-                            return End::Close(1001, "ping timeout".into());
-                        }
-                        let keepalive = match self.protocol {
-                            Protocol::Transport => Some(json!({ "type": "ping" })),
-                            Protocol::Legacy if self.viewer.is_some() => Some(json!({ "type": "ka" })),
-                            Protocol::Legacy => None,
-                        };
-                        if let Some(k) = keepalive {
-                            self.send(&k);
-                        }
-                        // A WebSocket ping too: browsers answer it without any code of ours.
-                        self.out.offer(Message::Ping(Default::default()));
-                    }
-                }
-                _ = shutdown.cancelled() => {
-                    return End::Close(1001, "server shutting down".into());
-                }
-                attention = out.attention() => return attention.end(4403),
-                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
-            }
-            deadlines.arm(timer.as_mut());
-        }
+    async fn open(
+        _link: &mut Link,
+        (subprotocol, upgrade_token): Self::Opening,
+    ) -> Result<Self, End> {
+        Ok(Connection {
+            subprotocol,
+            upgrade_token,
+            operations: Arc::default(),
+            tasks: JoinSet::new(),
+            next_op: 0,
+        })
     }
 
-    /// Queues a control-plane frame; one that does not fit is dropped (the peer is not reading).
-    fn send(&self, value: &Value) {
-        self.out
-            .offer(Message::Text(Utf8Bytes::from(value.to_string())));
-    }
-
-    async fn on_text(&mut self, text: &str) -> Option<End> {
+    async fn on_text(&mut self, link: &mut Link, text: &str) -> Option<End> {
         let Ok(Value::Object(message)) = serde_json::from_str::<Value>(text) else {
             return Some(End::Close(4400, "Invalid message received".into()));
         };
         let kind = message.get("type").and_then(Value::as_str).unwrap_or("");
         let id = message.get("id").and_then(Value::as_str).map(str::to_owned);
         let payload = message.get("payload").cloned().unwrap_or(Value::Null);
-        match (self.protocol, kind) {
-            (_, "connection_init") => self.on_init(&payload).await,
-            (Protocol::Transport, "ping") => {
+        let out = &link.out;
+        match (self.subprotocol, kind) {
+            (_, "connection_init") => self.on_init(link, &payload).await,
+            (Subprotocol::Transport, "ping") => {
                 let mut pong = json!({ "type": "pong" });
                 if !payload.is_null() {
                     pong["payload"] = payload;
                 }
-                self.send(&pong);
+                send(out, &pong);
                 None
             }
-            (Protocol::Transport, "pong") => None,
-            (Protocol::Transport, "subscribe") | (Protocol::Legacy, "start") => {
-                if self.viewer.is_none() {
-                    return match self.protocol {
-                        Protocol::Transport => Some(End::Close(4401, "Unauthorized".into())),
-                        Protocol::Legacy => {
-                            self.send(&json!({ "type": "error", "id": id,
-                                "payload": { "message": "send connection_init first" } }));
+            (Subprotocol::Transport, "pong") => None,
+            (Subprotocol::Transport, "subscribe") | (Subprotocol::Legacy, "start") => {
+                if link.viewer().is_none() {
+                    return match self.subprotocol {
+                        Subprotocol::Transport => Some(End::Close(4401, "Unauthorized".into())),
+                        Subprotocol::Legacy => {
+                            send(
+                                out,
+                                &json!({ "type": "error", "id": id,
+                                "payload": { "message": "send connection_init first" } }),
+                            );
                             None
                         }
                     };
                 }
                 let Some(id) = id.filter(|id| !id.is_empty()) else {
-                    return self.invalid("subscribe needs an id");
+                    return self.invalid(out, "subscribe needs an id");
                 };
                 // The query may be absent when a persisted query's hash stands for it.
                 let Ok(request) = serde_json::from_value::<Request>(payload.clone()) else {
-                    return self.invalid("subscribe needs a payload with a query");
+                    return self.invalid(out, "subscribe needs a payload with a query");
                 };
                 if request.query.is_empty() && !request.extensions.contains_key("persistedQuery") {
-                    return self.invalid("subscribe needs a payload with a query");
+                    return self.invalid(out, "subscribe needs a payload with a query");
                 }
                 if self.lock_ops().contains(&id) {
-                    return match self.protocol {
-                        Protocol::Transport => Some(End::Close(
+                    return match self.subprotocol {
+                        Subprotocol::Transport => Some(End::Close(
                             4409,
                             format!("Subscriber for {id} already exists"),
                         )),
                         // subscriptions-transport-ws replaces an operation started again.
-                        Protocol::Legacy => {
+                        Subprotocol::Legacy => {
                             self.stop(&id);
-                            self.start(id, request);
+                            self.start(link, id, request);
                             None
                         }
                     };
                 }
-                let max = self.state.config.max_subscriptions;
+                let max = link.state.config.max_subscriptions;
                 if self.lock_ops().len() >= max {
                     let message = format!("at most {max} operations at once on one connection");
-                    self.send(&json!({ "id": id, "type": "error", "payload": [
+                    send(
+                        out,
+                        &json!({ "id": id, "type": "error", "payload": [
                         { "message": message, "extensions": { "code": "RATE_LIMITED" } }
-                    ] }));
+                    ] }),
+                    );
                     return None;
                 }
-                self.start(id, request);
+                self.start(link, id, request);
                 None
             }
-            (Protocol::Transport, "complete") | (Protocol::Legacy, "stop") => {
+            (Subprotocol::Transport, "complete") | (Subprotocol::Legacy, "stop") => {
                 if let Some(id) = id {
                     self.stop(&id);
                 }
                 None
             }
-            (Protocol::Legacy, "connection_terminate") => {
+            (Subprotocol::Legacy, "connection_terminate") => {
                 Some(End::Close(1000, "terminated".into()))
             }
             (_, other) => {
@@ -365,65 +245,68 @@ impl Connection {
                 } else {
                     format!("unknown message type {other:?}")
                 };
-                self.invalid(&what)
+                self.invalid(out, &what)
             }
         }
     }
 
+    fn keepalive(&self, link: &Link) -> Option<String> {
+        match self.subprotocol {
+            Subprotocol::Transport => Some(json!({ "type": "ping" }).to_string()),
+            Subprotocol::Legacy if link.viewer().is_some() => {
+                Some(json!({ "type": "ka" }).to_string())
+            }
+            Subprotocol::Legacy => None,
+        }
+    }
+
+    async fn background(&mut self) {
+        if self.tasks.join_next().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Queues a control-plane frame; one that does not fit is dropped (the peer is not reading).
+fn send(out: &Outbox, value: &Value) {
+    out.offer(axum::extract::ws::Message::Text(value.to_string().into()));
+}
+
+impl Connection {
     /// A well-formed JSON message this protocol does not allow: graphql-transport-ws closes with
     /// 4400, the legacy protocol answers with an error and stays open.
-    fn invalid(&self, what: &str) -> Option<End> {
-        match self.protocol {
-            Protocol::Transport => Some(End::Close(
+    fn invalid(&self, out: &Outbox, what: &str) -> Option<End> {
+        match self.subprotocol {
+            Subprotocol::Transport => Some(End::Close(
                 4400,
                 format!("Invalid message received: {what}"),
             )),
-            Protocol::Legacy => {
-                self.send(&json!({ "type": "error", "payload": { "message": what } }));
+            Subprotocol::Legacy => {
+                send(
+                    out,
+                    &json!({ "type": "error", "payload": { "message": what } }),
+                );
                 None
             }
         }
     }
 
-    async fn on_init(&mut self, payload: &Value) -> Option<End> {
-        if self.init_received {
+    async fn on_init(&mut self, link: &mut Link, payload: &Value) -> Option<End> {
+        if link.viewer().is_some() {
             return Some(End::Close(4429, "Too many initialisation requests".into()));
         }
-        self.init_received = true;
-        let token = token_from_init(payload).or_else(|| self.upgrade_token.clone());
-        let (viewer, user) = match token {
-            None => (Viewer::Anonymous, None),
-            Some(token) => match self.state.domain.sign_in(&token).await {
-                Ok(signed_in) => (signed_in.viewer, Some(signed_in.user)),
-                Err(e) => {
-                    tracing::debug!(error = %e, "connection_init refused");
-                    if self.protocol == Protocol::Legacy {
-                        self.send(&json!({ "type": "connection_error",
-                            "payload": { "message": e.to_string() } }));
-                    }
-                    return Some(End::Close(4403, "Forbidden".into()));
-                }
-            },
-        };
-        if let Some(user) = &user {
-            match self.state.domain.open_connection(user).await {
-                Ok(guard) => self._presence = Some(guard),
-                Err(DomainError::TooManyConnections) => {
-                    return Some(End::Close(1008, "too many connections".into()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "presence: could not count a connection");
-                    return Some(End::Close(4500, "Internal error".into()));
-                }
+        let token = token_from_init(payload).or_else(|| self.upgrade_token.take());
+        if let Err(refused) = link.sign_in(token.as_deref(), None).await {
+            if let (Subprotocol::Legacy, Refused::Token(why)) = (self.subprotocol, &refused) {
+                send(
+                    &link.out,
+                    &json!({ "type": "connection_error",
+                    "payload": { "message": why } }),
+                );
             }
-            self.watch = Some(
-                self.state
-                    .connections
-                    .watch_user(&user.id, self.id, &self.out),
-            );
+            return Some(refused.end::<Self>());
         }
-        self.viewer = Some(viewer);
-        self.send(&json!({ "type": "connection_ack" }));
+        send(&link.out, &json!({ "type": "connection_ack" }));
         None
     }
 
@@ -438,24 +321,24 @@ impl Connection {
         }
     }
 
-    fn start(&mut self, id: String, request: Request) {
-        let viewer = self.viewer.clone().unwrap_or(Viewer::Anonymous);
+    fn start(&mut self, link: &Link, id: String, request: Request) {
+        let viewer = link.viewer().cloned().unwrap_or(Viewer::Anonymous);
         self.next_op += 1;
         let op = Operation {
             id: id.clone(),
             seq: self.next_op,
-            protocol: self.protocol,
-            out: self.out.clone(),
+            subprotocol: self.subprotocol,
+            out: link.out.clone(),
             operations: self.operations.clone(),
         };
-        let schema = self.state.schema.clone();
         let handle = match cohort::shareable(&request) {
             Some(shareable) => {
-                let state = self.state.clone();
+                let state = link.state.clone();
                 self.tasks.spawn(op.join_cohort(state, viewer, shareable))
             }
             None => {
-                let request = request.data(viewer).data(SocketConnection(self.id));
+                let schema = link.state.schema.clone();
+                let request = request.data(viewer).data(SocketConnection(link.id));
                 self.tasks.spawn(op.run(schema, request))
             }
         };
@@ -472,7 +355,7 @@ fn lock_operations(operations: &Mutex<OpTable>) -> std::sync::MutexGuard<'_, OpT
 struct Operation {
     id: String,
     seq: u64,
-    protocol: Protocol,
+    subprotocol: Subprotocol,
     out: Outbox,
     operations: Operations,
 }
@@ -491,9 +374,9 @@ impl Operation {
                 return;
             }
             first = false;
-            let kind = match self.protocol {
-                Protocol::Transport => "next",
-                Protocol::Legacy => "data",
+            let kind = match self.subprotocol {
+                Subprotocol::Transport => "next",
+                Subprotocol::Legacy => "data",
             };
             if !self
                 .push(json!({ "id": self.id, "type": kind, "payload": response }))
@@ -513,9 +396,9 @@ impl Operation {
     /// membership to the connection: the task ends there, and the cohort queues the member's
     /// frames and, when it ends, its `complete`.
     async fn join_cohort(self, state: AppState, viewer: Viewer, shareable: cohort::Shareable) {
-        let data_type = match self.protocol {
-            Protocol::Transport => "next",
-            Protocol::Legacy => "data",
+        let data_type = match self.subprotocol {
+            Subprotocol::Transport => "next",
+            Subprotocol::Legacy => "data",
         };
         let field = shareable.field();
         let joined = state

@@ -821,8 +821,9 @@ impl LegacyClient {
         let mut c = Self::open(server, path).await;
         let welcome = c.next().await;
         assert!(
-            welcome["type"] == "system" || welcome["type"] == "connection",
-            "a welcome first: {welcome}"
+            ["system", "connection", "online_users"]
+                .contains(&welcome["type"].as_str().unwrap_or("")),
+            "a welcome (or the conversations greeting) first: {welcome}"
         );
         c
     }

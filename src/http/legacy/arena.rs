@@ -36,25 +36,25 @@ pub(super) fn frame(
             "timestamp": timestamp(),
         }),
         // The presence stream tells every status; the chat tells who joined and left.
-        Outgoing::Presence { user, change, .. } if purpose == Purpose::Presence => {
-            let status = match change {
-                PresenceChange::Online(s) | PresenceChange::Status(s) => status_name(*s),
+        Outgoing::Presence(p) if purpose == Purpose::Presence => {
+            let status = match p.change {
+                PresenceChange::Online(s) | PresenceChange::Status(s) => status_name(s),
                 PresenceChange::Offline => "offline",
             };
             json!({
                 "type": "presence",
-                "user_id": user.id,
+                "user_id": p.user_id,
                 "status": status,
                 "timestamp": timestamp(),
             })
         }
-        Outgoing::Presence { user, change, .. } => {
-            let kind = match change {
+        Outgoing::Presence(p) => {
+            let kind = match p.change {
                 PresenceChange::Online(_) => "user_joined",
                 PresenceChange::Offline => "user_left",
                 PresenceChange::Status(_) => return None,
             };
-            json!({ "type": kind, "user_id": user.id, "timestamp": timestamp() })
+            json!({ "type": kind, "user_id": p.user_id, "timestamp": timestamp() })
         }
         Outgoing::Notification(n) => json!({
             "type": "notification",

@@ -9,6 +9,15 @@ use super::{iso, sender_id, Outgoing, PresenceChange};
 /// The table; `None` for an event without a row here (it falls back to its `rooms` shape).
 pub(super) fn frame(event: &Outgoing<'_>, timestamp: &dyn Fn() -> String) -> Option<Value> {
     Some(match event {
+        // The greeting: the user's online contacts, in place of the welcome.
+        Outgoing::Welcome {
+            contacts: Some(users),
+            ..
+        } => json!({
+            "type": "online_users",
+            "users": users,
+            "timestamp": timestamp(),
+        }),
         Outgoing::Joined { room } => json!({
             "type": "conversation_joined",
             "conversation_id": room,
@@ -36,15 +45,15 @@ pub(super) fn frame(event: &Outgoing<'_>, timestamp: &dyn Fn() -> String) -> Opt
             "is_typing": t.is_typing,
             "timestamp": timestamp(),
         }),
-        Outgoing::Presence { user, change, .. } => {
-            let online = match change {
+        Outgoing::Presence(p) => {
+            let online = match p.change {
                 PresenceChange::Online(_) => true,
                 PresenceChange::Offline => false,
                 PresenceChange::Status(_) => return None,
             };
             json!({
                 "type": "presence_update",
-                "user_id": user.id,
+                "user_id": p.user_id,
                 "online": online,
                 "timestamp": timestamp(),
             })

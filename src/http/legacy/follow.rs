@@ -1,27 +1,23 @@
-//! What a legacy socket follows: each a task that reads a domain feed (already authorised by
-//! the domain) or a hub topic and writes its events to the socket as frames. The socket owns
+//! What a legacy socket follows: each a task that reads a domain feed (already authorised and
+//! filtered by the domain) and writes its events to the socket as frames. The socket owns
 //! them in its `Follows`, which stops them when the socket ends.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
-use super::{Frames, Outgoing, PresenceChange};
-use crate::auth::AuthUser;
-use crate::db::notification;
+use super::{Frames, Notice, Outgoing};
+use crate::domain::contacts::ContactPresence;
 use crate::domain::feeds::TypingView;
 use crate::domain::leaderboard::ranked;
 use crate::domain::messages::{MessageKind, MessageView};
-use crate::domain::presence::PresenceStatus;
 use crate::domain::{Domain, DomainError, DomainResult};
 use crate::http::socket::EventStamp;
 use crate::hub::event::{ChannelEvent, LeaderboardChanged};
-use crate::hub::TopicReceiver;
-use crate::hub::{Event, RecvError};
 use crate::metrics;
 
 /// One thing a socket follows.
@@ -31,7 +27,7 @@ pub(crate) enum Follow {
     Room(String),
     /// The user's own notifications.
     Notifications,
-    /// Users sharing a room with the user (everyone, for admins) going online and offline.
+    /// The user's contacts going online and offline (`Domain::contacts_presence_feed`).
     Presence,
     Leaderboard,
     /// A channel, by its full name.
@@ -74,37 +70,6 @@ impl Drop for Follows {
         for task in self.tasks.values() {
             task.abort();
         }
-    }
-}
-
-/// The rooms the socket's user belongs to, which decide whose presence the socket is told:
-/// loaded when the socket opens, kept up by its own joins and leaves and by the user's own
-/// presence events (which carry their rooms).
-#[derive(Clone, Default)]
-pub(crate) struct MemberRooms(Arc<Mutex<HashSet<String>>>);
-
-impl MemberRooms {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn replace(&self, rooms: &[String]) {
-        let mut mine = self.lock();
-        mine.clear();
-        mine.extend(rooms.iter().cloned());
-    }
-
-    pub(crate) fn add(&self, room: &str) {
-        self.lock().insert(room.to_owned());
-    }
-
-    pub(crate) fn remove(&self, room: &str) {
-        self.lock().remove(room);
-    }
-
-    fn share_any(&self, rooms: &[String]) -> bool {
-        let mine = self.lock();
-        rooms.iter().any(|r| mine.contains(r))
     }
 }
 
@@ -172,62 +137,11 @@ pub(crate) async fn send_message(domain: &Domain, view: &MessageView, frames: &F
     frames.send(&event, at).await
 }
 
-/// Presence of the users who share a room with `me` (everyone's for admins), never `me`'s own,
-/// as changes: the hub carries each user's state after every change (a connection more or
-/// less included), and this socket tells only what it has not told yet.
-pub(crate) async fn presence(
-    mut live: TopicReceiver,
-    me: AuthUser,
-    rooms: MemberRooms,
-    frames: Frames,
-) {
-    // The status last told per user; only users in the audience get an entry, and going
-    // offline removes it, so it holds at most the online users the socket can see.
-    let mut told: HashMap<String, PresenceStatus> = HashMap::new();
-    loop {
-        let event = match live.recv().await {
-            Ok(event) => event,
-            // Presence is a state: the next change of a user tells it again.
-            Err(RecvError::Lagged(missed)) => {
-                tracing::debug!(missed, "legacy /ws presence follower lagged");
-                continue;
-            }
-            Err(RecvError::Closed) => return,
-        };
-        let Event::Presence(p) = &*event else {
-            continue;
-        };
-        let status = crate::domain::wire::presence_status(p.status);
-        if p.user.id == me.id {
-            rooms.replace(&p.rooms);
-            continue;
-        }
-        if !me.is_admin() && !rooms.share_any(&p.rooms) {
-            continue;
-        }
-        let change = match (status, told.get(&p.user.id)) {
-            (PresenceStatus::Offline, _) => {
-                told.remove(&p.user.id);
-                PresenceChange::Offline
-            }
-            (status, None) => {
-                told.insert(p.user.id.clone(), status);
-                PresenceChange::Online(status)
-            }
-            (status, Some(before)) if *before != status => {
-                told.insert(p.user.id.clone(), status);
-                PresenceChange::Status(status)
-            }
-            // Only the number of their connections changed.
-            _ => continue,
-        };
-        let user = crate::domain::wire::user_of(&p.user);
-        let event = Outgoing::Presence {
-            user: &user,
-            change,
-            at: p.at,
-        };
-        if !frames.send(&event, stamp(metrics::PRESENCE, p.at)).await {
+/// The presence of the user's contacts, as the domain tells its changes.
+pub(crate) async fn presence(mut changes: BoxStream<'static, ContactPresence>, frames: Frames) {
+    while let Some(change) = changes.next().await {
+        let at = stamp(metrics::PRESENCE, change.at);
+        if !frames.send(&Outgoing::Presence(&change), at).await {
             return;
         }
     }
@@ -235,7 +149,7 @@ pub(crate) async fn presence(
 
 /// The user's notifications as they are stored.
 pub(crate) async fn notifications(
-    mut feed: BoxStream<'static, DomainResult<notification::Model>>,
+    mut feed: BoxStream<'static, DomainResult<Notice>>,
     frames: Frames,
 ) {
     while let Some(item) = feed.next().await {

@@ -1,16 +1,19 @@
-//! The pieces of the legacy JSON protocol (LEGACY_WS.md) that are not the socket loop itself:
-//! what a client may send (`inbound`), what the server tells a client (`Outgoing`) and how
-//! each dialect names and shapes it (one table per dialect: `rooms`, `conversations`,
-//! `arena`), and the tasks that turn domain feeds into frames (`follow`).
+//! The legacy JSON protocol (LEGACY_WS.md): its endpoints and connections (`socket`), what a
+//! client may send (`inbound`), what the server tells a client (`Outgoing`) and how each
+//! dialect names and shapes it (one table per dialect: `rooms`, `conversations`, `arena`),
+//! and the tasks that turn domain feeds into frames (`follow`).
 //!
 //! None of it holds a rule: every decision about rights, input and audiences of rooms comes
 //! from the domain; this layer only translates.
 
 mod arena;
 mod conversations;
-pub(crate) mod follow;
+mod follow;
 pub(crate) mod inbound;
 mod rooms;
+mod socket;
+
+pub(crate) use socket::router;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use serde_json::{Map, Value};
 
 use super::socket::{EventStamp, Outbox};
 use crate::auth::AuthUser;
-use crate::db::{notification, user};
+use crate::domain::contacts::{ContactPresence, PresenceChange};
 use crate::domain::feeds::TypingView;
 use crate::domain::leaderboard::RankedEntry;
 use crate::domain::messages::MessageView;
@@ -53,21 +56,14 @@ impl Dialect {
         }
     }
 
+    /// 1, 2, 3 in the order declared: 0 is "none chosen" in a `DialectChoice`.
     fn code(self) -> u8 {
-        match self {
-            Dialect::Rooms => 1,
-            Dialect::Conversations => 2,
-            Dialect::Arena => 3,
-        }
+        self as u8 + 1
     }
 
     fn from_code(code: u8) -> Option<Self> {
-        match code {
-            1 => Some(Dialect::Rooms),
-            2 => Some(Dialect::Conversations),
-            3 => Some(Dialect::Arena),
-            _ => None,
-        }
+        let all = [Dialect::Rooms, Dialect::Conversations, Dialect::Arena];
+        all.get(usize::from(code).checked_sub(1)?).copied()
     }
 }
 
@@ -111,22 +107,25 @@ pub(crate) enum Purpose {
     Leaderboard,
 }
 
-/// How a user's presence changed, as one socket saw it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum PresenceChange {
-    /// Online (with this status) where the socket had not seen them online.
-    Online(PresenceStatus),
-    /// Still online, with another status (AWAY, BUSY, ONLINE again).
-    Status(PresenceStatus),
-    Offline,
+/// A notification as the legacy frames show it.
+pub(crate) struct Notice {
+    pub(crate) id: i64,
+    pub(crate) kind: String,
+    pub(crate) level: String,
+    pub(crate) title: String,
+    pub(crate) body: Option<String>,
+    pub(crate) data: Option<Value>,
+    pub(crate) created_at: DateTime<Utc>,
 }
 
 /// Something the server tells a legacy client, before a dialect names and shapes it.
 pub(crate) enum Outgoing<'a> {
-    /// The first frame of a socket of the general protocol.
+    /// The first frame of a socket of the general protocol. `contacts`: the user's online
+    /// contacts (themself included), for a dialect that greets with them.
     Welcome {
         user: Option<&'a AuthUser>,
         online_count: usize,
+        contacts: Option<&'a [String]>,
     },
     /// The answer to joining a room.
     Joined {
@@ -141,12 +140,8 @@ pub(crate) enum Outgoing<'a> {
         members: &'a [String],
     },
     Typing(&'a TypingView),
-    Presence {
-        user: &'a user::Model,
-        change: PresenceChange,
-        at: DateTime<Utc>,
-    },
-    Notification(&'a notification::Model),
+    Presence(&'a ContactPresence),
+    Notification(&'a Notice),
     Leaderboard(&'a [RankedEntry]),
     /// The answer to `get_online_status`: which of the asked-for users are online.
     OnlineUsers(&'a [String]),
@@ -172,7 +167,7 @@ impl Outgoing<'_> {
         match self {
             Outgoing::Message(m) => m.message.created_at,
             Outgoing::Typing(t) => t.at,
-            Outgoing::Presence { at, .. } => *at,
+            Outgoing::Presence(p) => p.at,
             Outgoing::Channel(e) => e.at,
             _ => Utc::now(),
         }
@@ -238,11 +233,6 @@ impl Frames {
         }
     }
 
-    /// The socket's queue itself, for what is not an event: pings, and noticing a stall.
-    pub(crate) fn outbox(&self) -> &Outbox {
-        &self.outbox
-    }
-
     pub(crate) async fn error(&self, code: &str, message: &str) -> bool {
         self.send(&Outgoing::Error { code, message }, None).await
     }
@@ -255,7 +245,7 @@ fn object<const N: usize>(fields: [(&str, Value); N]) -> Map<String, Value> {
 
 /// A notification's `data` object, the same in every dialect: GraphQL's fields plus `message`
 /// (the text to show) and `type` (the level in lower case), as older notification UIs read it.
-fn notification_data(n: &notification::Model) -> Value {
+fn notification_data(n: &Notice) -> Value {
     let message = n.body.clone().unwrap_or_else(|| n.title.clone());
     Value::Object(object([
         ("id", n.id.to_string().into()),
@@ -312,6 +302,7 @@ mod tests {
         let welcome = Outgoing::Welcome {
             user: None,
             online_count: 2,
+            contacts: None,
         };
         let frame = render(Dialect::Conversations, Purpose::Chat, &welcome).expect("a frame");
         assert_eq!(frame["type"], "system");
@@ -329,23 +320,13 @@ mod tests {
 
     #[test]
     fn status_changes_are_not_told_where_only_online_and_offline_are() {
-        let user = user::Model {
-            id: "42".into(),
+        let change = ContactPresence {
+            user_id: "42".into(),
             username: "alice".into(),
-            password_hash: None,
-            role: "user".into(),
-            points: 0,
-            status: "AWAY".into(),
-            last_seen_at: None,
-            created_at: Utc::now(),
-            notification_seq: 0,
-            tokens_revoked_at: None,
-        };
-        let away = Outgoing::Presence {
-            user: &user,
             change: PresenceChange::Status(PresenceStatus::Away),
             at: Utc::now(),
         };
+        let away = Outgoing::Presence(&change);
         assert!(render(Dialect::Rooms, Purpose::Chat, &away).is_none());
         assert!(render(Dialect::Conversations, Purpose::Chat, &away).is_none());
         assert!(render(Dialect::Arena, Purpose::Chat, &away).is_none());

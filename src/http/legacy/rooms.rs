@@ -47,7 +47,9 @@ fn wrapped(kind: &str, data: Value) -> Shape {
 /// The table; `None` for what this dialect does not tell (a status change).
 pub(super) fn frame(event: &Outgoing<'_>) -> Option<Shape> {
     Some(match event {
-        Outgoing::Welcome { user, online_count } => Shape::Flat(object([
+        Outgoing::Welcome {
+            user, online_count, ..
+        } => Shape::Flat(object([
             ("type", "system".into()),
             ("message", "Connected successfully".into()),
             ("user_id", user.map_or(Value::Null, |u| u.id.clone().into())),
@@ -80,15 +82,15 @@ pub(super) fn frame(event: &Outgoing<'_>) -> Option<Shape> {
             ("room", t.room_id.clone().into()),
             ("is_typing", t.is_typing.into()),
         ])),
-        Outgoing::Presence { user, change, .. } => {
-            let kind = match change {
+        Outgoing::Presence(p) => {
+            let kind = match p.change {
                 PresenceChange::Online(_) => "user.online",
                 PresenceChange::Offline => "user.offline",
                 PresenceChange::Status(_) => return None,
             };
             wrapped(
                 kind,
-                json!({ "user_id": user.id, "username": user.username }),
+                json!({ "user_id": p.user_id, "username": p.username }),
             )
         }
         Outgoing::Notification(n) => wrapped("notification", notification_data(n)),
