@@ -7,6 +7,7 @@
 //! (`super::super::x`). Inline `mod name { … }` blocks are followed, so `super` inside them
 //! resolves to the right module.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -140,6 +141,118 @@ async fn health(state: &State) -> bool {
 }
 
 /// Every `.rs` file under `dir`, in a stable order.
+/// The domain's modules form layers: no module reaches, through the others, back to itself
+/// (`mod.rs`, which holds the `Domain` every service extends, is their common root and not
+/// counted).
+#[test]
+fn the_domain_modules_import_each_other_without_circles() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/domain");
+    let mut files = Vec::new();
+    rust_files(&dir, &mut files);
+    let modules: Vec<(String, String)> = files
+        .iter()
+        .filter_map(|f| {
+            let name = f.file_stem()?.to_string_lossy().into_owned();
+            (name != "mod" && f.parent() == Some(dir.as_path()))
+                .then(|| Some((name, fs::read_to_string(f).ok()?)))
+                .flatten()
+        })
+        .collect();
+    let names: BTreeSet<String> = modules.iter().map(|(n, _)| n.clone()).collect();
+    let graph: Vec<(String, BTreeSet<String>)> = modules
+        .iter()
+        .map(|(name, source)| (name.clone(), sibling_imports(source, &names, name)))
+        .collect();
+    let cycles = cycles(&graph);
+    assert!(
+        cycles.is_empty(),
+        "domain modules import each other in a circle: {}",
+        cycles.join("; ")
+    );
+}
+
+/// The checker of circles itself: a circle in a small graph is found, a layered one passes.
+#[test]
+fn the_circle_checker_finds_a_circle() {
+    let edge = |from: &str, to: &[&str]| {
+        (
+            from.to_owned(),
+            to.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<_>>(),
+        )
+    };
+    let layered = vec![edge("a", &["b"]), edge("b", &["c"]), edge("c", &[])];
+    assert!(cycles(&layered).is_empty());
+    let circled = vec![edge("a", &["b"]), edge("b", &["c"]), edge("c", &["a"])];
+    assert_eq!(cycles(&circled), vec!["a → b → c → a".to_owned()]);
+    let names: BTreeSet<String> = ["rooms", "messages"].map(str::to_owned).into();
+    let source = "use super::{rooms::validate, Domain};\nfn f() { crate::domain::messages::x(); }";
+    assert_eq!(
+        sibling_imports(source, &names, "feeds"),
+        names,
+        "both forms of a sibling import are seen"
+    );
+}
+
+/// The sibling modules `source` names: `super::x` (not climbing further) and
+/// `crate::domain::x`, in paths and `{…}` groups.
+fn sibling_imports(source: &str, names: &BTreeSet<String>, me: &str) -> BTreeSet<String> {
+    let tokens = tokenize(source);
+    let mut out = BTreeSet::new();
+    for i in 0..tokens.len() {
+        if after_path_sep(&tokens, i) || text(tokens.get(i + 1)) != "::" {
+            continue;
+        }
+        let start = match tokens[i].text.as_str() {
+            "super" if text(tokens.get(i + 2)) != "super" => i + 2,
+            "crate" if text(tokens.get(i + 2)) == "domain" && text(tokens.get(i + 3)) == "::" => {
+                i + 4
+            }
+            _ => continue,
+        };
+        for target in first_segments(&tokens, start) {
+            if names.contains(&target) && target != me {
+                out.insert(target);
+            }
+        }
+    }
+    out
+}
+
+/// Every circle in `graph`, each named once from its first member.
+fn cycles(graph: &[(String, BTreeSet<String>)]) -> Vec<String> {
+    fn visit(
+        node: &str,
+        graph: &[(String, BTreeSet<String>)],
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+        found: &mut Vec<String>,
+    ) {
+        if let Some(pos) = path.iter().position(|p| p == node) {
+            let mut circle = path[pos..].to_vec();
+            circle.push(node.to_owned());
+            found.push(circle.join(" → "));
+            return;
+        }
+        if done.contains(node) {
+            return;
+        }
+        path.push(node.to_owned());
+        if let Some((_, next)) = graph.iter().find(|(n, _)| n == node) {
+            for n in next {
+                visit(n, graph, path, done, found);
+            }
+        }
+        path.pop();
+        done.insert(node.to_owned());
+    }
+    let mut found = Vec::new();
+    let mut done = BTreeSet::new();
+    for (node, _) in graph {
+        visit(node, graph, &mut Vec::new(), &mut done, &mut found);
+    }
+    found
+}
+
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let mut entries: Vec<PathBuf> = fs::read_dir(dir)
         .expect("read a source directory")

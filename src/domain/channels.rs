@@ -79,7 +79,7 @@ impl Channel {
         match kind {
             "public" if is_name(rest) => Ok(Channel::Public(rest.to_owned())),
             "role" if is_name(rest) => Ok(Channel::Role(rest.to_owned())),
-            "room" if super::rooms::validate_room_id(rest).is_ok() => {
+            "room" if super::records::validate_room_id(rest).is_ok() => {
                 Ok(Channel::Room(rest.to_owned()))
             }
             "user"

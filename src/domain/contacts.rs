@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use futures_util::stream::BoxStream;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 
-use super::presence::PresenceStatus;
+use super::records::PresenceStatus;
 use super::wire;
 use super::{require_user, Domain, DomainResult};
 use crate::auth::Viewer;

@@ -15,18 +15,13 @@ use futures_util::{Stream, StreamExt};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::leaderboard::validate_limit;
-use super::messages::{parse_message_id, MessageView};
-use super::presence::PresenceStatus;
-use super::rooms::validate_room_id;
-use super::wire::{self, LEFT};
+use super::records::{parse_message_id, validate_room_id, MessageView, PresenceStatus, LEFT, PAGE};
+use super::wire;
 use super::{require_user, Domain, DomainError, DomainResult};
 use crate::auth::{Grant, Viewer};
 use crate::db::{message, notification, user};
 use crate::hub::event::LeaderboardChanged;
 use crate::hub::{Event, RecvError, Topic, TopicReceiver};
-
-/// Rows read per query when replaying or catching up.
-pub(crate) const PAGE: u64 = 500;
 
 /// Everything after `cursor`, page by page, as one stream: `fetch(cursor)` reads one page of at
 /// most `PAGE` rows and `key` gives a row's cursor. Stops after a short page or an error.

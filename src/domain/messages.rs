@@ -1,101 +1,26 @@
 //! Messages: sending (validated, idempotent per sender with `clientMessageId`, persisted
 //! before anything is published) and history.
 
-use chrono::Utc;
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
-};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::limits::Action;
 use super::notifications::{mentioned_names, Draft, Level};
-use super::rooms::{next_seq, validate_room_id};
+use super::records::validate_room_id;
+pub use super::records::{parse_message_id, MessageKind, MessageView};
 use super::sends::{SendRequest, Written};
 use super::{Domain, DomainError, DomainResult};
 use crate::auth::Viewer;
 use crate::db::{message, user};
-use crate::hub::event::MessageAdded;
-use crate::hub::{Event, Hub};
 
 pub const BODY_MAX_CHARS: usize = 5000;
 pub const CLIENT_ID_MAX: usize = 128;
 pub const HISTORY_MAX: i32 = 200;
 pub const HISTORY_DEFAULT: i32 = 50;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageKind {
-    User,
-    System,
-}
-
-impl MessageKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MessageKind::User => "USER",
-            MessageKind::System => "SYSTEM",
-        }
-    }
-
-    pub fn parse(s: &str) -> Self {
-        if s == "SYSTEM" {
-            MessageKind::System
-        } else {
-            MessageKind::User
-        }
-    }
-}
-
-/// A message with its sender (none for SYSTEM messages).
-#[derive(Debug, Clone)]
-pub struct MessageView {
-    pub message: message::Model,
-    pub sender: Option<user::Model>,
-}
-
 /// The outcome of `send_message`: `created` is false when a retry found its first message.
 pub struct Sent {
     pub view: MessageView,
     pub created: bool,
-}
-
-/// Inserts a membership announcement ("alice joined", "alice left") into the room, numbered
-/// after the room's last message, naming whom it is about: a leave is that point of the room's
-/// sequence, where the leaver's streams of the room end. Run inside the caller's transaction.
-pub(super) async fn insert_announcement(
-    conn: &impl ConnectionTrait,
-    room_id: &str,
-    user_id: &str,
-    action: &'static str,
-    body: &str,
-) -> DomainResult<message::Model> {
-    let seq = next_seq(conn, room_id).await?;
-    let mut model = new_message(room_id, seq, MessageKind::System, None, body, None);
-    model.subject_id = Set(Some(user_id.to_owned()));
-    model.action = Set(Some(action.to_owned()));
-    Ok(message::Entity::insert(model)
-        .exec_with_returning(conn)
-        .await?)
-}
-
-/// A message's row, numbered `seq` in its room.
-pub(super) fn new_message(
-    room_id: &str,
-    seq: i64,
-    kind: MessageKind,
-    sender_id: Option<&str>,
-    body: &str,
-    client_message_id: Option<&str>,
-) -> message::ActiveModel {
-    message::ActiveModel {
-        room_id: Set(room_id.to_owned()),
-        seq: Set(seq),
-        kind: Set(kind.as_str().to_owned()),
-        sender_id: Set(sender_id.map(str::to_owned)),
-        body: Set(body.to_owned()),
-        client_message_id: Set(client_message_id.map(str::to_owned)),
-        created_at: Set(Utc::now()),
-        ..Default::default()
-    }
 }
 
 fn validate_body(body: &str) -> DomainResult<&str> {
@@ -208,7 +133,7 @@ impl Domain {
 
     /// Publishes a committed message to the room's subscribers.
     pub(crate) fn publish_message(&self, view: &MessageView) {
-        publish(&self.hub, view);
+        super::wire::publish(&self.hub, view);
     }
 
     /// Notifies the room members a message mentions by `@username` (never the sender). The
@@ -330,20 +255,4 @@ impl Domain {
         messages.reverse();
         self.with_senders(messages).await
     }
-}
-
-/// A message id as clients send it: the decimal string of a positive integer.
-pub fn parse_message_id(id: &str) -> DomainResult<i64> {
-    id.parse::<i64>()
-        .ok()
-        .filter(|n| *n >= 0)
-        .ok_or_else(|| DomainError::bad_input(format!("{id:?} is not a message id")))
-}
-
-/// Publishes a committed message to the room's subscribers.
-pub(super) fn publish(hub: &Hub, view: &MessageView) {
-    hub.publish(Event::Message(MessageAdded {
-        message: super::wire::posted(&view.message),
-        sender: view.sender.as_ref().map(super::wire::card),
-    }));
 }

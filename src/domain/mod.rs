@@ -12,6 +12,7 @@ pub mod limits;
 pub mod messages;
 pub mod notifications;
 pub mod presence;
+pub mod records;
 pub mod rooms;
 mod sends;
 pub mod typing;

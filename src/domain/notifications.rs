@@ -120,7 +120,7 @@ impl Domain {
                 vec![id.clone()]
             }
             Audience::Room(room_id) => {
-                super::rooms::validate_room_id(room_id)?;
+                super::records::validate_room_id(room_id)?;
                 self.room(room_id)
                     .await?
                     .ok_or_else(|| DomainError::NotFound(format!("room {room_id} not found")))?;
@@ -239,7 +239,7 @@ impl Domain {
             query = query.filter(notification::Column::ReadAt.is_null());
         }
         if let Some(before) = before {
-            let before = super::messages::parse_message_id(before)?;
+            let before = super::records::parse_message_id(before)?;
             query = query.filter(notification::Column::Id.lt(before));
         }
         let mut rows = query.all(&self.db).await?;
@@ -257,7 +257,7 @@ impl Domain {
             .filter(notification::Column::UserId.eq(user_id))
             .filter(notification::Column::Seq.gt(after_seq))
             .order_by_asc(notification::Column::Seq)
-            .limit(super::feeds::PAGE)
+            .limit(super::records::PAGE)
             .all(&self.db)
             .await?)
     }
@@ -285,7 +285,7 @@ impl Domain {
         if let Some(ids) = ids {
             let ids = ids
                 .iter()
-                .map(|id| super::messages::parse_message_id(id))
+                .map(|id| super::records::parse_message_id(id))
                 .collect::<DomainResult<Vec<_>>>()?;
             update = update.filter(notification::Column::Id.is_in(ids));
         }

@@ -18,45 +18,16 @@ use redis::aio::ConnectionManager;
 use sea_orm::{
     sea_query::Expr, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
 };
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use super::records::PresenceStatus;
 use super::{require_user, Domain, DomainError, DomainResult};
 use crate::auth::Viewer;
 use crate::db::{room_member, user};
 use crate::hub::event::PresenceChanged;
 use crate::hub::{Event, Hub, RecvError, Topic, TopicReceiver};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum PresenceStatus {
-    Online,
-    Away,
-    Busy,
-    Offline,
-}
-
-impl PresenceStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PresenceStatus::Online => "ONLINE",
-            PresenceStatus::Away => "AWAY",
-            PresenceStatus::Busy => "BUSY",
-            PresenceStatus::Offline => "OFFLINE",
-        }
-    }
-
-    /// The status a user chose, as stored; anything unknown reads as ONLINE.
-    pub fn chosen(stored: &str) -> Self {
-        match stored {
-            "AWAY" => PresenceStatus::Away,
-            "BUSY" => PresenceStatus::Busy,
-            _ => PresenceStatus::Online,
-        }
-    }
-}
 
 /// One user's presence as queries report it.
 #[derive(Clone, Debug)]

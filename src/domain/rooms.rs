@@ -3,35 +3,18 @@
 
 use chrono::Utc;
 use sea_orm::{
-    sea_query::{Expr, ExprTrait, Query},
-    ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, SqlErr,
-    TransactionTrait,
+    sea_query::ExprTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, SqlErr, TransactionTrait,
 };
 
-use super::messages::{insert_announcement, MessageView};
-use super::wire::{JOINED, LEFT};
+pub use super::records::validate_room_id;
+use super::records::{insert_announcement, MessageView, JOINED, LEFT};
 use super::{require_user, Domain, DomainError, DomainResult};
 use crate::auth::{AuthUser, Viewer};
 use crate::db::{room, room_member, user};
 use crate::hub::{Event, Topic};
 
 const TITLE_MAX: usize = 200;
-
-/// A room id: a slug of 1–64 characters from `a-z 0-9 _ -`.
-pub fn validate_room_id(id: &str) -> DomainResult<()> {
-    let ok = (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(DomainError::bad_input(
-            "room id must be 1-64 characters of a-z, 0-9, '_' or '-'",
-        ))
-    }
-}
 
 /// What joining did: the room, and the SYSTEM message it posted (none when already a member).
 pub struct Joined {
@@ -394,60 +377,4 @@ fn normalize_title(title: Option<&str>, id: &str) -> DomainResult<String> {
         )));
     }
     Ok(title.to_owned())
-}
-
-/// Bumps the room's message counter and returns the new value. The UPDATE takes the room row's
-/// write lock until the transaction ends, which serialises writers per room.
-pub(super) async fn next_seq(conn: &impl ConnectionTrait, room_id: &str) -> DomainResult<i64> {
-    bump_seq(conn, room_id, None)
-        .await?
-        .ok_or_else(|| DomainError::NotFound(format!("room {room_id} not found")))
-}
-
-/// Gives back the number `bump_seq` just took, when nothing was stored under it. The room's
-/// lock is still the caller's, so no later number was taken meanwhile.
-pub(super) async fn unbump_seq(conn: &impl ConnectionTrait, room_id: &str) -> DomainResult<()> {
-    room::Entity::update_many()
-        .col_expr(
-            room::Column::LastSeq,
-            Expr::col(room::Column::LastSeq).sub(1),
-        )
-        .filter(room::Column::Id.eq(room_id))
-        .exec(conn)
-        .await?;
-    Ok(())
-}
-
-/// Bumps the room's message counter in one statement (`UPDATE … RETURNING`) and returns the new
-/// value; with `member`, only if that user belongs to the room. `None` when nothing matched: no
-/// such room, or not a member. Like `next_seq`, it holds the room row's lock until the
-/// transaction ends; the membership test is part of the same statement, so it costs no round
-/// trip of its own.
-pub(super) async fn bump_seq(
-    conn: &impl ConnectionTrait,
-    room_id: &str,
-    member: Option<&str>,
-) -> DomainResult<Option<i64>> {
-    let mut update = room::Entity::update_many()
-        .col_expr(
-            room::Column::LastSeq,
-            Expr::col(room::Column::LastSeq).add(1),
-        )
-        .filter(room::Column::Id.eq(room_id));
-    if let Some(user_id) = member {
-        update = update.filter(Expr::exists(
-            Query::select()
-                .expr(Expr::val(1))
-                .from(room_member::Entity)
-                .and_where(room_member::Column::RoomId.eq(room_id))
-                .and_where(room_member::Column::UserId.eq(user_id))
-                .to_owned(),
-        ));
-    }
-    Ok(update
-        .exec_with_returning(conn)
-        .await?
-        .into_iter()
-        .next()
-        .map(|room| room.last_seq))
 }

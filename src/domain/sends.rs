@@ -19,8 +19,8 @@ use sea_orm::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::messages::{new_message, publish, MessageKind, MessageView};
-use super::rooms::{bump_seq, unbump_seq};
+use super::records::{bump_seq, new_message, unbump_seq, MessageKind, MessageView};
+use super::wire::publish;
 use super::{DomainError, DomainResult};
 use crate::db::{message, user};
 use crate::hub::Hub;

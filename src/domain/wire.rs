@@ -2,15 +2,13 @@
 //! format between instances; only this file knows both sides, so a change to a table changes
 //! what travels only where it is written here (and `tests/wire/` notices).
 
-use super::presence::PresenceStatus;
+use super::records::{MessageView, PresenceStatus, JOINED, LEFT};
 use crate::db::{message, notification, user};
+use crate::hub::event::MessageAdded;
 use crate::hub::event::{
     Membership, MembershipChange, PostedMessage, Status, StoredNotification, UserCard,
 };
-
-/// Membership announcements' `action` column.
-pub(crate) const JOINED: &str = "joined";
-pub(crate) const LEFT: &str = "left";
+use crate::hub::{Event, Hub};
 
 pub(crate) fn card(u: &user::Model) -> UserCard {
     UserCard {
@@ -139,4 +137,12 @@ pub(crate) fn notification_of(n: &StoredNotification) -> notification::Model {
         read_at: n.read_at,
         seq: n.seq,
     }
+}
+
+/// Publishes a committed message to the room's subscribers.
+pub(super) fn publish(hub: &Hub, view: &MessageView) {
+    hub.publish(Event::Message(MessageAdded {
+        message: posted(&view.message),
+        sender: view.sender.as_ref().map(card),
+    }));
 }
