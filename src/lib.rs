@@ -121,7 +121,7 @@ impl App {
         .map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
         let schema = graphql::build_schema(Some(domain.clone()), config.introspection);
         let connections = Arc::new(http::ws::Connections::default());
-        http::follow_orders(&domain.hub, connections.clone(), shutdown.clone());
+        http::follow_orders(&domain, connections.clone(), shutdown.clone());
         Ok(Self {
             state: AppState {
                 schema,
@@ -159,7 +159,7 @@ impl App {
             .await?;
         self.state.connections.wait_closed().await;
         // The announcements read the database and Redis: a slow one must not hold up the exit.
-        if tokio::time::timeout(PRESENCE_DRAIN_TIMEOUT, self.state.domain.presence.drain())
+        if tokio::time::timeout(PRESENCE_DRAIN_TIMEOUT, self.state.domain.drain_presence())
             .await
             .is_err()
         {

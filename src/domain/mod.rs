@@ -28,7 +28,9 @@ use tokio_util::sync::CancellationToken;
 pub use error::{DomainError, DomainResult};
 
 use crate::auth::{AuthUser, TokenKeys, Viewer};
-use crate::hub::Hub;
+use futures_util::stream::BoxStream;
+
+use crate::hub::{Event, Hub, RecvError, Topic};
 use leaderboard::Leaderboard;
 use limits::RateLimits;
 use presence::{PresenceTracker, SharedCounts};
@@ -53,16 +55,18 @@ pub struct Rules {
     pub max_connections_per_user: Option<u32>,
 }
 
-/// The services over one database and one hub; shared behind an `Arc`.
+/// The services over one database and one hub; shared behind an `Arc`. Its parts are its own:
+/// transports ask it, through the methods of this module and its children, and never reach
+/// the database, the hub or a tracker themselves.
 pub struct Domain {
-    pub db: DatabaseConnection,
-    pub tokens: TokenKeys,
-    pub rules: Rules,
-    pub hub: Arc<Hub>,
-    pub presence: Arc<PresenceTracker>,
-    pub typing: Arc<TypingTracker>,
-    pub leaderboard: Arc<Leaderboard>,
-    pub limits: Arc<RateLimits>,
+    db: DatabaseConnection,
+    tokens: TokenKeys,
+    rules: Rules,
+    hub: Arc<Hub>,
+    presence: Arc<PresenceTracker>,
+    typing: Arc<TypingTracker>,
+    leaderboard: Arc<Leaderboard>,
+    limits: Arc<RateLimits>,
     sends: sends::SendWriter,
 }
 
@@ -99,6 +103,44 @@ impl Domain {
             leaderboard,
             limits,
         }))
+    }
+}
+
+impl Domain {
+    /// The users an administrator disconnected, on any instance, as their orders arrive, until
+    /// the hub closes: every instance closes those users' connections.
+    pub fn disconnect_orders(&self) -> BoxStream<'static, String> {
+        let mut orders = self.hub.subscribe(Topic::Control);
+        Box::pin(async_stream::stream! {
+            loop {
+                match orders.recv().await {
+                    Ok(event) => {
+                        if let Event::Disconnect(d) = &*event {
+                            yield d.user_id.clone();
+                        }
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "disconnect orders lagged");
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        })
+    }
+
+    /// A connection closed: typing it set stops at once.
+    pub fn connection_closed(&self, connection: typing::ConnectionId) {
+        self.typing.connection_closed(connection);
+    }
+
+    /// The status a user shows: their chosen one while online, else OFFLINE.
+    pub fn status_of(&self, user_id: &str) -> presence::PresenceStatus {
+        self.presence.status_of(user_id)
+    }
+
+    /// At shutdown: announces this instance's users offline everywhere.
+    pub async fn drain_presence(&self) {
+        self.presence.drain().await;
     }
 }
 

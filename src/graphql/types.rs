@@ -104,7 +104,7 @@ impl User {
 
     /// The status the user chose while they are connected; OFFLINE otherwise.
     async fn status(&self, ctx: &Context<'_>) -> PresenceStatus {
-        super::domain(ctx).presence.status_of(&self.0.id).into()
+        super::domain(ctx).status_of(&self.0.id).into()
     }
 
     // Now while the user is online; else when they were last connected.

@@ -18,6 +18,8 @@ mod fuzz;
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
+
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 
@@ -59,27 +61,20 @@ pub fn router(state: AppState) -> Router {
 /// Carries out orders sent to every instance (an admin disconnecting a user) on this one's
 /// connections, until `shutdown`.
 pub fn follow_orders(
-    hub: &Arc<crate::hub::Hub>,
+    domain: &Arc<Domain>,
     connections: Arc<ws::Connections>,
     shutdown: CancellationToken,
 ) {
-    let mut orders = hub.subscribe(crate::hub::Topic::Control);
+    let mut orders = domain.disconnect_orders();
     tokio::spawn(async move {
         loop {
-            let order = tokio::select! {
-                o = orders.recv() => o,
+            let user_id = tokio::select! {
+                o = orders.next() => o,
                 _ = shutdown.cancelled() => break,
             };
-            match order {
-                Ok(event) => {
-                    if let crate::hub::Event::Disconnect(d) = &*event {
-                        let n = connections.disconnect_user(&d.user_id);
-                        tracing::info!(user_id = %d.user_id, connections = n, "disconnected by an admin");
-                    }
-                }
-                Err(crate::hub::RecvError::Lagged(_)) => {}
-                Err(crate::hub::RecvError::Closed) => break,
-            }
+            let Some(user_id) = user_id else { break };
+            let n = connections.disconnect_user(&user_id);
+            tracing::info!(user_id = %user_id, connections = n, "disconnected by an admin");
         }
     });
 }

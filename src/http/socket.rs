@@ -866,7 +866,7 @@ async fn serve<P: Protocol>(socket: WebSocket, state: AppState, opening: P::Open
         }
     }
     Box::pin(writer.finish(end)).await;
-    domain.typing.connection_closed(ticket.id);
+    domain.connection_closed(ticket.id);
     drop(ticket);
 }
 
