@@ -5,7 +5,7 @@
 # (--timeout), every server is stopped by its pid at the end of its run.
 #
 #   bench/run.sh                # everything (about 15 minutes on 2 cores)
-#   bench/run.sh fanout idle    # some scenarios: fanout latency idle idle50k chat redis writes storm
+#   bench/run.sh fanout idle    # some scenarios: fanout latency idle idle50k chat redis writes storm abuse
 #
 # Results: bench/results/*.json (one report per run) and bench/results/fanout.svg.
 set -euo pipefail
@@ -16,7 +16,7 @@ BIN=$CARGO_TARGET_DIR/release
 OUT=${BENCH_OUT:-$ROOT/bench/results}
 PG=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 export TIDINGS_JWT_SECRET=${TIDINGS_JWT_SECRET:-tidings-bench-secret-0123456789abcdef}
-SCENARIOS=${*:-fanout latency idle idle50k chat redis writes storm}
+SCENARIOS=${*:-fanout latency idle idle50k chat redis writes storm abuse}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 PIDS=()
@@ -39,10 +39,13 @@ wait_http() { # url
   echo "server at $1 did not come up" >&2; return 1
 }
 
-# start_tidings PORT DB_URL [REDIS_URL]: sets SERVER_PID
+# start_tidings PORT DB_URL [REDIS_URL]: sets SERVER_PID. Rate limits are off (these are load
+# tests) unless BUDGETS=on, as for the abuse scenario.
 start_tidings() {
   local port=$1 db=$2 redis=${3:-}
-  env TIDINGS_BIND=127.0.0.1:"$port" TIDINGS_DATABASE_URL="$db" TIDINGS_RATE_LIMITS=off \
+  local limits=off
+  [ "${BUDGETS:-off}" = on ] && limits=on
+  env TIDINGS_BIND=127.0.0.1:"$port" TIDINGS_DATABASE_URL="$db" TIDINGS_RATE_LIMITS=$limits \
     ${redis:+TIDINGS_REDIS_URL=$redis} RUST_LOG=warn \
     "$BIN/tidings" serve >"$WORK/tidings-$port.log" 2>&1 &
   SERVER_PID=$!; PIDS+=("$SERVER_PID")
@@ -106,6 +109,13 @@ for scenario in $SCENARIOS; do
         --join-concurrency 64 --label "latency-$target-5000" --json "$OUT/latency-$target-5000.json" || true
       stop "$SERVER_PID"
     done ;;
+  abuse) # the budgets' attacks against the default budgets: peak RSS growth under each, and an
+    # honest client's latency meanwhile (bench/src/abuse.rs)
+    port=$(free_port)
+    BUDGETS=on start_tidings "$port" "$(sqlite "abuse$port")"
+    "$BIN/tidings-bench" abuse --url "http://127.0.0.1:$port" --server-pid "$SERVER_PID" \
+      --json "$OUT/abuse-tidings.json" || true
+    stop "$SERVER_PID" ;;
   idle|storm) # ~19k idle graphql-ws subscriptions on one instance, by two generator processes
     # (each process may hold 20,000 files); the storm variant connects 1,000 at a time.
     if [ "$scenario" = storm ]; then cc=1000; targets=tidings; else cc=200; targets="floor tidings node"; fi

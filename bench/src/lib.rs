@@ -1,5 +1,6 @@
 //! The Tidings benchmark tooling as a library, so the smoke test drives the same code.
 
+pub mod abuse;
 pub mod chart;
 pub mod floor;
 pub mod load;

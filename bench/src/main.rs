@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-use tidings_bench::{chart, floor, load, proc_stats};
+use tidings_bench::{abuse, chart, floor, load, proc_stats};
 
 #[derive(Parser)]
 #[command(name = "tidings-bench", version, about)]
@@ -27,6 +27,9 @@ enum Command {
     },
     /// Sum the connection figures of several generator reports (a load split over processes).
     Merge(load::MergeArgs),
+    /// The budgets' attacks, one after another: the server's peak RSS growth under each, and
+    /// the latency an honest client sees meanwhile.
+    Abuse(abuse::AbuseArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,5 +56,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Merge(args) => load::merge(&args),
+        Command::Abuse(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(abuse::run(args)).map(|_| ())
+        }
     }
 }
