@@ -146,6 +146,23 @@ pub struct Config {
     /// The shortest time between two leaderboard updates to one subscriber.
     #[arg(long, env = "TIDINGS_LEADERBOARD_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
     pub leaderboard_interval: Duration,
+
+    /// Sign-ins (`login` and `register` together) from one client address: COUNT/PERIOD
+    /// (every instance together, through Redis).
+    #[arg(long, env = "TIDINGS_RATE_SIGN_IN_ADDRESS", default_value = "30/60s")]
+    pub rate_sign_in_address: String,
+
+    /// Sign-ins from one client address in a burst above the rate.
+    #[arg(long, env = "TIDINGS_BURST_SIGN_IN_ADDRESS", default_value_t = 30)]
+    pub burst_sign_in_address: u32,
+
+    /// Sign-ins naming one username, whatever the address and the case: COUNT/PERIOD.
+    #[arg(long, env = "TIDINGS_RATE_SIGN_IN_USERNAME", default_value = "10/60s")]
+    pub rate_sign_in_username: String,
+
+    /// Sign-ins naming one username in a burst above the rate.
+    #[arg(long, env = "TIDINGS_BURST_SIGN_IN_USERNAME", default_value_t = 10)]
+    pub burst_sign_in_username: u32,
 }
 
 impl Config {
@@ -159,6 +176,11 @@ impl Config {
             messages: Rate::parse(&self.rate_messages, self.burst_messages)?,
             typing: Rate::parse(&self.rate_typing, self.burst_typing)?,
             notifications: Rate::parse(&self.rate_notifications, self.burst_notifications)?,
+            sign_in_address: Rate::parse(&self.rate_sign_in_address, self.burst_sign_in_address)?,
+            sign_in_username: Rate::parse(
+                &self.rate_sign_in_username,
+                self.burst_sign_in_username,
+            )?,
         }))
     }
 
@@ -197,6 +219,10 @@ impl Config {
             presence_ttl: Duration::from_secs(15),
             typing_timeout: Duration::from_secs(5),
             leaderboard_interval: Duration::from_millis(250),
+            rate_sign_in_address: "30/60s".into(),
+            burst_sign_in_address: 30,
+            rate_sign_in_username: "10/60s".into(),
+            burst_sign_in_username: 10,
         }
     }
 }

@@ -54,6 +54,11 @@ pub const MESSAGE_BATCHES: &str = "tidings_message_batches_total";
 pub const MESSAGE_BATCH_SENDS: &str = "tidings_message_batch_sends_total";
 /// 1 while the Redis bridge is connected; 0 when it is down or Redis is not configured.
 pub const REDIS_UP: &str = "tidings_redis_up";
+/// `login` and `register` calls refused before any password work, by the `limit` they hit:
+/// `address` (sign-ins from one client address), `username` (sign-ins naming one username),
+/// `busy` (every password check slot stayed taken).
+pub const SIGN_IN_REFUSED: &str = "tidings_sign_in_refused_total";
+const SIGN_IN_LIMITS: [&str; 3] = ["address", "username", "busy"];
 
 /// Latency buckets, in seconds: a local delivery takes well under a millisecond, one across
 /// instances a few; the tail shows slow consumers and catch-ups.
@@ -214,6 +219,10 @@ fn describe() {
         MESSAGE_BATCH_SENDS,
         "Sends carried by the message writer's transactions"
     );
+    describe_counter!(
+        SIGN_IN_REFUSED,
+        "Sign-ins (login, register) refused, by the limit they hit"
+    );
 }
 
 /// Every series a dashboard expects to find, present from the start rather than from its first
@@ -240,6 +249,9 @@ fn register_at_zero() {
     counter!(MESSAGE_BATCHES).absolute(0);
     counter!(MESSAGE_BATCH_SENDS).absolute(0);
     gauge!(COHORT_MEMBERS).set(0.0);
+    for limit in SIGN_IN_LIMITS {
+        counter!(SIGN_IN_REFUSED, "limit" => limit).absolute(0);
+    }
     gauge!(REDIS_UP).set(if REDIS_CONNECTED.load(Ordering::Relaxed) {
         1.0
     } else {
@@ -324,6 +336,11 @@ pub fn channel_lagged(kind: &'static str, missed: u64) {
 /// A request was refused by a per-user rate limit.
 pub fn rate_limited(action: &'static str) {
     counter!(RATE_LIMITED, "action" => action).increment(1);
+}
+
+/// A sign-in was refused by `limit` (`address`, `username` or `busy`).
+pub fn sign_in_refused(limit: &'static str) {
+    counter!(SIGN_IN_REFUSED, "limit" => limit).increment(1);
 }
 
 /// A cohort started its shared execution.

@@ -99,7 +99,7 @@ pub struct LoadArgs {
     #[arg(
         long,
         env = "TIDINGS_JWT_SECRET",
-        default_value = "tidings-bench-secret"
+        default_value = "tidings-bench-secret-0123456789abcdef"
     )]
     pub secret: String,
     /// How messages are published.

@@ -8,6 +8,7 @@ mod m20261126_000002_counters;
 mod m20261126_000003_notification_seq;
 mod m20261126_000004_token_revocation;
 mod m20261130_000005_membership_messages;
+mod m20261130_000006_username_case;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000003_notification_seq::Migration),
             Box::new(m20261126_000004_token_revocation::Migration),
             Box::new(m20261130_000005_membership_messages::Migration),
+            Box::new(m20261130_000006_username_case::Migration),
         ]
     }
 }

@@ -1,10 +1,12 @@
 //! Who is asking: JWT verification and minting, password hashing, and the `Viewer` every
 //! resolver and socket handler receives.
 
+pub mod client;
 pub mod password;
 pub mod tokens;
 pub mod viewer;
 
+pub use client::ClientAddress;
 pub use tokens::{Claims, TokenError, TokenKeys};
 pub use viewer::{AuthUser, Grant, Viewer};
 

@@ -12,6 +12,9 @@ use crate::config::Config;
 use crate::db::setting;
 
 const SECRET_SETTING: &str = "jwt_secret";
+/// The shortest HS256 secret accepted: anyone who guesses the secret mints admin tokens, and
+/// HS256's key should be at least as long as its hash (RFC 7518, 3.2).
+pub const MIN_SECRET_BYTES: usize = 32;
 /// Clock skew tolerated between the token's issuer and this server.
 const LEEWAY_SECS: u64 = 5;
 
@@ -56,7 +59,10 @@ impl TokenKeys {
     /// `db` is needed only when no secret is configured.
     pub async fn load(config: &Config, db: Option<&DatabaseConnection>) -> anyhow::Result<Self> {
         let secret = match (&config.jwt_secret, db) {
-            (Some(s), _) if !s.is_empty() => s.clone(),
+            (Some(s), _) if !s.is_empty() => {
+                check_secret(s)?;
+                s.clone()
+            }
             (_, Some(db)) => stored_secret(db).await?,
             (_, None) => anyhow::bail!("no JWT secret configured and no database to keep one"),
         };
@@ -150,6 +156,19 @@ impl TokenKeys {
         }
         Ok(claims)
     }
+}
+
+/// A configured secret too short to resist guessing stops the start (an empty one counts as
+/// not configured).
+fn check_secret(secret: &str) -> anyhow::Result<()> {
+    if secret.len() < MIN_SECRET_BYTES {
+        anyhow::bail!(
+            "TIDINGS_JWT_SECRET is {} bytes long; it must be at least {MIN_SECRET_BYTES} random \
+             bytes (for example `openssl rand -hex 32`), or unset to have one generated",
+            secret.len()
+        );
+    }
+    Ok(())
 }
 
 async fn stored_secret(db: &DatabaseConnection) -> anyhow::Result<String> {

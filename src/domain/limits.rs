@@ -1,6 +1,8 @@
-//! Per-user rate limits, the same for every transport: messages, typing, notifications. A token
-//! bucket per user and action (GCRA): `governor` in this process, or one shared bucket in Redis
-//! when instances share one, so a user cannot multiply their budget by spreading connections.
+//! Rate limits, the same for every transport: per user, messages, typing, notifications; per
+//! client address and per username, sign-ins (`login` and `register` together). A token
+//! bucket per key and action (GCRA): `governor` in this process, or one shared bucket in Redis
+//! when instances share one, so nobody multiplies their budget by spreading connections or
+//! instances.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -13,12 +15,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::{DomainError, DomainResult};
 
-/// What a user does that is limited.
+/// What is limited. The first three are counted per user; sign-ins per client address and
+/// per username, whoever asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     Message,
     Typing,
     Notification,
+    /// A `login` or `register` from one client address.
+    SignInFromAddress,
+    /// A `login` or `register` naming one username (case aside).
+    SignInAsUsername,
 }
 
 impl Action {
@@ -27,6 +34,30 @@ impl Action {
             Action::Message => "message",
             Action::Typing => "typing",
             Action::Notification => "notification",
+            Action::SignInFromAddress => "sign_in_address",
+            Action::SignInAsUsername => "sign_in_username",
+        }
+    }
+
+    /// What a refusal says the client did too often.
+    fn what(self) -> &'static str {
+        match self {
+            Action::Message => "message",
+            Action::Typing => "typing",
+            Action::Notification => "notification",
+            Action::SignInFromAddress => "sign-in attempts from this address",
+            Action::SignInAsUsername => "sign-in attempts for this username",
+        }
+    }
+
+    /// Counts a refusal in `/metrics`.
+    fn count_refusal(self) {
+        match self {
+            Action::Message | Action::Typing | Action::Notification => {
+                crate::metrics::rate_limited(self.name())
+            }
+            Action::SignInFromAddress => crate::metrics::sign_in_refused("address"),
+            Action::SignInAsUsername => crate::metrics::sign_in_refused("username"),
         }
     }
 }
@@ -81,6 +112,10 @@ pub struct Rates {
     pub messages: Rate,
     pub typing: Rate,
     pub notifications: Rate,
+    /// Sign-ins per client address.
+    pub sign_in_address: Rate,
+    /// Sign-ins per username.
+    pub sign_in_username: Rate,
 }
 
 struct Bucket {
@@ -88,7 +123,7 @@ struct Bucket {
     local: DefaultKeyedRateLimiter<String>,
 }
 
-/// Shared buckets in Redis: one key per user and action holding the bucket's "theoretical
+/// Shared buckets in Redis: one key per key (user, address, username) and action holding the bucket's "theoretical
 /// arrival time"; the script is GCRA, the algorithm governor uses, so both behave alike.
 const GCRA: &str = r#"
 local t = redis.call('TIME')
@@ -104,7 +139,7 @@ return -1
 "#;
 
 pub struct RateLimits {
-    buckets: Option<[Bucket; 3]>,
+    buckets: Option<[Bucket; 5]>,
     shared: Option<ConnectionManager>,
     script: redis::Script,
 }
@@ -123,17 +158,20 @@ impl RateLimits {
         };
         let limits = Arc::new(Self {
             buckets: rates.map(|r| {
+                // In the order of `Action`'s variants: `check` indexes by them.
                 [
                     bucket(r.messages),
                     bucket(r.typing),
                     bucket(r.notifications),
+                    bucket(r.sign_in_address),
+                    bucket(r.sign_in_username),
                 ]
             }),
             shared,
             script: redis::Script::new(GCRA),
         });
         if limits.buckets.is_some() {
-            // Forget users whose buckets are full again, so memory follows active users.
+            // Forget keys whose buckets are full again, so memory follows active clients.
             let weak = Arc::downgrade(&limits);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -152,32 +190,40 @@ impl RateLimits {
         limits
     }
 
-    /// Takes one token for `user_id` doing `action`, or `RATE_LIMITED` with when to retry.
-    pub async fn check(&self, user_id: &str, action: Action) -> DomainResult<()> {
+    /// Takes one token for `key` (a user id, a client address, a username) doing `action`, or
+    /// `RATE_LIMITED` with when to retry.
+    pub async fn check(&self, key: &str, action: Action) -> DomainResult<()> {
         let Some(buckets) = &self.buckets else {
             return Ok(());
         };
         let bucket = &buckets[action as usize];
         let wait = match &self.shared {
             Some(conn) => match self
-                .check_shared(conn.clone(), user_id, action, bucket.rate)
+                .check_shared(conn.clone(), key, action, bucket.rate)
                 .await
             {
                 Ok(wait) => wait,
                 Err(e) => {
                     tracing::debug!(error = %e, "rate limit: using this instance's bucket");
-                    check_local(bucket, user_id)
+                    check_local(bucket, key)
                 }
             },
-            None => check_local(bucket, user_id),
+            None => check_local(bucket, key),
         };
         match wait {
             None => Ok(()),
             Some(wait) => {
-                crate::metrics::rate_limited(action.name());
+                action.count_refusal();
+                let what = match action {
+                    Action::Message | Action::Typing | Action::Notification => {
+                        format!("{} requests", action.what())
+                    }
+                    Action::SignInFromAddress | Action::SignInAsUsername => {
+                        action.what().to_owned()
+                    }
+                };
                 Err(DomainError::RateLimited(format!(
-                    "too many {} requests: retry in {:.1} s",
-                    action.name(),
+                    "too many {what}: retry in {:.1} s",
                     wait.as_secs_f64().max(0.1)
                 )))
             }
@@ -187,7 +233,7 @@ impl RateLimits {
     async fn check_shared(
         &self,
         mut conn: ConnectionManager,
-        user_id: &str,
+        key: &str,
         action: Action,
         rate: Rate,
     ) -> redis::RedisResult<Option<Duration>> {
@@ -195,7 +241,7 @@ impl RateLimits {
         let tolerance = interval * u64::from(rate.burst - 1);
         let wait_ms: i64 = self
             .script
-            .key(format!("tidings:rate:{}:{user_id}", action.name()))
+            .key(format!("tidings:rate:{}:{key}", action.name()))
             .arg(interval)
             .arg(tolerance)
             .invoke_async(&mut conn)
@@ -204,10 +250,10 @@ impl RateLimits {
     }
 }
 
-fn check_local(bucket: &Bucket, user_id: &str) -> Option<Duration> {
+fn check_local(bucket: &Bucket, key: &str) -> Option<Duration> {
     bucket
         .local
-        .check_key(&user_id.to_owned())
+        .check_key(&key.to_owned())
         .err()
         .map(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
 }
@@ -236,6 +282,8 @@ mod tests {
             messages: rate,
             typing: rate,
             notifications: rate,
+            sign_in_address: rate,
+            sign_in_username: rate,
         };
         let limits = RateLimits::start(Some(rates), None, CancellationToken::new());
         for _ in 0..3 {
@@ -250,6 +298,23 @@ mod tests {
         assert!(
             limits.check("u", Action::Typing).await.is_ok(),
             "per action"
+        );
+        for _ in 0..3 {
+            assert!(limits
+                .check("192.0.2.1", Action::SignInFromAddress)
+                .await
+                .is_ok());
+        }
+        assert!(matches!(
+            limits.check("192.0.2.1", Action::SignInFromAddress).await,
+            Err(DomainError::RateLimited(_))
+        ));
+        assert!(
+            limits
+                .check("192.0.2.1", Action::SignInAsUsername)
+                .await
+                .is_ok(),
+            "addresses and usernames have buckets of their own"
         );
         let off = RateLimits::start(None, None, CancellationToken::new());
         for _ in 0..100 {

@@ -1,12 +1,20 @@
 //! Users: registration, login, and provisioning from tokens.
+//!
+//! A username is unique regardless of case (the database holds a unique index on its lower
+//! case), and sign-ins (`login`, `register`) spend budgets per client address and per
+//! username before any password work.
 
 use chrono::Utc;
 use sea_orm::{
-    sea_query::ExprTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, SqlErr,
+    sea_query::{Expr, ExprTrait, Func},
+    ActiveValue::Set,
+    ColumnTrait, EntityTrait, QueryFilter, SqlErr,
 };
 
+use super::limits::Action;
 use super::{Domain, DomainError, DomainResult};
-use crate::auth::{password, AuthUser, Claims, TokenError, Viewer};
+use crate::auth::password::{self, PasswordError};
+use crate::auth::{AuthUser, Claims, ClientAddress, TokenError, Viewer};
 use crate::db::user;
 
 pub const ROLE_USER: &str = "user";
@@ -14,10 +22,13 @@ pub const ROLE_ADMIN: &str = "admin";
 
 const PASSWORD_MIN: usize = 8;
 const PASSWORD_MAX: usize = 1024;
+const USERNAME_MAX: usize = 32;
+/// The longest suffix provisioning appends to a taken name (`-19`).
+const NUMBERED_SUFFIX_MAX: usize = 3;
 
 /// A registrable username: 1–32 of `A-Z a-z 0-9 _ . -` (what `@mentions` match).
 pub fn validate_username(name: &str) -> DomainResult<()> {
-    let ok = (1..=32).contains(&name.len())
+    let ok = (1..=USERNAME_MAX).contains(&name.len())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
@@ -30,6 +41,32 @@ pub fn validate_username(name: &str) -> DomainResult<()> {
     }
 }
 
+/// The key a username's sign-in budget counts under: case aside, and bounded, so a huge name
+/// makes no huge key (no account has a name that long).
+fn username_key(name: &str) -> String {
+    name.chars()
+        .take(2 * USERNAME_MAX)
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+/// Rows whose username equals `name` regardless of case (usernames are ASCII, compared the
+/// way the unique index on `lower(username)` compares them).
+fn username_is(name: &str) -> Expr {
+    Func::lower(Expr::col(user::Column::Username)).eq(name.to_ascii_lowercase())
+}
+
+/// A busy password check is a refusal the client may retry; anything else is internal.
+fn password_failure(e: PasswordError) -> DomainError {
+    match e {
+        PasswordError::Busy => {
+            crate::metrics::sign_in_refused("busy");
+            DomainError::RateLimited(e.to_string())
+        }
+        PasswordError::Failed(why) => DomainError::Internal(anyhow::anyhow!(why)),
+    }
+}
+
 fn validate_role(role: &str) -> Result<(), TokenError> {
     let ok = (1..=32).contains(&role.len())
         && role
@@ -39,29 +76,47 @@ fn validate_role(role: &str) -> Result<(), TokenError> {
 }
 
 impl Domain {
-    /// Creates an account and returns a token for it. The user's id is its username.
-    pub async fn register(&self, username: &str, pw: &str) -> DomainResult<(String, user::Model)> {
+    /// Takes one sign-in from `from`'s budget and one from `username`'s, before any password
+    /// work: guessing is slow from one place, and slow against one account from everywhere.
+    async fn spend_sign_in(&self, username: &str, from: Option<ClientAddress>) -> DomainResult<()> {
+        if let Some(from) = from {
+            self.limits
+                .check(&from.budget_key(), Action::SignInFromAddress)
+                .await?;
+        }
+        self.limits
+            .check(&username_key(username), Action::SignInAsUsername)
+            .await
+    }
+
+    /// Creates an account and returns a token for it. The user's id is its username. A name
+    /// taken in any case (`Alice` when `alice` exists) is taken.
+    pub async fn register(
+        &self,
+        username: &str,
+        pw: &str,
+        from: Option<ClientAddress>,
+    ) -> DomainResult<(String, user::Model)> {
+        self.spend_sign_in(username, from).await?;
         validate_username(username)?;
         if !(PASSWORD_MIN..=PASSWORD_MAX).contains(&pw.chars().count()) {
             return Err(DomainError::bad_input(format!(
                 "password must be {PASSWORD_MIN}-{PASSWORD_MAX} characters"
             )));
         }
-        let hash = password::hash(pw.to_owned()).await?;
-        let model = new_user(username, username.to_owned(), Some(hash), ROLE_USER);
         let taken = || DomainError::bad_input("username is taken");
         if user::Entity::find()
-            .filter(
-                user::Column::Username
-                    .eq(username)
-                    .or(user::Column::Id.eq(username)),
-            )
+            .filter(username_is(username).or(user::Column::Id.eq(username)))
             .one(&self.db)
             .await?
             .is_some()
         {
             return Err(taken());
         }
+        let hash = password::hash(pw.to_owned())
+            .await
+            .map_err(password_failure)?;
+        let model = new_user(username, username.to_owned(), Some(hash), ROLE_USER);
         let created = match user::Entity::insert(model)
             .exec_with_returning(&self.db)
             .await
@@ -76,26 +131,38 @@ impl Domain {
         Ok((token, created))
     }
 
-    /// Checks a username and password and returns a fresh token.
-    pub async fn login(&self, username: &str, pw: &str) -> DomainResult<(String, user::Model)> {
-        let found = user::Entity::find()
-            .filter(user::Column::Username.eq(username))
-            .one(&self.db)
-            .await?;
-        let wrong = || DomainError::BadCredentials;
-        let Some(found) = found else {
-            // Spend the same time as a real check, so timing does not reveal which names exist.
-            let _ = password::hash(pw.to_owned()).await;
-            return Err(wrong());
+    /// Checks a username (in any case) and password and returns a fresh token. Every attempt
+    /// costs one password check — against a dummy hash for an unknown user or one without a
+    /// password — so the answer's timing does not tell which accounts exist or where they come
+    /// from.
+    pub async fn login(
+        &self,
+        username: &str,
+        pw: &str,
+        from: Option<ClientAddress>,
+    ) -> DomainResult<(String, user::Model)> {
+        self.spend_sign_in(username, from).await?;
+        // A name no one can register names no account with a password.
+        let found = match validate_username(username) {
+            Ok(()) => {
+                user::Entity::find()
+                    .filter(username_is(username))
+                    .one(&self.db)
+                    .await?
+            }
+            Err(_) => None,
         };
-        let Some(hash) = found.password_hash.clone() else {
-            return Err(wrong());
-        };
-        if !password::verify(pw.to_owned(), hash).await {
-            return Err(wrong());
+        let hash = found.as_ref().and_then(|u| u.password_hash.clone());
+        let matched = password::verify(pw.to_owned(), hash)
+            .await
+            .map_err(password_failure)?;
+        match found {
+            Some(found) if matched => {
+                let token = self.issue_token(&found)?;
+                Ok((token, found))
+            }
+            _ => Err(DomainError::BadCredentials),
         }
-        let token = self.issue_token(&found)?;
-        Ok((token, found))
     }
 
     fn issue_token(&self, user: &user::Model) -> DomainResult<String> {
@@ -151,17 +218,23 @@ impl Domain {
             }
             return Ok(found);
         }
-        let wanted = claims
+        // The name claim is what a person typed into an identity provider: it becomes a
+        // username only if `register` would accept it (no markup, no direction overrides).
+        let name = claims
             .name
             .as_deref()
-            .filter(|n| !n.trim().is_empty() && n.len() <= 128)
-            .unwrap_or(&claims.sub)
-            .to_owned();
-        // The name may already belong to another account: fall back to the id, then to a
-        // numbered variant.
-        let candidates = [wanted.clone(), claims.sub.clone()]
+            .filter(|n| validate_username(n).is_ok());
+        let wanted = name.unwrap_or(&claims.sub).to_owned();
+        // Numbered variants of a name stay within a username's length.
+        let stem: String = match name {
+            Some(n) => n.chars().take(USERNAME_MAX - NUMBERED_SUFFIX_MAX).collect(),
+            None => wanted.clone(),
+        };
+        // The name may already belong to another account, in any case: fall back to the id,
+        // then to a numbered variant.
+        let candidates = [wanted, claims.sub.clone()]
             .into_iter()
-            .chain((2..20).map(|n| format!("{wanted}-{n}")));
+            .chain((2..20).map(|n| format!("{stem}-{n}")));
         for username in candidates {
             let model = new_user(&claims.sub, username, None, role);
             match user::Entity::insert(model)

@@ -6,6 +6,7 @@ use super::types::{
     SendNotificationInput, User,
 };
 use super::{domain, viewer, SocketConnection};
+use crate::auth::ClientAddress;
 use crate::domain::notifications::{Audience, Draft};
 use crate::domain::DomainError;
 
@@ -20,7 +21,11 @@ impl Mutation {
         username: String,
         password: String,
     ) -> Result<AuthPayload> {
-        let (token, user) = domain(ctx).register(&username, &password).await.gql()?;
+        let from = ctx.data_opt::<ClientAddress>().copied();
+        let (token, user) = domain(ctx)
+            .register(&username, &password, from)
+            .await
+            .gql()?;
         Ok(AuthPayload {
             token,
             user: User(user),
@@ -34,7 +39,8 @@ impl Mutation {
         username: String,
         password: String,
     ) -> Result<AuthPayload> {
-        let (token, user) = domain(ctx).login(&username, &password).await.gql()?;
+        let from = ctx.data_opt::<ClientAddress>().copied();
+        let (token, user) = domain(ctx).login(&username, &password, from).await.gql()?;
         Ok(AuthPayload {
             token,
             user: User(user),

@@ -14,7 +14,7 @@ use axum::Router;
 
 use super::error::{coded_error, request_error, ApiError};
 use super::AppState;
-use crate::auth::{bearer, TokenError, Viewer};
+use crate::auth::{bearer, ClientAddress, TokenError, Viewer};
 use crate::domain::users::ViewerError;
 use crate::graphql::errors::{is_request_error, stamp_codes};
 
@@ -30,10 +30,11 @@ async fn graphql_get(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Query<std::collections::HashMap<String, String>>,
+    client: Option<ClientAddress>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match ws {
-        Ok(ws) => super::ws::upgrade(state, headers, query, ws).await,
+        Ok(ws) => super::ws::upgrade(state, headers, query, client, ws).await,
         Err(_) if super::playground::wants_page(&headers) => {
             super::playground::graphiql(headers).await
         }
@@ -68,7 +69,12 @@ pub async fn viewer_from_headers(
         })
 }
 
-async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn graphql_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    client: Option<ClientAddress>,
+    body: Bytes,
+) -> Response {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -97,7 +103,11 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
         Ok(v) => v,
         Err(response) => return response,
     };
-    let mut response = state.schema.execute_batch(request.data(viewer)).await;
+    let mut request = request.data(viewer);
+    if let Some(client) = client {
+        request = request.data(client);
+    }
+    let mut response = state.schema.execute_batch(request).await;
     let request_failed = match &mut response {
         async_graphql::BatchResponse::Single(r) => {
             stamp_codes(r);

@@ -2,6 +2,7 @@
 //! the app.
 
 mod api;
+pub(crate) mod client;
 pub(crate) mod cohort;
 mod error;
 mod graphql;

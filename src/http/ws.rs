@@ -22,7 +22,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use super::cohort;
 use super::socket::{self, Closes, End, Link, Outbox, Refused};
 use super::AppState;
-use crate::auth::{bearer, Viewer};
+use crate::auth::{bearer, ClientAddress, Viewer};
 use crate::graphql::errors::{is_request_error, stamp_codes};
 use crate::graphql::SocketConnection;
 use crate::metrics::Transport;
@@ -42,6 +42,7 @@ pub async fn upgrade(
     state: AppState,
     headers: HeaderMap,
     query: Query<HashMap<String, String>>,
+    client: Option<ClientAddress>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let ws = ws.protocols(["graphql-transport-ws", "graphql-ws"]);
@@ -50,7 +51,7 @@ pub async fn upgrade(
         _ => Subprotocol::Transport,
     };
     let upgrade_token = socket::upgrade_token(&headers, &query);
-    socket::accept::<Connection>(ws, state, (subprotocol, upgrade_token))
+    socket::accept::<Connection>(ws, state, (subprotocol, upgrade_token, client))
 }
 
 /// A GET that is not an upgrade.
@@ -131,13 +132,15 @@ impl Running {
 struct Connection {
     subprotocol: Subprotocol,
     upgrade_token: Option<String>,
+    /// Where the connection comes from: its operations' sign-ins count against it.
+    client: Option<ClientAddress>,
     operations: Operations,
     tasks: JoinSet<()>,
     next_op: u64,
 }
 
 impl socket::Protocol for Connection {
-    type Opening = (Subprotocol, Option<String>);
+    type Opening = (Subprotocol, Option<String>, Option<ClientAddress>);
     const TRANSPORT: Transport = Transport::GraphqlWs;
     const CLOSES: Closes = Closes {
         unauthorised: (4403, "Forbidden"),
@@ -148,11 +151,12 @@ impl socket::Protocol for Connection {
 
     async fn open(
         _link: &mut Link,
-        (subprotocol, upgrade_token): Self::Opening,
+        (subprotocol, upgrade_token, client): Self::Opening,
     ) -> Result<Self, End> {
         Ok(Connection {
             subprotocol,
             upgrade_token,
+            client,
             operations: Arc::default(),
             tasks: JoinSet::new(),
             next_op: 0,
@@ -338,7 +342,10 @@ impl Connection {
             }
             None => {
                 let schema = link.state.schema.clone();
-                let request = request.data(viewer).data(SocketConnection(link.id));
+                let mut request = request.data(viewer).data(SocketConnection(link.id));
+                if let Some(client) = self.client {
+                    request = request.data(client);
+                }
                 self.tasks.spawn(op.run(schema, request))
             }
         };

@@ -12,7 +12,7 @@ use std::time::Duration;
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::{json, Value};
 
-pub const SECRET: &str = "tidings-test-secret";
+pub const SECRET: &str = "tidings-test-secret-0123456789abcdef";
 pub const BIN: &str = env!("CARGO_BIN_EXE_tidings");
 
 /// Where a test's data lives.
