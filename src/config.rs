@@ -146,6 +146,16 @@ pub struct Config {
     /// The shortest time between two leaderboard updates to one subscriber.
     #[arg(long, env = "TIDINGS_LEADERBOARD_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
     pub leaderboard_interval: Duration,
+
+    /// Most operations one `POST /graphql` batch may hold (over it: 400, `TOO_COMPLEX`). The
+    /// operations of a batch run one after another.
+    #[arg(long, env = "TIDINGS_MAX_BATCH", default_value_t = 10)]
+    pub max_batch: usize,
+
+    /// Time budget of one `POST /graphql` request, batch included: past it the unfinished
+    /// operations are stopped and answered `TOO_COMPLEX` "request took too long".
+    #[arg(long, env = "TIDINGS_GRAPHQL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub graphql_timeout: Duration,
 }
 
 impl Config {
@@ -197,6 +207,8 @@ impl Config {
             presence_ttl: Duration::from_secs(15),
             typing_timeout: Duration::from_secs(5),
             leaderboard_interval: Duration::from_millis(250),
+            max_batch: 10,
+            graphql_timeout: Duration::from_secs(10),
         }
     }
 }

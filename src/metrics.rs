@@ -54,6 +54,12 @@ pub const MESSAGE_BATCHES: &str = "tidings_message_batches_total";
 pub const MESSAGE_BATCH_SENDS: &str = "tidings_message_batch_sends_total";
 /// 1 while the Redis bridge is connected; 0 when it is down or Redis is not configured.
 pub const REDIS_UP: &str = "tidings_redis_up";
+/// GraphQL requests refused by a budget, by `reason`: `batch` (too many operations in one
+/// POST), `cost` (depth, complexity, aliases: `TOO_COMPLEX`), `page` (a page size, or a list of
+/// ids, over its maximum), `timeout` (the request's time budget ran out), `body` (an HTTP body
+/// over `TIDINGS_MAX_BODY_BYTES`).
+pub const GRAPHQL_REFUSED: &str = "tidings_graphql_refused_total";
+const GRAPHQL_REFUSAL_REASONS: [&str; 5] = ["batch", "cost", "page", "timeout", "body"];
 
 /// Latency buckets, in seconds: a local delivery takes well under a millisecond, one across
 /// instances a few; the tail shows slow consumers and catch-ups.
@@ -214,6 +220,10 @@ fn describe() {
         MESSAGE_BATCH_SENDS,
         "Sends carried by the message writer's transactions"
     );
+    describe_counter!(
+        GRAPHQL_REFUSED,
+        "GraphQL requests refused by a budget (batch size, cost, page size, time, body size), by reason"
+    );
 }
 
 /// Every series a dashboard expects to find, present from the start rather than from its first
@@ -239,6 +249,9 @@ fn register_at_zero() {
     counter!(COHORTS_STARTED).absolute(0);
     counter!(MESSAGE_BATCHES).absolute(0);
     counter!(MESSAGE_BATCH_SENDS).absolute(0);
+    for reason in GRAPHQL_REFUSAL_REASONS {
+        counter!(GRAPHQL_REFUSED, "reason" => reason).absolute(0);
+    }
     gauge!(COHORT_MEMBERS).set(0.0);
     gauge!(REDIS_UP).set(if REDIS_CONNECTED.load(Ordering::Relaxed) {
         1.0
@@ -339,4 +352,9 @@ pub fn cohort_member(joined: bool) {
     } else {
         g.decrement(1.0)
     }
+}
+
+/// A GraphQL request was refused by a budget (`GRAPHQL_REFUSED`'s reasons).
+pub fn graphql_refused(reason: &'static str) {
+    counter!(GRAPHQL_REFUSED, "reason" => reason).increment(1);
 }
