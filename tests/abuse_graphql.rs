@@ -163,6 +163,7 @@ async fn the_heavy_batch_is_refused_and_the_heaviest_allowed_request_stays_withi
 
     let peak = proc_kib(pid, "VmHWM");
     let growth_mib = peak.saturating_sub(rss_before) / 1024;
+    eprintln!("resident before: {rss_before} KiB, peak after: {peak} KiB");
     assert!(
         growth_mib <= 64,
         "the server grew by {growth_mib} MiB (from {rss_before} KiB to a peak of {peak} KiB)"
