@@ -163,6 +163,15 @@ pub struct Config {
     /// Sign-ins naming one username in a burst above the rate.
     #[arg(long, env = "TIDINGS_BURST_SIGN_IN_USERNAME", default_value_t = 10)]
     pub burst_sign_in_username: u32,
+    /// Most operations one `POST /graphql` batch may hold (over it: 400, `TOO_COMPLEX`). The
+    /// operations of a batch run one after another.
+    #[arg(long, env = "TIDINGS_MAX_BATCH", default_value_t = 10)]
+    pub max_batch: usize,
+
+    /// Time budget of one `POST /graphql` request, batch included: past it the unfinished
+    /// operations are stopped and answered `TOO_COMPLEX` "request took too long".
+    #[arg(long, env = "TIDINGS_GRAPHQL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub graphql_timeout: Duration,
 }
 
 impl Config {
@@ -223,6 +232,8 @@ impl Config {
             burst_sign_in_address: 30,
             rate_sign_in_username: "10/60s".into(),
             burst_sign_in_username: 10,
+            max_batch: 10,
+            graphql_timeout: Duration::from_secs(10),
         }
     }
 }

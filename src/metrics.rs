@@ -59,6 +59,12 @@ pub const REDIS_UP: &str = "tidings_redis_up";
 /// `busy` (every password check slot stayed taken).
 pub const SIGN_IN_REFUSED: &str = "tidings_sign_in_refused_total";
 const SIGN_IN_LIMITS: [&str; 3] = ["address", "username", "busy"];
+/// GraphQL requests refused by a budget, by `reason`: `batch` (too many operations in one
+/// POST), `cost` (depth, complexity, aliases: `TOO_COMPLEX`), `page` (a page size, or a list of
+/// ids, over its maximum), `timeout` (the request's time budget ran out), `body` (an HTTP body
+/// over `TIDINGS_MAX_BODY_BYTES`).
+pub const GRAPHQL_REFUSED: &str = "tidings_graphql_refused_total";
+const GRAPHQL_REFUSAL_REASONS: [&str; 5] = ["batch", "cost", "page", "timeout", "body"];
 
 /// Latency buckets, in seconds: a local delivery takes well under a millisecond, one across
 /// instances a few; the tail shows slow consumers and catch-ups.
@@ -223,6 +229,10 @@ fn describe() {
         SIGN_IN_REFUSED,
         "Sign-ins (login, register) refused, by the limit they hit"
     );
+    describe_counter!(
+        GRAPHQL_REFUSED,
+        "GraphQL requests refused by a budget (batch size, cost, page size, time, body size), by reason"
+    );
 }
 
 /// Every series a dashboard expects to find, present from the start rather than from its first
@@ -248,6 +258,9 @@ fn register_at_zero() {
     counter!(COHORTS_STARTED).absolute(0);
     counter!(MESSAGE_BATCHES).absolute(0);
     counter!(MESSAGE_BATCH_SENDS).absolute(0);
+    for reason in GRAPHQL_REFUSAL_REASONS {
+        counter!(GRAPHQL_REFUSED, "reason" => reason).absolute(0);
+    }
     gauge!(COHORT_MEMBERS).set(0.0);
     for limit in SIGN_IN_LIMITS {
         counter!(SIGN_IN_REFUSED, "limit" => limit).absolute(0);
@@ -356,4 +369,9 @@ pub fn cohort_member(joined: bool) {
     } else {
         g.decrement(1.0)
     }
+}
+
+/// A GraphQL request was refused by a budget (`GRAPHQL_REFUSED`'s reasons).
+pub fn graphql_refused(reason: &'static str) {
+    counter!(GRAPHQL_REFUSED, "reason" => reason).increment(1);
 }

@@ -20,6 +20,11 @@ pub const BODY_MAX: usize = 5000;
 pub const KIND_MAX: usize = 64;
 /// Rows per INSERT when notifying many users.
 const BATCH: usize = 500;
+/// The largest page of `notifications(last)`.
+pub const NOTIFICATIONS_MAX: i32 = 200;
+/// Most ids one `markNotificationsRead` may name (without ids it marks every one): a longer
+/// list is refused, not sent to the database as a statement with that many parameters.
+pub const MARK_READ_MAX: usize = 1000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
@@ -228,8 +233,11 @@ impl Domain {
     ) -> DomainResult<Vec<notification::Model>> {
         let me = require_user(viewer)?;
         let last = last.unwrap_or(50);
-        if !(0..=200).contains(&last) {
-            return Err(DomainError::bad_input("last must be between 0 and 200"));
+        if !(0..=NOTIFICATIONS_MAX).contains(&last) {
+            crate::metrics::graphql_refused("page");
+            return Err(DomainError::bad_input(format!(
+                "last must be between 0 and {NOTIFICATIONS_MAX}"
+            )));
         }
         let mut query = notification::Entity::find()
             .filter(notification::Column::UserId.eq(me.id.as_str()))
@@ -283,6 +291,12 @@ impl Domain {
             .filter(notification::Column::UserId.eq(me.id.as_str()))
             .filter(notification::Column::ReadAt.is_null());
         if let Some(ids) = ids {
+            if ids.len() > MARK_READ_MAX {
+                crate::metrics::graphql_refused("page");
+                return Err(DomainError::bad_input(format!(
+                    "at most {MARK_READ_MAX} ids at once (none marks every notification read)"
+                )));
+            }
             let ids = ids
                 .iter()
                 .map(|id| super::records::parse_message_id(id))

@@ -4,7 +4,7 @@
 use chrono::Utc;
 use sea_orm::{
     sea_query::ExprTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, SqlErr, TransactionTrait,
+    QueryOrder, QuerySelect, QueryTrait, SqlErr, TransactionTrait,
 };
 
 pub use super::records::validate_room_id;
@@ -15,6 +15,34 @@ use crate::db::{room, room_member, user};
 use crate::hub::{Event, Topic};
 
 const TITLE_MAX: usize = 200;
+/// The page of `rooms` and `Room.members` when the client asks for none.
+pub const PAGE_DEFAULT: i32 = 50;
+/// The largest page of `rooms` and `Room.members`: what one request can make the server load
+/// stays bounded however many rooms and members there are.
+pub const PAGE_MAX: i32 = 100;
+
+/// A page size as a client gave it (`None`: the default), checked against `PAGE_MAX`.
+pub fn page_size(first: Option<i32>) -> DomainResult<u64> {
+    let first = first.unwrap_or(PAGE_DEFAULT);
+    if !(0..=PAGE_MAX).contains(&first) {
+        crate::metrics::graphql_refused("page");
+        return Err(DomainError::bad_input(format!(
+            "first must be between 0 and {PAGE_MAX}"
+        )));
+    }
+    Ok(first as u64)
+}
+
+/// A page's cursor (`after`): the id of the last item of the previous page. Any id up to the
+/// longest one the server hands out is a cursor; nothing has to exist under it.
+fn cursor(after: Option<&str>) -> DomainResult<Option<&str>> {
+    match after {
+        Some(a) if a.is_empty() || a.len() > 128 => Err(DomainError::bad_input(
+            "after must be the id of the last item of the previous page",
+        )),
+        other => Ok(other),
+    }
+}
 
 /// What joining did: the room, and the SYSTEM message it posted (none when already a member).
 pub struct Joined {
@@ -86,21 +114,34 @@ impl Domain {
         }
     }
 
-    /// The rooms the viewer can see: every public room and the private rooms they belong to.
-    pub async fn visible_rooms(&self, viewer: &Viewer) -> DomainResult<Vec<room::Model>> {
+    /// A page of the rooms the viewer can see (every public room and the private rooms they
+    /// belong to), in id order: the first `first` (default 50, at most `PAGE_MAX`) with an id
+    /// after `after`.
+    pub async fn visible_rooms(
+        &self,
+        viewer: &Viewer,
+        first: Option<i32>,
+        after: Option<&str>,
+    ) -> DomainResult<Vec<room::Model>> {
         let user = require_user(viewer)?;
-        let mut query = room::Entity::find().order_by_asc(room::Column::Id);
+        let first = page_size(first)?;
+        let after = cursor(after)?;
+        let mut query = room::Entity::find()
+            .order_by_asc(room::Column::Id)
+            .limit(first);
+        if let Some(after) = after {
+            query = query.filter(room::Column::Id.gt(after));
+        }
         if !user.is_admin() {
             let mine = room_member::Entity::find()
+                .select_only()
+                .column(room_member::Column::RoomId)
                 .filter(room_member::Column::UserId.eq(user.id.as_str()))
-                .all(&self.db)
-                .await?
-                .into_iter()
-                .map(|m| m.room_id);
+                .into_query();
             query = query.filter(
                 room::Column::IsPrivate
                     .eq(false)
-                    .or(room::Column::Id.is_in(mine)),
+                    .or(room::Column::Id.in_subquery(mine)),
             );
         }
         Ok(query.all(&self.db).await?)
@@ -134,7 +175,32 @@ impl Domain {
             .collect())
     }
 
-    /// Members in the order they joined.
+    /// A page of a room's members in id order: the first `first` (default 50, at most
+    /// `PAGE_MAX`) with an id after `after`. One query, whatever the page size.
+    pub async fn members_page(
+        &self,
+        room_id: &str,
+        first: Option<i32>,
+        after: Option<&str>,
+    ) -> DomainResult<Vec<user::Model>> {
+        let first = page_size(first)?;
+        let after = cursor(after)?;
+        let mut ids = room_member::Entity::find()
+            .select_only()
+            .column(room_member::Column::UserId)
+            .filter(room_member::Column::RoomId.eq(room_id));
+        if let Some(after) = after {
+            ids = ids.filter(room_member::Column::UserId.gt(after));
+        }
+        Ok(user::Entity::find()
+            .filter(user::Column::Id.in_subquery(ids.into_query()))
+            .order_by_asc(user::Column::Id)
+            .limit(first)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Every member, in the order they joined.
     pub async fn members(&self, room_id: &str) -> DomainResult<Vec<user::Model>> {
         let ids: Vec<String> = room_member::Entity::find()
             .filter(room_member::Column::RoomId.eq(room_id))

@@ -32,10 +32,8 @@ pub fn stamp_codes(response: &mut Response) {
         if has_code {
             continue;
         }
-        let code = if error.message.contains("nested too deep")
-            || error.message.contains("too complex")
-            || error.message.contains("too many")
-        {
+        let code = if is_cost_error(&error.message) {
+            crate::metrics::graphql_refused("cost");
             "TOO_COMPLEX"
         } else if error.locations.is_empty()
             && error.path.is_empty()
@@ -52,10 +50,61 @@ pub fn stamp_codes(response: &mut Response) {
     }
 }
 
+/// Whether an error of async-graphql's own is a cost limit: the depth limit, the executor's
+/// recursion limit (a query nested past it, or fragments that spread each other in a cycle),
+/// the parser's recursion limit, the complexity limit, and the alias and directive caps.
+fn is_cost_error(message: &str) -> bool {
+    const COST: [&str; 7] = [
+        "nested too deep",
+        "recursion depth",
+        "recursion limit",
+        "Cannot spread fragment",
+        "too complex",
+        "too many",
+        "number of directives",
+    ];
+    COST.iter().any(|m| message.contains(m))
+}
+
 /// Whether a request failed before execution (parse or validation): no data, and errors
 /// without a path. GraphQL over HTTP answers it with 400, graphql-transport-ws with `error`.
 pub fn is_request_error(response: &Response) -> bool {
     response.data == async_graphql::Value::Null
         && !response.errors.is_empty()
         && response.errors.iter().all(|e| e.path.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_graphql::ServerError;
+
+    fn code_of(message: &str) -> String {
+        let mut response = Response::from_errors(vec![ServerError::new(message, None)]);
+        stamp_codes(&mut response);
+        let ext = response.errors[0].extensions.as_ref().expect("extensions");
+        match ext.get("code") {
+            Some(async_graphql::Value::String(s)) => s.clone(),
+            other => panic!("no code: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cost_limits_are_too_complex_and_other_request_errors_bad_user_input() {
+        for message in [
+            "Query is nested too deep.",
+            "The recursion depth of the query cannot be greater than `32`",
+            "recursion limit exceeded.",
+            "Cannot spread fragment \"A\"",
+            "Query is too complex.",
+            "too many aliases: 31, at most 30",
+            "The number of directives on the field `me` cannot be greater than `5`",
+        ] {
+            assert_eq!(code_of(message), "TOO_COMPLEX", "{message}");
+        }
+        assert_eq!(
+            code_of("Unknown field \"nope\" on type \"Query\"."),
+            "BAD_USER_INPUT"
+        );
+    }
 }

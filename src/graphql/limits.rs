@@ -1,5 +1,6 @@
 //! Query cost limits beyond async-graphql's depth and complexity: a cap on aliases, which
-//! otherwise let one small query ask for the same expensive field hundreds of times.
+//! otherwise let one small query ask for the same expensive field hundreds of times, and the
+//! cost of a list field, which counts what it selects once per item of its page.
 
 use std::sync::Arc;
 
@@ -8,6 +9,16 @@ use async_graphql::parser::types::{
     DocumentOperations, ExecutableDocument, Selection, SelectionSet,
 };
 use async_graphql::{ServerError, ServerResult, Variables};
+
+/// The complexity of a list field whose page size is `size` (`None`: `default`): what it
+/// selects, once per item it may return. A size out of range is refused when the field
+/// resolves; here it counts as the nearest bound, so the sum cannot overflow.
+pub fn page_cost(size: Option<i32>, default: i32, max: i32, child_complexity: usize) -> usize {
+    let items = size.unwrap_or(default).clamp(1, max.max(1));
+    usize::try_from(items)
+        .unwrap_or(1)
+        .saturating_mul(child_complexity)
+}
 
 /// Most aliases one request may use.
 pub const MAX_ALIASES: usize = 30;
@@ -69,5 +80,23 @@ impl Extension for AliasLimitExtension {
             ));
         }
         Ok(doc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_cost;
+
+    #[test]
+    fn a_list_costs_its_selection_once_per_item_of_its_page() {
+        assert_eq!(page_cost(None, 50, 100, 3), 150);
+        assert_eq!(page_cost(Some(10), 50, 100, 3), 30);
+        assert_eq!(page_cost(Some(100_000), 50, 100, 3), 300);
+        assert_eq!(page_cost(Some(-5), 50, 100, 3), 3);
+        assert_eq!(page_cost(Some(0), 50, 100, 3), 3);
+        assert_eq!(
+            page_cost(Some(i32::MAX), 50, i32::MAX, usize::MAX),
+            usize::MAX
+        );
     }
 }

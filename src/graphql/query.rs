@@ -1,9 +1,14 @@
 use async_graphql::{Context, Object, Result, ID};
 
 use super::errors::IntoGql;
+use super::limits::page_cost;
 use super::types::{LeaderboardSnapshot, Message, Notification, Presence, Room, User};
 use super::{domain, viewer};
+use crate::domain::leaderboard::LEADERBOARD_MAX;
+use crate::domain::messages::HISTORY_MAX;
+use crate::domain::notifications::NOTIFICATIONS_MAX;
 use crate::domain::require_user;
+use crate::domain::rooms::{PAGE_DEFAULT, PAGE_MAX};
 
 pub struct Query;
 
@@ -22,9 +27,20 @@ impl Query {
         Ok(domain(ctx).user_by_id(&id).await.gql()?.map(User))
     }
 
-    /// Rooms the viewer can see: every public room and the private rooms they belong to.
-    async fn rooms(&self, ctx: &Context<'_>) -> Result<Vec<Room>> {
-        let rooms = domain(ctx).visible_rooms(viewer(ctx)).await.gql()?;
+    /// Rooms the viewer can see (every public room and the private rooms they belong to), in
+    /// id order, a page at a time: the `first` (at most 100) after the room `after`. The next
+    /// page is `after` the last room's id; a page shorter than `first` is the last.
+    #[graphql(complexity = "page_cost(first, PAGE_DEFAULT, PAGE_MAX, child_complexity)")]
+    async fn rooms(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 50)] first: Option<i32>,
+        after: Option<ID>,
+    ) -> Result<Vec<Room>> {
+        let rooms = domain(ctx)
+            .visible_rooms(viewer(ctx), first, after.as_ref().map(|a| a.as_str()))
+            .await
+            .gql()?;
         Ok(rooms.into_iter().map(Room).collect())
     }
 
@@ -37,6 +53,7 @@ impl Query {
     }
 
     /// A room's messages in ascending id order: the `last` ones before message `before`.
+    #[graphql(complexity = "page_cost(last, 50, HISTORY_MAX, child_complexity)")]
     async fn messages(
         &self,
         ctx: &Context<'_>,
@@ -65,6 +82,7 @@ impl Query {
         Ok(online.into_iter().map(Presence).collect())
     }
 
+    #[graphql(complexity = "user_ids.len().saturating_mul(child_complexity)")]
     async fn presence_of(&self, ctx: &Context<'_>, user_ids: Vec<ID>) -> Result<Vec<Presence>> {
         let ids: Vec<String> = user_ids.into_iter().map(|id| id.0).collect();
         let found = domain(ctx).presence_of(viewer(ctx), &ids).await.gql()?;
@@ -72,6 +90,7 @@ impl Query {
     }
 
     /// The top `limit` (1-100) users by points.
+    #[graphql(complexity = "page_cost(limit, 10, LEADERBOARD_MAX, child_complexity)")]
     async fn leaderboard(
         &self,
         ctx: &Context<'_>,
@@ -81,7 +100,8 @@ impl Query {
         Ok(LeaderboardSnapshot { snapshot, limit })
     }
 
-    /// The viewer's notifications, oldest first: the `last` ones before `before`.
+    /// The viewer's notifications, oldest first: the `last` (at most 200) before `before`.
+    #[graphql(complexity = "page_cost(last, 50, NOTIFICATIONS_MAX, child_complexity)")]
     async fn notifications(
         &self,
         ctx: &Context<'_>,

@@ -4,12 +4,14 @@ use async_graphql::{Context, Enum, InputObject, Json, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 
 use super::errors::IntoGql;
+use super::limits::page_cost;
 use crate::db::{notification, room, user};
 use crate::domain::feeds::{PresenceEventView, TypingView};
 use crate::domain::leaderboard::{ranked, RankedEntry};
 use crate::domain::messages::{MessageKind as DomainKind, MessageView};
 use crate::domain::notifications::Level;
 use crate::domain::presence::{PresenceStatus as DomainStatus, PresenceView};
+use crate::domain::rooms::{PAGE_DEFAULT, PAGE_MAX};
 use crate::hub::event::LeaderboardChanged;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
@@ -138,8 +140,19 @@ impl Room {
         Ok(i32::try_from(n).unwrap_or(i32::MAX))
     }
 
-    async fn members(&self, ctx: &async_graphql::Context<'_>) -> async_graphql::Result<Vec<User>> {
-        let users = super::domain(ctx).members(&self.0.id).await.gql()?;
+    /// The room's members in id order, a page at a time: the `first` (at most 100) after the
+    /// member `after`.
+    #[graphql(complexity = "page_cost(first, PAGE_DEFAULT, PAGE_MAX, child_complexity)")]
+    async fn members(
+        &self,
+        ctx: &async_graphql::Context<'_>,
+        #[graphql(default = 50)] first: Option<i32>,
+        after: Option<ID>,
+    ) -> async_graphql::Result<Vec<User>> {
+        let users = super::domain(ctx)
+            .members_page(&self.0.id, first, after.as_ref().map(|a| a.as_str()))
+            .await
+            .gql()?;
         Ok(users.into_iter().map(User).collect())
     }
 }

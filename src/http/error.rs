@@ -16,6 +16,7 @@ const STATUSES: &[(&str, StatusCode)] = &[
     ("NOT_FOUND", StatusCode::NOT_FOUND),
     ("BAD_USER_INPUT", StatusCode::BAD_REQUEST),
     ("RATE_LIMITED", StatusCode::TOO_MANY_REQUESTS),
+    ("TOO_COMPLEX", StatusCode::BAD_REQUEST),
     ("INTERNAL", StatusCode::INTERNAL_SERVER_ERROR),
 ];
 
@@ -62,6 +63,31 @@ pub(super) fn coded_error(code: &str, message: &str) -> Response {
 pub(super) fn request_error(status: StatusCode, code: &str, message: &str) -> Response {
     let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
     (status, Json(body)).into_response()
+}
+
+/// The shape an endpoint answers errors in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BodyShape {
+    /// `{"errors": [{"message", "extensions": {"code"}}]}` (`/graphql`).
+    Graphql,
+    /// `{"error", "code"}` (the REST endpoints under `/api`).
+    Rest,
+}
+
+/// `413 Payload Too Large` for a request body over `TIDINGS_MAX_BODY_BYTES`, in the endpoint's
+/// error shape with the code `BAD_USER_INPUT`.
+pub(super) fn body_too_large(limit: usize, shape: BodyShape) -> Response {
+    let message = format!("request body is larger than {limit} bytes");
+    match shape {
+        BodyShape::Graphql => {
+            request_error(StatusCode::PAYLOAD_TOO_LARGE, "BAD_USER_INPUT", &message)
+        }
+        BodyShape::Rest => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Json(json!({ "error": message, "code": "BAD_USER_INPUT" })),
+        )
+            .into_response(),
+    }
 }
 
 #[cfg(test)]

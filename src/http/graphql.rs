@@ -1,8 +1,14 @@
 //! `POST /graphql`: queries and mutations as JSON, answered as `application/json` or
 //! `application/graphql-response+json` (GraphQL over HTTP), whichever the client accepts.
+//!
+//! Every request has budgets, so no client can make the server hold or do more than a bounded
+//! amount of work for it: a batch holds at most `TIDINGS_MAX_BATCH` operations, run one after
+//! another; each operation's cost is bounded by the schema's limits (`crate::graphql`); and the
+//! whole request has `TIDINGS_GRAPHQL_TIMEOUT` to finish.
 
-use async_graphql::BatchRequest;
+use async_graphql::{BatchRequest, BatchResponse, ServerError};
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::Query;
@@ -11,14 +17,17 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use tokio::time::Instant;
 
-use super::error::{coded_error, request_error, ApiError};
+use super::error::{body_too_large, coded_error, request_error, ApiError, BodyShape};
 use super::AppState;
 use crate::auth::{bearer, ClientAddress, TokenError, Viewer};
 use crate::domain::users::ViewerError;
 use crate::graphql::errors::{is_request_error, stamp_codes};
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+/// The message of an operation stopped by the time budget.
+const TOOK_TOO_LONG: &str = "request took too long";
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/graphql", get(graphql_get).post(graphql_post))
@@ -73,8 +82,22 @@ async fn graphql_post(
     State(state): State<AppState>,
     headers: HeaderMap,
     client: Option<ClientAddress>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let deadline = Instant::now() + state.config.graphql_timeout;
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            crate::metrics::graphql_refused("body");
+            return body_too_large(state.config.max_body_bytes, BodyShape::Graphql);
+        }
+        Err(rejection) => {
+            return coded_error(
+                "BAD_USER_INPUT",
+                &format!("could not read the request body: {}", rejection.body_text()),
+            )
+        }
+    };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -99,21 +122,68 @@ async fn graphql_post(
             )
         }
     };
-    let viewer = match viewer_from_headers(&state, &headers).await {
-        Ok(v) => v,
-        Err(response) => return response,
-    };
-    let mut request = request.data(viewer);
-    if let Some(client) = client {
-        request = request.data(client);
-    }
-    let mut response = state.schema.execute_batch(request).await;
-    let request_failed = match &mut response {
-        async_graphql::BatchResponse::Single(r) => {
-            stamp_codes(r);
-            is_request_error(r)
+    let max_batch = state.config.max_batch;
+    if let BatchRequest::Batch(items) = &request {
+        if items.len() > max_batch {
+            crate::metrics::graphql_refused("batch");
+            return request_error(
+                StatusCode::BAD_REQUEST,
+                "TOO_COMPLEX",
+                &format!(
+                    "a batch may hold at most {max_batch} operations; this one has {}",
+                    items.len()
+                ),
+            );
         }
-        async_graphql::BatchResponse::Batch(rs) => {
+    }
+    let viewer =
+        match tokio::time::timeout_at(deadline, viewer_from_headers(&state, &headers)).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(response)) => return response,
+            Err(_) => {
+                crate::metrics::graphql_refused("timeout");
+                // The database did not answer who the token stands for in time.
+                return request_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "TOO_COMPLEX",
+                    TOOK_TOO_LONG,
+                );
+            }
+        };
+    let (mut response, timed_out) = match request {
+        BatchRequest::Single(request) => {
+            let (response, timed_out) =
+                run(&state, with_client(request.data(viewer), client), deadline).await;
+            (BatchResponse::Single(response), timed_out)
+        }
+        // One after another: a batch costs the server what its operations cost in turn, not
+        // all of them at once, and its mutations happen in the order the client wrote them.
+        BatchRequest::Batch(requests) => {
+            let mut responses = Vec::with_capacity(requests.len());
+            let mut timed_out = false;
+            for request in requests {
+                let (response, late) = run(
+                    &state,
+                    with_client(request.data(viewer.clone()), client),
+                    deadline,
+                )
+                .await;
+                timed_out |= late;
+                responses.push(response);
+            }
+            (BatchResponse::Batch(responses), timed_out)
+        }
+    };
+    if timed_out {
+        crate::metrics::graphql_refused("timeout");
+    }
+    let request_failed = match &mut response {
+        BatchResponse::Single(r) => {
+            stamp_codes(r);
+            // An operation stopped by the time budget did start: not a request error.
+            !timed_out && is_request_error(r)
+        }
+        BatchResponse::Batch(rs) => {
             rs.iter_mut().for_each(stamp_codes);
             false
         }
@@ -141,5 +211,44 @@ async fn graphql_post(
         )
             .into_response(),
         Err(_) => coded_error("INTERNAL", "could not encode the response"),
+    }
+}
+
+/// Runs one operation within the request's time budget. When the budget runs out the
+/// operation is dropped at its next await (its database transaction, if any, rolls back) and
+/// answered with a `TOO_COMPLEX` error; the flag says so.
+async fn run(
+    state: &AppState,
+    request: async_graphql::Request,
+    deadline: Instant,
+) -> (async_graphql::Response, bool) {
+    if Instant::now() < deadline {
+        if let Ok(response) = tokio::time::timeout_at(deadline, state.schema.execute(request)).await
+        {
+            return (response, false);
+        }
+    }
+    let mut error = ServerError::new(
+        format!(
+            "{TOOK_TOO_LONG}: over the budget of {}",
+            humantime::format_duration(state.config.graphql_timeout)
+        ),
+        None,
+    );
+    error
+        .extensions
+        .get_or_insert_with(Default::default)
+        .set("code", "TOO_COMPLEX");
+    (async_graphql::Response::from_errors(vec![error]), true)
+}
+
+/// The request with the client's address, for the budgets counted per address.
+fn with_client(
+    request: async_graphql::Request,
+    client: Option<ClientAddress>,
+) -> async_graphql::Request {
+    match client {
+        Some(client) => request.data(client),
+        None => request,
     }
 }

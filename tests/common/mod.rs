@@ -222,6 +222,11 @@ impl TestServer {
         format!("{}{path}", self.base)
     }
 
+    /// The server's process id (to read its memory from `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Asks the server to shut down (SIGTERM), without waiting.
     pub fn terminate(&self) {
         let _ = Command::new("kill")
