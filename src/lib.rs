@@ -154,7 +154,9 @@ impl App {
             shutdown.await;
             token.cancel();
         };
-        axum::serve(listener, router)
+        // With each connection's peer address: the client's address budgets need it.
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, service)
             .with_graceful_shutdown(signal)
             .await?;
         self.state.connections.wait_closed().await;
