@@ -801,11 +801,13 @@ async fn write(sink: &mut Sink, first: Outbound, queue: &Queue, transport: Trans
     true
 }
 
-/// How to close after a read error: 1009 for a message over the size limit.
+/// How to close after a read error: 1009 for a message over the size limit, 1007 for a text
+/// message that is not UTF-8 (RFC 6455, 8.1).
 fn read_error(e: axum::Error) -> End {
     let inner = e.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(_)) => End::CloseNow(1009, "message too big".into()),
+        Some(tungstenite::Error::Utf8(_)) => End::CloseNow(1007, "invalid UTF-8".into()),
         _ => End::Gone,
     }
 }
