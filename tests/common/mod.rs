@@ -222,6 +222,11 @@ impl TestServer {
         format!("{}{path}", self.base)
     }
 
+    /// The server's process id (its memory is in `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Asks the server to shut down (SIGTERM), without waiting.
     pub fn terminate(&self) {
         let _ = Command::new("kill")
@@ -503,6 +508,12 @@ impl GqlSocket {
             .send(Message::Text(text.into()))
             .await
             .expect("send frame");
+    }
+
+    /// Sends any WebSocket message, even one a well-behaved client would not (a raw frame).
+    pub async fn send_raw(&mut self, message: tokio_tungstenite::tungstenite::Message) {
+        use futures_util::SinkExt;
+        self.ws.send(message).await.expect("send frame");
     }
 
     /// The next protocol frame, answering pings and skipping keep-alives.
@@ -848,6 +859,12 @@ impl LegacyClient {
             .send(Message::Text(text.into()))
             .await
             .expect("send frame");
+    }
+
+    /// Sends any WebSocket message, even one a well-behaved client would not (a raw frame).
+    pub async fn send_raw(&mut self, message: tokio_tungstenite::tungstenite::Message) {
+        use futures_util::SinkExt;
+        self.ws.send(message).await.expect("send frame");
     }
 
     /// A frame if one arrives within `wait`.
