@@ -162,6 +162,50 @@ async fn an_anonymous_subscribe_flood_is_refused_past_the_budget_with_bounded_me
     assert!(refusals >= (3 * (FLOOD_FRAMES - 9)) as f64, "{refusals}");
 }
 
+/// Topics: a channel where nothing is published costs little until events flow (no event
+/// buffer per topic), so even a socket allowed 10,000 channels keeps the server small.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_quiet_channels_cost_little_memory() {
+    const CHANNELS: usize = 10_000;
+    let db = TestDb::new(&Backend::Sqlite).await;
+    let server = TestServer::start(
+        &db,
+        &[
+            ("TIDINGS_MAX_CHANNELS_PER_SOCKET", "20000"),
+            ("TIDINGS_MAX_SUBSCRIPTIONS_PER_USER", "20000"),
+        ],
+    );
+    let mut ws = LegacyClient::user(&server, &cli_token("alice", "user")).await;
+    let before = memory_kib(server.pid(), "VmRSS:");
+    for window in 0..CHANNELS / WINDOW {
+        for i in 0..WINDOW {
+            let channel = format!("public:quiet-{}", window * WINDOW + i);
+            ws.send(json!({ "type": "subscribe", "channel": channel }))
+                .await;
+        }
+        for _ in 0..WINDOW {
+            let frame = ws.next().await;
+            assert_eq!(frame["type"], "subscribed", "{frame}");
+        }
+    }
+    let peak = memory_kib(server.pid(), "VmHWM:");
+    let growth_mib = peak.saturating_sub(before) / 1024;
+    assert!(
+        growth_mib < 64,
+        "{CHANNELS} quiet channels grew the server by {growth_mib} MiB"
+    );
+    // They still work: an event on one of them arrives.
+    let admin = cli_token("admin", "admin");
+    server
+        .ok(
+            Some(&admin),
+            "mutation { publish(channel: \"public:quiet-77\", type: \"ping\") { id } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(ws.next_of("ping").await["channel"], "public:quiet-77");
+}
+
 /// Finding 1, on GraphQL: an anonymous socket runs the same small number of operations.
 #[tokio::test]
 async fn an_anonymous_graphql_socket_runs_at_most_ten_operations() {
