@@ -172,6 +172,35 @@ pub struct Config {
     /// operations are stopped and answered `TOO_COMPLEX` "request took too long".
     #[arg(long, env = "TIDINGS_GRAPHQL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub graphql_timeout: Duration,
+    /// Open WebSockets this instance accepts, every transport together; past it an upgrade is
+    /// answered 503 with Retry-After.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+
+    /// WebSockets one client address (an IPv6 client: its /64) may hold while they are not
+    /// signed in as a user; past it an upgrade is answered 429 with Retry-After. Off with
+    /// TIDINGS_RATE_LIMITS=off.
+    #[arg(long, env = "TIDINGS_MAX_ANONYMOUS_PER_ADDRESS", default_value_t = 100)]
+    pub max_anonymous_per_address: usize,
+
+    /// Proxies whose `X-Forwarded-For` is believed (comma-separated CIDR blocks or addresses,
+    /// e.g. `10.0.0.0/8,::1`); unset, the client's address is the peer's.
+    #[arg(long, env = "TIDINGS_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<crate::http::client::Cidr>,
+
+    /// Channels one `/ws` socket may follow at once, its own included (anonymous sockets: at
+    /// most 10); past it, an `error` frame with RATE_LIMITED.
+    #[arg(long, env = "TIDINGS_MAX_CHANNELS_PER_SOCKET", default_value_t = 100)]
+    pub max_channels_per_socket: usize,
+
+    /// GraphQL operations and `/ws` channels one user may hold at once over all their sockets
+    /// on one instance; past it, RATE_LIMITED. Off with TIDINGS_RATE_LIMITS=off.
+    #[arg(
+        long,
+        env = "TIDINGS_MAX_SUBSCRIPTIONS_PER_USER",
+        default_value_t = 1000
+    )]
+    pub max_subscriptions_per_user: usize,
 }
 
 impl Config {
@@ -234,6 +263,11 @@ impl Config {
             burst_sign_in_username: 10,
             max_batch: 10,
             graphql_timeout: Duration::from_secs(10),
+            max_connections: 20_000,
+            max_anonymous_per_address: 100,
+            trusted_proxies: Vec::new(),
+            max_channels_per_socket: 100,
+            max_subscriptions_per_user: 1000,
         }
     }
 }

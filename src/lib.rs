@@ -154,13 +154,11 @@ impl App {
             shutdown.await;
             token.cancel();
         };
-        // With each connection's peer address: per-address budgets count by it.
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(signal)
-        .await?;
+        // With each connection's peer address: the client's address budgets need it.
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, service)
+            .with_graceful_shutdown(signal)
+            .await?;
         self.state.connections.wait_closed().await;
         // The announcements read the database and Redis: a slow one must not hold up the exit.
         if tokio::time::timeout(PRESENCE_DRAIN_TIMEOUT, self.state.domain.drain_presence())

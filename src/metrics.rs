@@ -65,6 +65,14 @@ const SIGN_IN_LIMITS: [&str; 3] = ["address", "username", "busy"];
 /// over `TIDINGS_MAX_BODY_BYTES`).
 pub const GRAPHQL_REFUSED: &str = "tidings_graphql_refused_total";
 const GRAPHQL_REFUSAL_REASONS: [&str; 5] = ["batch", "cost", "page", "timeout", "body"];
+/// WebSocket upgrades refused by a connection budget, by `reason`: `server_full`
+/// (`TIDINGS_MAX_CONNECTIONS`, 503) or `address_full` (`TIDINGS_MAX_ANONYMOUS_PER_ADDRESS`, 429).
+pub const CONNECTIONS_REFUSED: &str = "tidings_connections_refused_total";
+/// Subscriptions (GraphQL operations, `/ws` channels) refused by a budget, by `budget`:
+/// `socket` (what one socket may follow) or `user` (what one user may, over all their sockets).
+pub const SUBSCRIPTIONS_REFUSED: &str = "tidings_subscriptions_refused_total";
+const REFUSAL_REASONS: [&str; 2] = ["server_full", "address_full"];
+const SUBSCRIPTION_BUDGETS: [&str; 2] = ["socket", "user"];
 
 /// Latency buckets, in seconds: a local delivery takes well under a millisecond, one across
 /// instances a few; the tail shows slow consumers and catch-ups.
@@ -153,6 +161,7 @@ pub fn install(shutdown: &CancellationToken) {
         }
         describe();
         register_at_zero();
+        describe_budgets();
         Some(handle)
     });
     if let Some(handle) = handle.clone() {
@@ -374,4 +383,32 @@ pub fn cohort_member(joined: bool) {
 /// A GraphQL request was refused by a budget (`GRAPHQL_REFUSED`'s reasons).
 pub fn graphql_refused(reason: &'static str) {
     counter!(GRAPHQL_REFUSED, "reason" => reason).increment(1);
+}
+
+/// The budgets' refusal counters: described, and present from the start.
+fn describe_budgets() {
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "WebSocket upgrades refused by a connection budget, by reason"
+    );
+    describe_counter!(
+        SUBSCRIPTIONS_REFUSED,
+        "Subscriptions and channels refused by a budget, by budget (socket, user)"
+    );
+    for reason in REFUSAL_REASONS {
+        counter!(CONNECTIONS_REFUSED, "reason" => reason).absolute(0);
+    }
+    for budget in SUBSCRIPTION_BUDGETS {
+        counter!(SUBSCRIPTIONS_REFUSED, "budget" => budget).absolute(0);
+    }
+}
+
+/// A WebSocket upgrade was refused for `reason` (see `CONNECTIONS_REFUSED`).
+pub fn connection_refused(reason: &'static str) {
+    counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+}
+
+/// A subscription or channel was refused by the `budget` (see `SUBSCRIPTIONS_REFUSED`).
+pub fn subscription_refused(budget: &'static str) {
+    counter!(SUBSCRIPTIONS_REFUSED, "budget" => budget).increment(1);
 }

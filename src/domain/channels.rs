@@ -48,6 +48,11 @@ pub const RESERVED_TYPES: &[&str] = &[
 /// Channels one subscription may follow at once.
 pub const CHANNELS_MAX: usize = 100;
 
+/// What an anonymous client may follow at once: channels in one subscription, and on one
+/// socket, channels (`/ws`) or operations (GraphQL). Anyone can open anonymous sockets without
+/// an account, so each gets a small budget (their number is capped per address).
+pub const ANONYMOUS_FOLLOWS_MAX: usize = 10;
+
 /// A valid channel name, by kind.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Channel {
@@ -225,9 +230,13 @@ impl Domain {
     ) -> DomainResult<Vec<Channel>> {
         let channels = match names {
             Some(names) if !names.is_empty() => {
-                if names.len() > CHANNELS_MAX {
+                let max = match viewer {
+                    Viewer::Anonymous => ANONYMOUS_FOLLOWS_MAX,
+                    _ => CHANNELS_MAX,
+                };
+                if names.len() > max {
                     return Err(DomainError::bad_input(format!(
-                        "at most {CHANNELS_MAX} channels at once"
+                        "at most {max} channels at once"
                     )));
                 }
                 let mut channels = names

@@ -2,7 +2,7 @@
 //! the app.
 
 mod api;
-pub(crate) mod client;
+pub mod client;
 pub(crate) mod cohort;
 mod error;
 mod graphql;
@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics::router())
         .merge(playground::router())
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(client::remember_peer))
         .with_state(state)
 }
 

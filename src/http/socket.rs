@@ -5,6 +5,20 @@
 //! ping/idle/token-expiry loop, an admin's disconnect, shutdown (1001), the write queue and
 //! teardown.
 //!
+//! **Budgets**, so that no client, signed in or not, can make the server hold more than a
+//! bounded share: an upgrade is refused before it happens (the handshake is answered, no
+//! socket is made) past `TIDINGS_MAX_CONNECTIONS` sockets (503) or past
+//! `TIDINGS_MAX_ANONYMOUS_PER_ADDRESS` sockets of one client address that have not signed in
+//! as a user (429), both with `Retry-After`. A socket counts under its address from its
+//! upgrade until it signs in as a user, and an anonymous one for its whole life. A graphql-ws
+//! client signs in with `connection_init`, after the upgrade, so its socket counts until then
+//! whatever its upgrade request carries; a `/ws` socket with a token signs in as it opens
+//! (closed at once if the token is refused), so it is not counted under its address at all:
+//! anonymous sockets from an address cannot lock its signed-in users out of `/ws`. Once open,
+//! a socket follows a bounded number of things (`Link::follows_budget`: GraphQL operations,
+//! `/ws` channels; fewer for anonymous sockets), and a user a bounded number over all their
+//! sockets (`Link::subscription_slot`).
+//!
 //! A connection is a reader (the task that owns the socket's read half and the protocol's
 //! state) and a writer task. Frames go to the writer through an `Outbox`; the reader ends the
 //! connection by handing an `End` to `SocketWriter::finish`.
@@ -21,21 +35,24 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::http::{header, HeaderMap};
-use axum::response::Response;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::AppState;
+use super::{client, AppState};
 use crate::auth::{bearer, Viewer};
+use crate::domain::channels::ANONYMOUS_FOLLOWS_MAX;
 use crate::domain::presence::PresenceGuard;
 use crate::domain::typing::ConnectionId;
 use crate::domain::users::ViewerError;
@@ -68,9 +85,163 @@ pub struct Connections {
     closed: Notify,
     /// Each signed-in user's connections here, by connection id.
     by_user: Mutex<HashMap<String, Vec<(u64, Outbox)>>>,
+    /// Sockets admitted and not yet closed, opening ones included: what
+    /// `TIDINGS_MAX_CONNECTIONS` caps.
+    admitted: AtomicUsize,
+    /// Sockets not signed in as a user, by the address their client holds
+    /// (`client::address_holder`): what `TIDINGS_MAX_ANONYMOUS_PER_ADDRESS` caps.
+    anonymous: Mutex<HashMap<IpAddr, usize>>,
+    /// What each signed-in user follows over all their sockets here (GraphQL operations and
+    /// `/ws` channels): what `TIDINGS_MAX_SUBSCRIPTIONS_PER_USER` caps.
+    subscriptions: Mutex<HashMap<String, usize>>,
+}
+
+/// How long a refused client is asked to wait before it tries again.
+const RETRY_AFTER_SECONDS: u64 = 5;
+
+/// Why an upgrade was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum UpgradeRefused {
+    /// The instance holds `TIDINGS_MAX_CONNECTIONS` sockets: 503.
+    ServerFull,
+    /// The client's address holds `TIDINGS_MAX_ANONYMOUS_PER_ADDRESS` sockets not signed in
+    /// as a user: 429.
+    AddressFull,
+}
+
+impl IntoResponse for UpgradeRefused {
+    fn into_response(self) -> Response {
+        let (status, reason, message) = match self {
+            UpgradeRefused::ServerFull => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_full",
+                "the server holds as many connections as it may; retry later",
+            ),
+            UpgradeRefused::AddressFull => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "address_full",
+                "too many connections not signed in from this address; retry later",
+            ),
+        };
+        crate::metrics::connection_refused(reason);
+        let body = serde_json::json!({ "error": message, "code": "RATE_LIMITED" });
+        let retry = [(header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string())];
+        (status, retry, Json(body)).into_response()
+    }
+}
+
+/// A socket's place within the connection budgets, from its upgrade until it closes.
+pub(crate) struct Admission {
+    connections: Arc<Connections>,
+    /// The address the socket counts under until it signs in as a user.
+    anonymous: Option<IpAddr>,
+}
+
+impl Admission {
+    /// The socket signed in as a user: it no longer counts under its address.
+    fn signed_in(&mut self) {
+        if let Some(address) = self.anonymous.take() {
+            self.connections.leave_address(address);
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.signed_in();
+        self.connections.admitted.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One place in a user's subscription budget, held while the operation or channel lives.
+pub(crate) struct SubscriptionSlot {
+    connections: Arc<Connections>,
+    user_id: String,
+}
+
+impl Drop for SubscriptionSlot {
+    fn drop(&mut self) {
+        let mut held = self.connections.lock_subscriptions();
+        if let Some(n) = held.get_mut(&self.user_id) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.user_id);
+            }
+        }
+    }
 }
 
 impl Connections {
+    /// Admits one more socket for a client at `address` (`None`: unknown, counted only in
+    /// the total): at most `max` sockets in all, and at most `per_address` (when set) not
+    /// signed in as a user per client address.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        address: Option<IpAddr>,
+        max: usize,
+        per_address: Option<usize>,
+    ) -> Result<Admission, UpgradeRefused> {
+        let admitted = self
+            .admitted
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            });
+        if admitted.is_err() {
+            return Err(UpgradeRefused::ServerFull);
+        }
+        // From here the admission holds its place in the total: dropping it gives it back.
+        let mut admission = Admission {
+            connections: self.clone(),
+            anonymous: None,
+        };
+        if let (Some(address), Some(cap)) = (address, per_address) {
+            let holder = client::address_holder(address);
+            let mut anonymous = self.lock_anonymous();
+            let held = anonymous.entry(holder).or_default();
+            if *held >= cap {
+                if *held == 0 {
+                    anonymous.remove(&holder);
+                }
+                return Err(UpgradeRefused::AddressFull);
+            }
+            *held += 1;
+            admission.anonymous = Some(holder);
+        }
+        Ok(admission)
+    }
+
+    fn leave_address(&self, holder: IpAddr) {
+        let mut anonymous = self.lock_anonymous();
+        if let Some(n) = anonymous.get_mut(&holder) {
+            *n -= 1;
+            if *n == 0 {
+                anonymous.remove(&holder);
+            }
+        }
+    }
+
+    fn lock_anonymous(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.anonymous.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_subscriptions(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One place in `user_id`'s subscription budget of `max`, or `None` when it is spent.
+    fn hold_subscription(self: &Arc<Self>, user_id: &str, max: usize) -> Option<SubscriptionSlot> {
+        let mut held = self.lock_subscriptions();
+        let current = held.get(user_id).copied().unwrap_or(0);
+        if current >= max {
+            return None;
+        }
+        held.insert(user_id.to_owned(), current + 1);
+        Some(SubscriptionSlot {
+            connections: self.clone(),
+            user_id: user_id.to_owned(),
+        })
+    }
+
     pub(crate) fn open(self: &Arc<Self>, transport: Transport) -> ConnectionTicket {
         self.open.fetch_add(1, Ordering::SeqCst);
         crate::metrics::connection_opened(transport);
@@ -630,11 +801,13 @@ async fn write(sink: &mut Sink, first: Outbound, queue: &Queue, transport: Trans
     true
 }
 
-/// How to close after a read error: 1009 for a message over the size limit.
+/// How to close after a read error: 1009 for a message over the size limit, 1007 for a text
+/// message that is not UTF-8 (RFC 6455, 8.1).
 fn read_error(e: axum::Error) -> End {
     let inner = e.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(_)) => End::CloseNow(1009, "message too big".into()),
+        Some(tungstenite::Error::Utf8(_)) => End::CloseNow(1007, "invalid UTF-8".into()),
         _ => End::Gone,
     }
 }
@@ -752,12 +925,48 @@ pub(crate) struct Link {
     _presence: Option<PresenceGuard>,
     /// Set once a user signed in: `Connections::disconnect_user` reaches the connection.
     _watch: Option<UserWatch>,
+    /// The connection's place within the connection budgets.
+    admission: Admission,
 }
 
 impl Link {
     /// Who the connection is for, once signed in (anonymous included).
     pub(crate) fn viewer(&self) -> Option<&Viewer> {
         self.viewer.as_ref()
+    }
+
+    /// How many things (GraphQL operations, `/ws` channels) the connection may follow at once
+    /// when a signed-in one may follow `signed_in`: anonymous ones (and ones not signed in yet)
+    /// at most `ANONYMOUS_FOLLOWS_MAX`.
+    pub(crate) fn follows_budget(&self, signed_in: usize) -> usize {
+        match self.viewer.as_ref().and_then(Viewer::user) {
+            Some(_) => signed_in,
+            None => signed_in.min(ANONYMOUS_FOLLOWS_MAX),
+        }
+    }
+
+    /// One place in the signed-in user's budget of things followed over all their sockets on
+    /// this instance (`TIDINGS_MAX_SUBSCRIPTIONS_PER_USER`), held until the slot is dropped;
+    /// `Ok(None)` for an anonymous connection (bounded by `follows_budget` and the per-address
+    /// cap instead) and with limits off. `Err`: the budget is spent (the message says so).
+    pub(crate) fn subscription_slot(&self) -> Result<Option<SubscriptionSlot>, String> {
+        let Some(user) = self.viewer.as_ref().and_then(Viewer::user) else {
+            return Ok(None);
+        };
+        let config = &self.state.config;
+        if config.rate_limits == "off" {
+            return Ok(None);
+        }
+        let max = config.max_subscriptions_per_user;
+        match self.state.connections.hold_subscription(&user.id, max) {
+            Some(slot) => Ok(Some(slot)),
+            None => {
+                crate::metrics::subscription_refused("user");
+                Err(format!(
+                    "at most {max} subscriptions and channels at once for one user"
+                ))
+            }
+        }
     }
 
     /// Signs the connection in as the token's user, or anonymous without a token (and without
@@ -799,6 +1008,7 @@ impl Link {
         }
         let connections = &self.state.connections;
         self._watch = Some(connections.watch_user(&signed_in.user.id, self.id, &self.out));
+        self.admission.signed_in();
         Ok(self.viewer.insert(signed_in.viewer))
     }
 }
@@ -817,21 +1027,46 @@ pub(crate) fn upgrade_token(
         .or_else(|| query.get("token").cloned())
 }
 
-/// Accepts the upgrade with buffers sized for small frames; the connection runs as a task of
-/// its own, so axum's upgrade task (and what it holds) ends.
+/// Accepts the upgrade with buffers sized for small frames, within the connection budgets
+/// (refused with 503 or 429 before anything is upgraded); the connection runs as a task of its
+/// own, so axum's upgrade task (and what it holds) ends. `headers` are the upgrade request's;
+/// `signs_in_as_it_opens`: the connection signs in with a token as it opens, so it does not
+/// count under its client's address (see the top of this file).
 pub(crate) fn accept<P: Protocol>(
     ws: WebSocketUpgrade,
     state: AppState,
+    headers: &HeaderMap,
+    signs_in_as_it_opens: bool,
     opening: P::Opening,
 ) -> Response {
-    let max = state.config.max_frame_bytes;
+    let config = &state.config;
+    let address = client::peer()
+        .map(|peer| client::client_address(peer.ip(), headers, &config.trusted_proxies));
+    let per_address = (config.rate_limits != "off" && !signs_in_as_it_opens)
+        .then_some(config.max_anonymous_per_address);
+    let admission = match state
+        .connections
+        .admit(address, config.max_connections, per_address)
+    {
+        Ok(admission) => admission,
+        Err(refusal) => {
+            tracing::debug!(?address, ?refusal, "WebSocket upgrade refused");
+            return refusal.into_response();
+        }
+    };
+    let max = config.max_frame_bytes;
     sized(ws, max).on_upgrade(move |socket| async move {
-        tokio::spawn(serve::<P>(socket, state, opening));
+        tokio::spawn(serve::<P>(socket, state, opening, admission));
     })
 }
 
 /// One connection, from its upgrade to its close.
-async fn serve<P: Protocol>(socket: WebSocket, state: AppState, opening: P::Opening) {
+async fn serve<P: Protocol>(
+    socket: WebSocket,
+    state: AppState,
+    opening: P::Opening,
+    admission: Admission,
+) {
     let ticket = state.connections.open(P::TRANSPORT);
     let (writer, out, stream) = SocketWriter::start(
         socket,
@@ -846,6 +1081,7 @@ async fn serve<P: Protocol>(socket: WebSocket, state: AppState, opening: P::Open
         viewer: None,
         _presence: None,
         _watch: None,
+        admission,
     };
     // Boxed: opening runs once, and its future need not stay part of every connection.
     let end = match Box::pin(P::open(&mut link, opening)).await {
@@ -946,5 +1182,53 @@ async fn read_loop<P: Protocol>(
             () = protocol.background() => {}
         }
         deadlines.arm(timer.as_mut());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().expect("an address"))
+    }
+
+    #[test]
+    fn admission_caps_the_total_and_each_address_until_sign_in() {
+        let connections = Arc::new(Connections::default());
+        let a = connections.admit(ip("192.0.2.1"), 3, Some(1));
+        let mut a = a.expect("first of its address");
+        let refused = connections.admit(ip("192.0.2.1"), 3, Some(1)).err();
+        assert_eq!(refused, Some(UpgradeRefused::AddressFull));
+        // An IPv6 client holds its /64.
+        let _b = connections.admit(ip("2001:db8::1"), 3, Some(1)).ok();
+        let refused = connections.admit(ip("2001:db8::2"), 3, Some(1)).err();
+        assert_eq!(refused, Some(UpgradeRefused::AddressFull));
+        // Signed in, a socket no longer counts under its address, but still in the total.
+        a.signed_in();
+        let _c = connections.admit(ip("192.0.2.1"), 3, Some(1)).ok();
+        let refused = connections.admit(ip("192.0.2.9"), 3, Some(1)).err();
+        assert_eq!(refused, Some(UpgradeRefused::ServerFull));
+        drop(a);
+        assert!(connections.admit(None, 3, Some(1)).is_ok(), "a place freed");
+        assert_eq!(connections.admitted.load(Ordering::SeqCst), 2);
+        assert_eq!(connections.lock_anonymous().len(), 2);
+    }
+
+    #[test]
+    fn a_users_subscription_budget_is_given_back_with_its_slots() {
+        let connections = Arc::new(Connections::default());
+        let held: Vec<_> = (0..2)
+            .map(|_| connections.hold_subscription("alice", 2))
+            .collect();
+        assert!(held.iter().all(Option::is_some));
+        assert!(connections.hold_subscription("alice", 2).is_none());
+        assert!(
+            connections.hold_subscription("bob", 2).is_some(),
+            "per user"
+        );
+        drop(held);
+        assert!(connections.hold_subscription("alice", 2).is_some());
+        assert!(connections.lock_subscriptions().is_empty(), "nothing kept");
     }
 }

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::cohort;
-use super::socket::{self, Closes, End, Link, Outbox, Refused};
+use super::socket::{self, Closes, End, Link, Outbox, Refused, SubscriptionSlot};
 use super::AppState;
 use crate::auth::{bearer, ClientAddress, Viewer};
 use crate::graphql::errors::{is_request_error, stamp_codes};
@@ -51,7 +51,14 @@ pub async fn upgrade(
         _ => Subprotocol::Transport,
     };
     let upgrade_token = socket::upgrade_token(&headers, &query);
-    socket::accept::<Connection>(ws, state, (subprotocol, upgrade_token, client))
+    // Signed in by `connection_init`, after the upgrade, whatever the upgrade carries.
+    socket::accept::<Connection>(
+        ws,
+        state,
+        &headers,
+        false,
+        (subprotocol, upgrade_token, client),
+    )
 }
 
 /// A GET that is not an upgrade.
@@ -67,25 +74,26 @@ pub fn not_an_upgrade() -> Response {
 type Operations = Arc<Mutex<OpTable>>;
 
 /// The operations running on one connection, by client id, each with the number `start` gave
-/// it (so a finished operation frees only its own id, never a successor's). A connection runs
-/// few, so a list: a map would allocate a table for every connection.
+/// it (so a finished operation frees only its own id, never a successor's) and its place in
+/// the user's subscription budget (given back with the operation). A connection runs few, so
+/// a list: a map would allocate a table for every connection.
 #[derive(Default)]
-struct OpTable(Vec<(String, u64, Running)>);
+struct OpTable(Vec<(String, u64, Running, Option<SubscriptionSlot>)>);
 
 impl OpTable {
     fn contains(&self, id: &str) -> bool {
-        self.0.iter().any(|(i, _, _)| i == id)
+        self.0.iter().any(|(i, ..)| i == id)
     }
 
     fn len(&self) -> usize {
         self.0.len()
     }
 
-    fn insert(&mut self, id: String, seq: u64, running: Running) {
+    fn insert(&mut self, id: String, seq: u64, running: Running, slot: Option<SubscriptionSlot>) {
         if self.0.len() == self.0.capacity() {
             self.0.reserve_exact(1);
         }
-        self.0.push((id, seq, running));
+        self.0.push((id, seq, running, slot));
     }
 
     /// Removes `id`'s operation (only if it is number `seq`, when given).
@@ -93,8 +101,8 @@ impl OpTable {
         let at = self
             .0
             .iter()
-            .position(|(i, s, _)| i == id && seq.is_none_or(|seq| *s == seq))?;
-        let (_, _, running) = self.0.swap_remove(at);
+            .position(|(i, s, ..)| i == id && seq.is_none_or(|seq| *s == seq))?;
+        let (_, _, running, _slot) = self.0.swap_remove(at);
         if self.0.is_empty() {
             self.0 = Vec::new();
         }
@@ -104,8 +112,8 @@ impl OpTable {
     /// Puts `running` in place of operation `id` number `seq`, handing back what it replaced;
     /// hands `running` back when that operation is no longer there.
     fn replace(&mut self, id: &str, seq: u64, running: Running) -> Running {
-        match self.0.iter_mut().find(|(i, s, _)| i == id && *s == seq) {
-            Some((_, _, current)) => std::mem::replace(current, running),
+        match self.0.iter_mut().find(|(i, s, ..)| i == id && *s == seq) {
+            Some((_, _, current, _)) => std::mem::replace(current, running),
             None => running,
         }
     }
@@ -215,23 +223,19 @@ impl socket::Protocol for Connection {
                         // subscriptions-transport-ws replaces an operation started again.
                         Subprotocol::Legacy => {
                             self.stop(&id);
-                            self.start(link, id, request);
+                            self.start_within_budget(link, id, request);
                             None
                         }
                     };
                 }
-                let max = link.state.config.max_subscriptions;
+                let max = link.follows_budget(link.state.config.max_subscriptions);
                 if self.lock_ops().len() >= max {
+                    crate::metrics::subscription_refused("socket");
                     let message = format!("at most {max} operations at once on one connection");
-                    send(
-                        out,
-                        &json!({ "id": id, "type": "error", "payload": [
-                        { "message": message, "extensions": { "code": "RATE_LIMITED" } }
-                    ] }),
-                    );
+                    rate_limited(out, &id, &message);
                     return None;
                 }
-                self.start(link, id, request);
+                self.start_within_budget(link, id, request);
                 None
             }
             (Subprotocol::Transport, "complete") | (Subprotocol::Legacy, "stop") => {
@@ -274,6 +278,16 @@ impl socket::Protocol for Connection {
 /// Queues a control-plane frame; one that does not fit is dropped (the peer is not reading).
 fn send(out: &Outbox, value: &Value) {
     out.offer(axum::extract::ws::Message::Text(value.to_string().into()));
+}
+
+/// Refuses operation `id` for a budget: an `error` with RATE_LIMITED; the socket stays open.
+fn rate_limited(out: &Outbox, id: &str, message: &str) {
+    send(
+        out,
+        &json!({ "id": id, "type": "error", "payload": [
+            { "message": message, "extensions": { "code": "RATE_LIMITED" } }
+        ] }),
+    );
 }
 
 impl Connection {
@@ -325,7 +339,15 @@ impl Connection {
         }
     }
 
-    fn start(&mut self, link: &Link, id: String, request: Request) {
+    /// Starts the operation if the user's subscription budget has room for it.
+    fn start_within_budget(&mut self, link: &Link, id: String, request: Request) {
+        match link.subscription_slot() {
+            Ok(slot) => self.start(link, id, request, slot),
+            Err(message) => rate_limited(&link.out, &id, &message),
+        }
+    }
+
+    fn start(&mut self, link: &Link, id: String, request: Request, slot: Option<SubscriptionSlot>) {
         let viewer = link.viewer().cloned().unwrap_or(Viewer::Anonymous);
         self.next_op += 1;
         let op = Operation {
@@ -335,6 +357,10 @@ impl Connection {
             out: link.out.clone(),
             operations: self.operations.clone(),
         };
+        // Listed before the task can run: an operation that ends at once then finds itself
+        // there to remove (with its budget slot), rather than being listed after it ended.
+        let operations = self.operations.clone();
+        let mut listed = lock_operations(&operations);
         let handle = match cohort::shareable(&request) {
             Some(shareable) => {
                 let state = link.state.clone();
@@ -349,8 +375,7 @@ impl Connection {
                 self.tasks.spawn(op.run(schema, request))
             }
         };
-        self.lock_ops()
-            .insert(id, self.next_op, Running::Task(handle));
+        listed.insert(id, self.next_op, Running::Task(handle), slot);
     }
 }
 

@@ -510,6 +510,12 @@ impl GqlSocket {
             .expect("send frame");
     }
 
+    /// Sends any WebSocket message, even one a well-behaved client would not (a raw frame).
+    pub async fn send_raw(&mut self, message: tokio_tungstenite::tungstenite::Message) {
+        use futures_util::SinkExt;
+        self.ws.send(message).await.expect("send frame");
+    }
+
     /// The next protocol frame, answering pings and skipping keep-alives.
     pub async fn next_frame(&mut self) -> Value {
         if let Some(f) = self.pending.pop_front() {
@@ -853,6 +859,12 @@ impl LegacyClient {
             .send(Message::Text(text.into()))
             .await
             .expect("send frame");
+    }
+
+    /// Sends any WebSocket message, even one a well-behaved client would not (a raw frame).
+    pub async fn send_raw(&mut self, message: tokio_tungstenite::tungstenite::Message) {
+        use futures_util::SinkExt;
+        self.ws.send(message).await.expect("send frame");
     }
 
     /// A frame if one arrives within `wait`.

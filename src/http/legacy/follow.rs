@@ -56,6 +56,17 @@ impl Follows {
         }
     }
 
+    /// The channels followed now. Forgets channels whose feed ended by itself (a room
+    /// channel of a room the user left), so they neither count nor stay listed.
+    pub(crate) fn channels_followed(&mut self) -> usize {
+        self.tasks
+            .retain(|follow, task| !matches!(follow, Follow::Channel(_)) || !task.is_finished());
+        self.tasks
+            .keys()
+            .filter(|follow| matches!(follow, Follow::Channel(_)))
+            .count()
+    }
+
     /// Stops following and waits until the task is gone, so it writes nothing more.
     pub(crate) async fn stop(&mut self, follow: &Follow) {
         if let Some(task) = self.tasks.remove(follow) {

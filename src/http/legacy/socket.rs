@@ -29,7 +29,7 @@ use crate::domain::channels::Channel;
 use crate::domain::contacts::ContactRooms;
 use crate::domain::presence::PresenceStatus;
 use crate::domain::typing::ConnectionId;
-use crate::domain::{Domain, DomainResult};
+use crate::domain::{Domain, DomainError, DomainResult};
 use crate::http::socket::{self, Closes, End, Link, Refused};
 use crate::http::AppState;
 use crate::metrics::Transport;
@@ -138,7 +138,9 @@ async fn upgrade(
     };
     let token = socket::upgrade_token(&headers, &params).filter(|t| !t.trim().is_empty());
     let dialect = params.get("dialect").cloned();
-    socket::accept::<LegacySocket>(ws, state, (entry, token, dialect))
+    // A token signs the socket in as it opens (or closes it at once).
+    let signs_in = token.is_some();
+    socket::accept::<LegacySocket>(ws, state, &headers, signs_in, (entry, token, dialect))
 }
 
 /// One legacy connection's state, owned by its reader.
@@ -152,6 +154,9 @@ struct LegacySocket {
     follows: Follows,
     /// The rooms that decide whose presence the socket is told, once it follows presence.
     contacts: Option<ContactRooms>,
+    /// How many channels the socket may follow at once, its own included
+    /// (`TIDINGS_MAX_CHANNELS_PER_SOCKET`, fewer when anonymous).
+    channels_max: usize,
 }
 
 impl socket::Protocol for LegacySocket {
@@ -190,6 +195,7 @@ impl socket::Protocol for LegacySocket {
             dialect,
             follows: Follows::default(),
             contacts: None,
+            channels_max: link.follows_budget(link.state.config.max_channels_per_socket),
         };
         if let Err(e) = socket.start(entry.channel).await {
             tracing::warn!(error = %e, "legacy /ws: could not start a socket's feeds");
@@ -202,12 +208,12 @@ impl socket::Protocol for LegacySocket {
         Ok(socket)
     }
 
-    async fn on_text(&mut self, _link: &mut Link, text: &str) -> Option<End> {
+    async fn on_text(&mut self, link: &mut Link, text: &str) -> Option<End> {
         let Ok(frame) = serde_json::from_str::<Value>(text) else {
             return Some(End::Close(Self::NOT_TEXT.0, Self::NOT_TEXT.1.into()));
         };
         match inbound::decode(&frame) {
-            Ok(inbound) => self.on_frame(inbound).await,
+            Ok(inbound) => self.on_frame(inbound, link).await,
             Err(Undecodable(why)) => {
                 self.frames.error("BAD_USER_INPUT", &why).await;
             }
@@ -329,7 +335,7 @@ impl LegacySocket {
         Ok(follow::notifications(notices.boxed(), self.frames.clone()))
     }
 
-    async fn on_frame(&mut self, Inbound { command, chooses }: Inbound) {
+    async fn on_frame(&mut self, Inbound { command, chooses }: Inbound, link: &Link) {
         // A socket whose URL chose no dialect takes the one its first room frame speaks.
         if let Some(dialect) = chooses {
             if self.dialect.choose(dialect) && dialect == Dialect::Arena {
@@ -353,7 +359,7 @@ impl LegacySocket {
                 Ok(())
             }
             Command::OnlineStatus { user_ids } => self.online_status(&user_ids).await,
-            Command::Subscribe { channel } => self.subscribe(&channel).await,
+            Command::Subscribe { channel } => self.subscribe(&channel, link).await,
             Command::Unsubscribe { channel } => self.unsubscribe(&channel).await,
         };
         if let Err(e) = done {
@@ -415,17 +421,32 @@ impl LegacySocket {
         Ok(())
     }
 
-    /// Follows a channel the viewer may read (the domain decides), answering `subscribed`.
-    async fn subscribe(&mut self, name: &str) -> DomainResult<()> {
+    /// Follows a channel the viewer may read (the domain decides), answering `subscribed`;
+    /// within the socket's channel budget and the user's subscription budget (else
+    /// RATE_LIMITED, and the socket stays open). A channel already followed stays as it is.
+    async fn subscribe(&mut self, name: &str, link: &Link) -> DomainResult<()> {
         let domain = self.domain.clone();
         let names = [name.to_owned()];
         for channel in domain.resolve_channels(&self.viewer, Some(&names)).await? {
+            let follow = Follow::Channel(channel.name());
+            if self.follows.is_active(&follow) {
+                continue;
+            }
+            if self.follows.channels_followed() >= self.channels_max {
+                crate::metrics::subscription_refused("socket");
+                return Err(DomainError::RateLimited(format!(
+                    "at most {} channels at once on one socket",
+                    self.channels_max
+                )));
+            }
+            let slot = link.subscription_slot().map_err(DomainError::RateLimited)?;
             let feed = domain.channel_feed(&self.viewer, &channel);
-            let frames = self.frames.clone();
-            self.follows.start(
-                Follow::Channel(channel.name()),
-                follow::channel(feed, frames),
-            );
+            let follower = follow::channel(feed, self.frames.clone());
+            self.follows.start(follow, async move {
+                // The user's budget is given back when the channel is no longer followed.
+                let _slot = slot;
+                follower.await
+            });
         }
         self.frames
             .send(&Outgoing::Subscribed { channel: name }, None)
