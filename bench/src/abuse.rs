@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::load::{token, Latency};
+use crate::load::{latency_of, open, token, ws_base, Latency};
 use crate::proc_stats::rss_kib;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -74,26 +74,7 @@ struct Tally {
 }
 
 fn ws_url(url: &str, path: &str) -> String {
-    format!(
-        "{}{path}",
-        url.trim_end_matches('/')
-            .replacen("http://", "ws://", 1)
-            .replacen("https://", "wss://", 1)
-    )
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn open(url: &str, subprotocol: Option<&str>) -> anyhow::Result<Ws> {
-    let mut request = url.into_client_request()?;
-    if let Some(p) = subprotocol {
-        request
-            .headers_mut()
-            .insert("Sec-WebSocket-Protocol", p.parse()?);
-    }
-    let (ws, _) = tokio_tungstenite::connect_async(request).await?;
-    Ok(ws)
+    format!("{}{path}", ws_base(url))
 }
 
 /// The honest client: subscribes, then records the latency of every tick until `stop`.
@@ -384,7 +365,6 @@ async fn run_attack(args: &AbuseArgs, name: &str) -> anyhow::Result<AttackReport
         result?;
     }
     let peak = peak.load(Ordering::Relaxed);
-    let ms = |v: u64| v as f64 / 1000.0;
     Ok(AttackReport {
         attack: name.to_owned(),
         seconds,
@@ -395,16 +375,7 @@ async fn run_attack(args: &AbuseArgs, name: &str) -> anyhow::Result<AttackReport
         server_rss_peak_kib: peak,
         server_rss_growth_kib: peak.saturating_sub(before),
         honest_received: latency.len(),
-        honest_latency: if latency.is_empty() {
-            Latency::default()
-        } else {
-            Latency {
-                p50_ms: ms(latency.value_at_quantile(0.50)),
-                p90_ms: ms(latency.value_at_quantile(0.90)),
-                p99_ms: ms(latency.value_at_quantile(0.99)),
-                max_ms: ms(latency.max()),
-            }
-        },
+        honest_latency: latency_of(&latency),
     })
 }
 

@@ -218,7 +218,7 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
 }
 
-fn latency_of(h: &Histogram<u64>) -> Latency {
+pub(crate) fn latency_of(h: &Histogram<u64>) -> Latency {
     if h.is_empty() {
         return Latency::default();
     }
@@ -294,7 +294,7 @@ fn check_loopback(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ws_base(url: &str) -> String {
+pub(crate) fn ws_base(url: &str) -> String {
     url.trim_end_matches('/')
         .replacen("http://", "ws://", 1)
         .replacen("https://", "wss://", 1)
@@ -315,10 +315,10 @@ fn ws_config() -> WebSocketConfig {
         .write_buffer_size(0)
 }
 
-type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn open(url: &str, subprotocol: Option<&str>) -> anyhow::Result<Ws> {
+pub(crate) async fn open(url: &str, subprotocol: Option<&str>) -> anyhow::Result<Ws> {
     let mut request = url.into_client_request()?;
     if let Some(p) = subprotocol {
         request
