@@ -130,6 +130,7 @@ impl App {
                 shutdown,
                 connections,
                 cohorts: Arc::default(),
+                streams: Arc::default(),
                 bridge,
             },
             bridge_shutdown,

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::Topic;
 
-/// Open WebSocket connections, by `transport`.
+/// Open connections (WebSockets and HTTP streams), by `transport`.
 pub const CONNECTIONS: &str = "tidings_connections";
 /// Live hub subscriptions (one per subscribed topic and subscriber), by topic `kind`.
 pub const SUBSCRIPTIONS: &str = "tidings_subscriptions";
@@ -90,15 +90,26 @@ pub enum Transport {
     GraphqlWs,
     /// The legacy JSON protocol at `/ws` and its other paths.
     LegacyWs,
+    /// Server-Sent Events (graphql-sse) at `/graphql/stream` and `/graphql`.
+    Sse,
+    /// Multipart HTTP subscriptions (Apollo Client's `HttpLink`) at `/graphql`.
+    Multipart,
 }
 
 impl Transport {
-    pub const ALL: [Transport; 2] = [Transport::GraphqlWs, Transport::LegacyWs];
+    pub const ALL: [Transport; 4] = [
+        Transport::GraphqlWs,
+        Transport::LegacyWs,
+        Transport::Sse,
+        Transport::Multipart,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Transport::GraphqlWs => "graphql_ws",
             Transport::LegacyWs => "legacy_ws",
+            Transport::Sse => "sse",
+            Transport::Multipart => "multipart",
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
 use async_graphql::parser::types::{
-    DocumentOperations, ExecutableDocument, Selection, SelectionSet,
+    DocumentOperations, ExecutableDocument, OperationType, Selection, SelectionSet,
 };
 use async_graphql::{ServerError, ServerResult, Variables};
 
@@ -78,6 +78,50 @@ impl Extension for AliasLimitExtension {
                 format!("too many aliases: {n}, at most {MAX_ALIASES}"),
                 None,
             ));
+        }
+        Ok(doc)
+    }
+}
+
+/// Marks a request that came over `GET`: it may only query (GraphQL over HTTP). Its query is
+/// checked once parsed, so a persisted query's hash cannot stand for a mutation either.
+#[derive(Clone, Copy, Debug)]
+pub struct OverGet;
+
+/// The message of a mutation refused over `GET`; the HTTP side answers it with 405.
+pub const MUTATION_OVER_GET: &str = "mutations are not allowed over GET: use POST";
+
+pub struct QueriesOverGet;
+
+impl ExtensionFactory for QueriesOverGet {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(QueriesOverGetExtension)
+    }
+}
+
+struct QueriesOverGetExtension;
+
+#[async_trait::async_trait]
+impl Extension for QueriesOverGetExtension {
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let doc = next.run(ctx, query, variables).await?;
+        if ctx.data_opt::<OverGet>().is_some() {
+            let mutation = match &doc.operations {
+                DocumentOperations::Single(op) => op.node.ty == OperationType::Mutation,
+                // Which one runs is chosen later by name: refuse if any is a mutation.
+                DocumentOperations::Multiple(ops) => {
+                    ops.values().any(|op| op.node.ty == OperationType::Mutation)
+                }
+            };
+            if mutation {
+                return Err(ServerError::new(MUTATION_OVER_GET, None));
+            }
         }
         Ok(doc)
     }

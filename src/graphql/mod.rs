@@ -47,6 +47,7 @@ pub fn build_schema(domain: Option<Arc<Domain>>, introspection: bool) -> Tidings
         .limit_complexity(MAX_COMPLEXITY)
         .limit_directives(MAX_DIRECTIVES)
         .extension(limits::AliasLimit)
+        .extension(limits::QueriesOverGet)
         .extension(ApolloPersistedQueries::new(LruCacheStorage::new(
             PERSISTED_QUERIES,
         )));

@@ -69,8 +69,10 @@ pub(crate) type OnEnd = Box<dyn FnOnce() + Send>;
 /// One subscriber in a cohort. A member costs no task of its own: the cohort's execution
 /// queues its frames, and ends it with `on_end`.
 struct Member {
-    /// `{"id":…,"type":"next","payload":` for this member's operation.
+    /// What goes before and after the shared payload in this member's frame: for graphql-ws
+    /// `{"id":…,"type":"next","payload":` and `}`, for an HTTP stream its own framing.
     prefix: String,
+    suffix: &'static str,
     outbox: Outbox,
     /// The member's stream ends where this user departs (the domain's `Sharing`).
     ends_with: Option<String>,
@@ -97,12 +99,13 @@ pub struct Cohorts {
     next_member: AtomicU64,
 }
 
-/// Where a member's results go: its operation id, the frame type its protocol uses for
-/// results (`next`, or `data` on the legacy protocol), its connection's queue, and what to do
-/// when the cohort ends (not called when the member leaves by dropping its `Membership`).
-pub(crate) struct Seat<'a> {
-    pub(crate) op_id: &'a str,
-    pub(crate) data_type: &'a str,
+/// Where a member's results go: what its transport puts before and after each shared payload
+/// (its operation id and frame type, or an HTTP stream's framing), its connection's queue, and
+/// what to do when the cohort ends (not called when the member leaves by dropping its
+/// `Membership`).
+pub(crate) struct Seat {
+    pub(crate) prefix: String,
+    pub(crate) suffix: &'static str,
     pub(crate) outbox: Outbox,
     pub(crate) on_end: OnEnd,
 }
@@ -149,18 +152,18 @@ impl Cohorts {
         domain: &Arc<Domain>,
         viewer: &Viewer,
         shareable: Shareable,
-        seat: Seat<'_>,
+        seat: Seat,
     ) -> DomainResult<Membership> {
         let Seat {
-            op_id,
-            data_type,
+            prefix,
+            suffix,
             outbox,
             on_end,
         } = seat;
         let sharing = domain.sharing(viewer, &shareable.key.grant).await?;
-        let id_json = serde_json::to_string(op_id).unwrap_or_else(|_| "\"\"".into());
         let member = Member {
-            prefix: format!(r#"{{"id":{id_json},"type":"{data_type}","payload":"#),
+            prefix,
+            suffix,
             outbox,
             ends_with: sharing.ends_with,
             on_end,
@@ -251,10 +254,11 @@ async fn drive(
 impl Member {
     /// This member's result frame around a shared payload.
     fn frame(&self, payload: &str) -> String {
-        let mut frame = String::with_capacity(self.prefix.len() + payload.len() + 1);
+        let mut frame =
+            String::with_capacity(self.prefix.len() + payload.len() + self.suffix.len());
         frame.push_str(&self.prefix);
         frame.push_str(payload);
-        frame.push('}');
+        frame.push_str(self.suffix);
         frame
     }
 }
@@ -277,13 +281,13 @@ fn end_members(cohort: &Cohort, user_id: &str, payload: &str) {
     }
 }
 
-/// The result frame for a member refused before joining, as its resolver would refuse it.
-pub(crate) fn refusal(op_id: &str, data_type: &str, field: &str, error: &DomainError) -> String {
-    json!({ "id": op_id, "type": data_type, "payload": { "data": null, "errors": [{
+/// The result (payload) for a member refused before joining, as its resolver would refuse it.
+pub(crate) fn refusal(field: &str, error: &DomainError) -> String {
+    json!({ "data": null, "errors": [{
         "message": error.to_string(),
         "path": [field],
         "extensions": { "code": error.code() },
-    }] } })
+    }] })
     .to_string()
 }
 

@@ -1,11 +1,18 @@
-//! `POST /graphql`: queries and mutations as JSON, answered as `application/json` or
-//! `application/graphql-response+json` (GraphQL over HTTP), whichever the client accepts.
+//! `POST /graphql` and `GET /graphql?query=…`: queries and mutations (over `GET`, queries
+//! only: a mutation gets 405) answered as `application/json` or
+//! `application/graphql-response+json` (GraphQL over HTTP), whichever the client accepts; a
+//! request error under the latter is 400 and has no `data` entry. The same requests with
+//! `Accept: text/event-stream` or Apollo's multipart `Accept` stream instead (`stream.rs`), as
+//! does `/graphql/stream`.
 //!
 //! Every request has budgets, so no client can make the server hold or do more than a bounded
 //! amount of work for it: a batch holds at most `TIDINGS_MAX_BATCH` operations, run one after
 //! another; each operation's cost is bounded by the schema's limits (`crate::graphql`); and the
 //! whole request has `TIDINGS_GRAPHQL_TIMEOUT` to finish.
 
+use std::collections::HashMap;
+
+use async_graphql::parser::types::OperationType;
 use async_graphql::{BatchRequest, BatchResponse, ServerError};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -13,42 +20,98 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::Query;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
 use tokio::time::Instant;
 
 use super::error::{body_too_large, coded_error, request_error, ApiError, BodyShape};
+use super::stream::{self, Wants};
 use super::AppState;
 use crate::auth::{bearer, ClientAddress, TokenError, Viewer};
 use crate::domain::users::ViewerError;
 use crate::graphql::errors::{is_request_error, stamp_codes};
+use crate::graphql::limits::{OverGet, MUTATION_OVER_GET};
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 /// The message of an operation stopped by the time budget.
 const TOOK_TOO_LONG: &str = "request took too long";
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/graphql", get(graphql_get).post(graphql_post))
+    Router::new()
+        .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/graphql/stream", any(graphql_stream))
 }
 
-/// `GET /graphql`: a WebSocket upgrade for subscriptions, or GraphiQL for a browser that asks
-/// for a page.
+/// `GET /graphql`: a WebSocket upgrade for subscriptions, an event stream (graphql-sse), a
+/// query in the URL, or GraphiQL for a browser that asks for a page.
 async fn graphql_get(
     State(state): State<AppState>,
     headers: HeaderMap,
-    query: Query<std::collections::HashMap<String, String>>,
+    query: Query<HashMap<String, String>>,
     client: Option<ClientAddress>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    match ws {
-        Ok(ws) => super::ws::upgrade(state, headers, query, client, ws).await,
-        Err(_) if super::playground::wants_page(&headers) => {
-            super::playground::graphiql(headers).await
-        }
-        Err(_) => super::ws::not_an_upgrade(),
+    if let Ok(ws) = ws {
+        return super::ws::upgrade(state, headers, query, client, ws).await;
     }
+    if super::playground::wants_page(&headers) {
+        return super::playground::graphiql(headers).await;
+    }
+    let has_request = query.contains_key("query") || query.contains_key("extensions");
+    let wants = stream::wants(&headers);
+    if !has_request && wants != Wants::EventStream {
+        return super::ws::not_an_upgrade();
+    }
+    let request = match stream::request_from_params(&query) {
+        Ok(request) => request,
+        Err(message) => return request_error(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &message),
+    };
+    if stream::is_mutation(&request) {
+        return stream::mutation_over_get();
+    }
+    match wants {
+        Wants::EventStream => stream::distinct(state, headers, client, request, wants).await,
+        _ => {
+            let deadline = Instant::now() + state.config.graphql_timeout;
+            answer(
+                &state,
+                &headers,
+                client,
+                BatchRequest::Single(request.data(OverGet)),
+                deadline,
+            )
+            .await
+        }
+    }
+}
+
+/// `/graphql/stream`: graphql-sse in both of its modes (`stream.rs`).
+async fn graphql_stream(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    client: Option<ClientAddress>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let request = if method == Method::POST {
+        match read_request(&state, &headers, body) {
+            Ok(BatchRequest::Single(request)) => Some(request),
+            Ok(BatchRequest::Batch(_)) => {
+                return request_error(
+                    StatusCode::BAD_REQUEST,
+                    "BAD_USER_INPUT",
+                    "a stream carries one operation, not a batch",
+                )
+            }
+            Err(response) => return response,
+        }
+    } else {
+        None
+    };
+    stream::stream_endpoint(state, method, headers, query, client, request).await
 }
 
 /// The viewer an HTTP request's `Authorization: Bearer` header stands for.
@@ -85,17 +148,50 @@ async fn graphql_post(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let deadline = Instant::now() + state.config.graphql_timeout;
+    let request = match read_request(&state, &headers, body) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    match (stream::wants(&headers), request) {
+        (Wants::EventStream, BatchRequest::Single(request)) => {
+            stream::distinct(state, headers, client, request, Wants::EventStream).await
+        }
+        (Wants::EventStream, BatchRequest::Batch(_)) => request_error(
+            StatusCode::BAD_REQUEST,
+            "BAD_USER_INPUT",
+            "a stream carries one operation, not a batch",
+        ),
+        // Apollo asks for multipart with every operation; only a subscription streams.
+        (Wants::Multipart, BatchRequest::Single(request))
+            if stream::operation_kind(&request) == Some(OperationType::Subscription) =>
+        {
+            stream::distinct(state, headers, client, request, Wants::Multipart).await
+        }
+        (_, request) => answer(&state, &headers, client, request, deadline).await,
+    }
+}
+
+/// A POST's body as a GraphQL request (or batch), or the answer refusing it.
+#[allow(clippy::result_large_err)]
+fn read_request(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<BatchRequest, Response> {
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             crate::metrics::graphql_refused("body");
-            return body_too_large(state.config.max_body_bytes, BodyShape::Graphql);
+            return Err(body_too_large(
+                state.config.max_body_bytes,
+                BodyShape::Graphql,
+            ));
         }
         Err(rejection) => {
-            return coded_error(
+            return Err(coded_error(
                 "BAD_USER_INPUT",
                 &format!("could not read the request body: {}", rejection.body_text()),
-            )
+            ))
         }
     };
     let content_type = headers
@@ -107,21 +203,46 @@ async fn graphql_post(
     if !content_type.starts_with("application/json")
         && !content_type.starts_with(GRAPHQL_RESPONSE_JSON)
     {
-        return request_error(
+        return Err(request_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "BAD_USER_INPUT",
             "Content-Type must be application/json",
-        );
+        ));
     }
-    let request: BatchRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return coded_error(
-                "BAD_USER_INPUT",
-                &format!("request body is not a GraphQL request: {e}"),
-            )
-        }
+    let request: BatchRequest = serde_json::from_slice(&body).map_err(|e| {
+        coded_error(
+            "BAD_USER_INPUT",
+            &format!("request body is not a GraphQL request: {e}"),
+        )
+    })?;
+    // A request with neither a query nor a persisted query's hash has nothing to run: 400, as
+    // GraphQL over HTTP lets a server answer invalid parameters.
+    let missing = |r: &async_graphql::Request| {
+        r.query.is_empty() && !r.extensions.contains_key("persistedQuery")
     };
+    let any_missing = match &request {
+        BatchRequest::Single(r) => missing(r),
+        BatchRequest::Batch(rs) => rs.iter().any(missing),
+    };
+    if any_missing {
+        return Err(request_error(
+            StatusCode::BAD_REQUEST,
+            "BAD_USER_INPUT",
+            "the request has no query",
+        ));
+    }
+    Ok(request)
+}
+
+/// Executes a request (or batch) within its budgets and answers it as JSON.
+async fn answer(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: Option<ClientAddress>,
+    request: BatchRequest,
+    deadline: Instant,
+) -> Response {
+    let state = state.clone();
     let max_batch = state.config.max_batch;
     if let BatchRequest::Batch(items) = &request {
         if items.len() > max_batch {
@@ -203,7 +324,27 @@ async fn graphql_post(
     } else {
         ("application/json", StatusCode::OK)
     };
-    match serde_json::to_vec(&response) {
+    let encoded = match &response {
+        BatchResponse::Single(r) if request_failed => {
+            // A persisted query's hash that stands for a mutation, over GET.
+            if r.errors.iter().any(|e| e.message == MUTATION_OVER_GET) {
+                return stream::mutation_over_get();
+            }
+            if accepts_graphql_json {
+                // GraphQL over HTTP: a request that never executed has no `data` entry.
+                let mut body = serde_json::Map::new();
+                body.insert("errors".into(), serde_json::json!(r.errors));
+                if !r.extensions.is_empty() {
+                    body.insert("extensions".into(), serde_json::json!(r.extensions));
+                }
+                serde_json::to_vec(&body)
+            } else {
+                serde_json::to_vec(&response)
+            }
+        }
+        _ => serde_json::to_vec(&response),
+    };
+    match encoded {
         Ok(bytes) => (
             status,
             [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],

@@ -12,6 +12,7 @@ mod metrics;
 mod playground;
 mod presence;
 pub(crate) mod socket;
+pub(crate) mod stream;
 pub mod ws;
 
 #[cfg(test)]
@@ -41,6 +42,8 @@ pub struct AppState {
     pub connections: Arc<ws::Connections>,
     /// Subscriptions that share one execution (see `cohort`).
     pub cohorts: Arc<cohort::Cohorts>,
+    /// graphql-sse streams reserved in the single connection mode, by token.
+    pub streams: Arc<stream::Streams>,
     /// The Redis bridge, when several instances share one Redis.
     pub bridge: Option<Arc<crate::hub::redis::RedisBridge>>,
 }

@@ -38,6 +38,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Waker;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -376,9 +377,20 @@ struct Queue {
     capacity: usize,
     slow_after: Duration,
     transport: Transport,
+    /// How an HTTP stream's body writes keep-alives and its end; `None` for a WebSocket.
+    body: Option<BodyStyle>,
 }
 
 type Sink = SplitSink<WebSocket, Message>;
+
+/// The bytes an HTTP stream's body writes of its own: a keep-alive (for each queued
+/// `Message::Ping`) and what ends the stream (a multipart stream's closing boundary). Every
+/// other frame is written as the producers framed it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BodyStyle {
+    pub(crate) keepalive: &'static str,
+    pub(crate) epilogue: &'static str,
+}
 
 #[derive(Default)]
 struct QueueState {
@@ -399,6 +411,8 @@ struct QueueState {
     slow: bool,
     /// An administrator disconnected the user.
     kicked: bool,
+    /// An HTTP stream's body, waiting for frames.
+    body_waiting: Option<Waker>,
 }
 
 /// A drained queue keeps at most this many slots allocated while its writer runs.
@@ -437,6 +451,12 @@ impl Queue {
                 }
             }
             state.frames.push_back(frame);
+            if let Some(waker) = state.body_waiting.take() {
+                // An HTTP stream: its body writes, when hyper asks it to.
+                drop(state);
+                waker.wake();
+                return Enqueue::Queued;
+            }
             if state.writing {
                 None
             } else {
@@ -510,7 +530,8 @@ impl Queue {
         close
     }
 
-    /// The write half is closed or failed: producers learn it, `finish` stops waiting.
+    /// The write half is closed or failed: producers learn it, `finish` stops waiting, and
+    /// the reader (which for an HTTP stream has nothing else to hear it from) ends.
     fn writer_gone(&self) {
         {
             let mut state = self.lock();
@@ -520,6 +541,15 @@ impl Queue {
         }
         self.room.notify_waiters();
         self.closed.notify_waiters();
+        self.attention.notify_one();
+    }
+
+    /// Wakes an HTTP stream's body, if it waits.
+    fn wake_body(&self) {
+        let waker = self.lock().body_waiting.take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 }
 
@@ -585,13 +615,16 @@ impl Outbox {
 
     /// Resolves once the reader must close: a slow consumer at once with 1008; a user an
     /// administrator disconnected with `kicked_code`, after what is queued.
-    async fn attention(&self, kicked_code: u16) -> End {
+    pub(crate) async fn attention(&self, kicked_code: u16) -> End {
         loop {
             let attention = self.0.attention.notified();
             {
                 let state = self.0.lock();
                 if state.slow {
                     return End::CloseNow(1008, "slow consumer".into());
+                }
+                if state.writer_gone && !state.closing {
+                    return End::Gone;
                 }
                 if state.kicked {
                     return End::Close(kicked_code, "disconnected by an administrator".into());
@@ -637,6 +670,7 @@ impl SocketWriter {
             capacity: queue.max(1),
             slow_after,
             transport,
+            body: None,
         });
         (
             Self {
@@ -647,11 +681,51 @@ impl SocketWriter {
         )
     }
 
+    /// A writing side for an HTTP stream: its frames go through a queue of `queue` frames to
+    /// the returned body, which the response streams as hyper asks for more (so a client that
+    /// stops reading fills the queue, and is a slow consumer as on a socket).
+    pub(crate) fn start_body(
+        queue: usize,
+        slow_after: Duration,
+        transport: Transport,
+        style: BodyStyle,
+    ) -> (Self, Outbox, StreamBody) {
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState::default()),
+            room: Notify::new(),
+            attention: Notify::new(),
+            closed: Notify::new(),
+            capacity: queue.max(1),
+            slow_after,
+            transport,
+            body: Some(style),
+        });
+        (
+            Self {
+                queue: queue.clone(),
+            },
+            Outbox(queue.clone()),
+            StreamBody { queue, done: false },
+        )
+    }
+
     /// Closes as `end` says and waits for the socket's write half to close. Producers still
     /// holding an `Outbox` should be stopped first: what they queued is written before a
     /// `Close`, for at most a few seconds.
     pub(crate) async fn finish(self, end: End) {
         let queue = self.queue.clone();
+        if queue.body.is_some() {
+            // An HTTP stream's body writes what is queued and then ends, as hyper polls it;
+            // nothing here to wait for (a client gone drops the body).
+            {
+                let mut state = queue.lock();
+                state.closing = true;
+                state.close = Some(end);
+            }
+            queue.room.notify_waiters();
+            queue.wake_body();
+            return;
+        }
         let parked = {
             let mut state = queue.lock();
             state.closing = true;
@@ -695,13 +769,14 @@ impl Drop for SocketWriter {
         let parked = {
             let mut state = self.queue.lock();
             state.closing = true;
-            if state.writing && state.close.is_none() {
+            if (state.writing || self.queue.body.is_some()) && state.close.is_none() {
                 state.close = Some(End::Gone);
             }
             state.sink.take()
         };
         drop(parked);
         self.queue.room.notify_waiters();
+        self.queue.wake_body();
     }
 }
 
@@ -801,6 +876,77 @@ async fn write(sink: &mut Sink, first: Outbound, queue: &Queue, transport: Trans
     true
 }
 
+/// An HTTP stream's response body: the frames of its connection's queue, as hyper asks for
+/// them, up to a batch at a time; then the style's epilogue once the connection ends.
+/// Dropped (the client went away), it tells the connection's reader.
+pub(crate) struct StreamBody {
+    queue: Arc<Queue>,
+    done: bool,
+}
+
+impl futures_util::Stream for StreamBody {
+    type Item = Result<axum::body::Bytes, std::convert::Infallible>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let queue = self.queue.clone();
+        let Some(style) = queue.body else {
+            return Poll::Ready(None);
+        };
+        loop {
+            if matches!(queue.lock().close, Some(End::CloseNow(..))) {
+                queue.lock().frames = VecDeque::new();
+            }
+            let mut bytes: Vec<u8> = Vec::new();
+            let mut written: Vec<EventStamp> = Vec::new();
+            while written.len() < WRITE_BATCH && bytes.len() < 64 * 1024 {
+                let Some(out) = queue.try_pop() else { break };
+                match out.message {
+                    Message::Text(text) => bytes.extend_from_slice(text.as_str().as_bytes()),
+                    Message::Ping(_) => bytes.extend_from_slice(style.keepalive.as_bytes()),
+                    _ => {}
+                }
+                written.extend(out.event);
+            }
+            if !bytes.is_empty() {
+                for event in written {
+                    crate::metrics::frame_written(queue.transport, event.kind, event.created);
+                }
+                return Poll::Ready(Some(Ok(bytes.into())));
+            }
+            let mut state = queue.lock();
+            if !state.frames.is_empty() {
+                continue;
+            }
+            if state.close.take().is_some() {
+                drop(state);
+                self.done = true;
+                queue.writer_gone();
+                return match style.epilogue {
+                    "" => Poll::Ready(None),
+                    epilogue => Poll::Ready(Some(Ok(epilogue.as_bytes().into()))),
+                };
+            }
+            state.body_waiting = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+    }
+}
+
+impl Drop for StreamBody {
+    fn drop(&mut self) {
+        if !self.done {
+            self.queue.writer_gone();
+        }
+    }
+}
+
 /// How to close after a read error: 1009 for a message over the size limit, 1007 for a text
 /// message that is not UTF-8 (RFC 6455, 8.1).
 fn read_error(e: axum::Error) -> End {
@@ -813,7 +959,7 @@ fn read_error(e: axum::Error) -> End {
 }
 
 /// When the viewer's token expires (live sockets close then); never for anonymous viewers.
-fn token_expiry(viewer: Option<&Viewer>) -> Option<Instant> {
+pub(crate) fn token_expiry(viewer: Option<&Viewer>) -> Option<Instant> {
     let user = viewer?.user()?;
     let left = user.expires_at - Utc::now().timestamp();
     Some(Instant::now() + Duration::from_secs(left.max(0) as u64))
@@ -930,6 +1076,24 @@ pub(crate) struct Link {
 }
 
 impl Link {
+    /// A connection not signed in yet, numbered by its `ticket`, writing to `out`.
+    pub(crate) fn new(
+        state: AppState,
+        ticket: &ConnectionTicket,
+        out: Outbox,
+        admission: Admission,
+    ) -> Self {
+        Link {
+            state,
+            id: ticket.id,
+            out,
+            viewer: None,
+            _presence: None,
+            _watch: None,
+            admission,
+        }
+    }
+
     /// Who the connection is for, once signed in (anonymous included).
     pub(crate) fn viewer(&self) -> Option<&Viewer> {
         self.viewer.as_ref()
@@ -1039,25 +1203,35 @@ pub(crate) fn accept<P: Protocol>(
     signs_in_as_it_opens: bool,
     opening: P::Opening,
 ) -> Response {
+    let admission = match admit(&state, headers, signs_in_as_it_opens) {
+        Ok(admission) => admission,
+        Err(refusal) => return refusal,
+    };
+    let max = state.config.max_frame_bytes;
+    sized(ws, max).on_upgrade(move |socket| async move {
+        tokio::spawn(serve::<P>(socket, state, opening, admission));
+    })
+}
+
+/// A place within the connection budgets for a request (a WebSocket upgrade, an HTTP stream)
+/// from the client `headers` name, or the refusal to answer it with (503 or 429, counted).
+pub(crate) fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    signs_in_as_it_opens: bool,
+) -> Result<Admission, Response> {
     let config = &state.config;
     let address = client::peer()
         .map(|peer| client::client_address(peer.ip(), headers, &config.trusted_proxies));
     let per_address = (config.rate_limits != "off" && !signs_in_as_it_opens)
         .then_some(config.max_anonymous_per_address);
-    let admission = match state
+    state
         .connections
         .admit(address, config.max_connections, per_address)
-    {
-        Ok(admission) => admission,
-        Err(refusal) => {
-            tracing::debug!(?address, ?refusal, "WebSocket upgrade refused");
-            return refusal.into_response();
-        }
-    };
-    let max = config.max_frame_bytes;
-    sized(ws, max).on_upgrade(move |socket| async move {
-        tokio::spawn(serve::<P>(socket, state, opening, admission));
-    })
+        .map_err(|refusal| {
+            tracing::debug!(?address, ?refusal, "connection refused");
+            refusal.into_response()
+        })
 }
 
 /// One connection, from its upgrade to its close.
@@ -1074,15 +1248,7 @@ async fn serve<P: Protocol>(
         state.config.slow_consumer_timeout,
         P::TRANSPORT,
     );
-    let mut link = Link {
-        state,
-        id: ticket.id,
-        out,
-        viewer: None,
-        _presence: None,
-        _watch: None,
-        admission,
-    };
+    let mut link = Link::new(state, &ticket, out, admission);
     // Boxed: opening runs once, and its future need not stay part of every connection.
     let end = match Box::pin(P::open(&mut link, opening)).await {
         Ok(mut protocol) => {

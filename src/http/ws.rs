@@ -441,8 +441,8 @@ impl Operation {
                 &viewer,
                 shareable,
                 cohort::Seat {
-                    op_id: &self.id,
-                    data_type,
+                    prefix: result_prefix(&self.id, data_type),
+                    suffix: "}",
                     outbox: self.out.clone(),
                     on_end: self.on_cohort_end(),
                 },
@@ -460,7 +460,9 @@ impl Operation {
                 drop(replaced);
             }
             Err(e) => {
-                let frame = cohort::refusal(&self.id, data_type, field, &e);
+                let mut frame = result_prefix(&self.id, data_type);
+                frame.push_str(&cohort::refusal(field, &e));
+                frame.push('}');
                 self.out.push(frame, None).await;
                 self.finish();
                 self.push(json!({ "id": self.id, "type": "complete" }))
@@ -496,6 +498,12 @@ impl Operation {
     async fn push(&self, frame: Value) -> bool {
         self.out.push(frame.to_string(), None).await
     }
+}
+
+/// The start of a result frame of operation `id`: `{"id":…,"type":"next","payload":`.
+fn result_prefix(id: &str, data_type: &str) -> String {
+    let id_json = serde_json::to_string(id).unwrap_or_else(|_| "\"\"".into());
+    format!(r#"{{"id":{id_json},"type":"{data_type}","payload":"#)
 }
 
 /// The token a `connection_init` payload carries, in any of the shapes clients use.

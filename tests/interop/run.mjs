@@ -1,5 +1,6 @@
-// Interop test: real npm GraphQL clients (graphql-ws, Apollo Client 3, the legacy
-// subscriptions-transport-ws) against a running Tidings server.
+// Interop test: real npm GraphQL clients (graphql-ws, graphql-sse, Apollo Client 3 over
+// WebSocket and over multipart HTTP, the legacy subscriptions-transport-ws) and the
+// GraphQL-over-HTTP audit (graphql-http) against a running Tidings server.
 //
 // The Rust test tests/interop.rs starts a server and runs this script; to run it by hand
 // against a server of your own:
@@ -16,6 +17,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 import WebSocket from 'ws';
 import { createClient } from 'graphql-ws';
+import { createClient as createSseClient } from 'graphql-sse';
+import { auditServer } from 'graphql-http';
 import { SubscriptionClient } from 'subscriptions-transport-ws';
 // Apollo Client 3 has no `exports` map, so Node's ESM loader needs the full file paths; the
 // `core` entry also keeps React (an optional peer) out.
@@ -419,3 +422,97 @@ test('subscriptions-transport-ws (legacy graphql-ws subprotocol): a subscriber r
   assert.deepEqual(messageAdded, { id: sent.id, body: 'hi legacy client', sender: { username: users.bob } });
 });
 
+
+// --- subscriptions over plain HTTP -----------------------------------------------------------
+
+/** A graphql-sse client at /graphql/stream in either of its modes; retries off, as for ws. */
+function sseClient(token, singleConnection) {
+  return createSseClient({
+    url: `${BASE}/graphql/stream`,
+    headers: { authorization: `Bearer ${token}` },
+    singleConnection,
+    retryAttempts: 0,
+    fetchFn: fetch,
+  });
+}
+
+for (const [mode, singleConnection] of [['distinct connections', false], ['single connection', true]]) {
+  test(`graphql-sse (${mode} mode): subscribe, receive a live message, complete, resume with after`, { timeout: TEST_MS }, async (t) => {
+    const client = sseClient(BOB, singleConnection);
+    t.after(() => client.dispose());
+
+    const feed = new Feed(`sse ${mode} messageAdded`);
+    const unsubscribe = client.subscribe(
+      { query: MESSAGE_ADDED, variables: { roomId: ROOM } },
+      feed.observer(),
+    );
+    await sleep(SETTLE_MS * 2);
+    const live = await send(ALICE, `sse ${mode} live ${Date.now()}`);
+    const { messageAdded } = await feed.data('the live message over SSE');
+    assert.equal(messageAdded.id, live.id);
+    assert.equal(messageAdded.body, live.body);
+    assert.equal(messageAdded.sender.username, users.alice);
+    unsubscribe();
+
+    // While nobody listens, two more messages; a resume after the live one gets both, in
+    // order, then goes live again.
+    const missed = [await send(ALICE, `sse ${mode} missed 1`), await send(ALICE, `sse ${mode} missed 2`)];
+    const resumed = new Feed(`sse ${mode} messageAdded(after:)`);
+    const stop = client.subscribe(
+      {
+        query: `subscription($roomId: ID!, $after: ID) {
+          messageAdded(roomId: $roomId, after: $after) { id body sender { username } }
+        }`,
+        variables: { roomId: ROOM, after: live.id },
+      },
+      resumed.observer(),
+    );
+    t.after(stop);
+    for (const message of missed) {
+      assert.deepEqual((await resumed.data(`the replay of ${message.id}`)).messageAdded, message);
+    }
+    const again = await send(ALICE, `sse ${mode} live again`);
+    assert.deepEqual((await resumed.data('the live message after the replay')).messageAdded, again);
+
+    // A query completes by itself: one result, then `complete`.
+    const once = new Feed(`sse ${mode} query`);
+    client.subscribe({ query: '{ me { username } }' }, once.observer());
+    assert.equal((await once.data('the query result')).me.username, users.bob);
+    assert.deepEqual(await once.take('complete after the query'), { complete: true });
+  });
+}
+
+test('Apollo Client 3: HttpLink streams a subscription as multipart HTTP', { timeout: TEST_MS }, async (t) => {
+  const apollo = new ApolloClient({
+    link: new HttpLink({ uri: HTTP_URL, fetch, headers: { authorization: `Bearer ${BOB}` } }),
+    cache: new InMemoryCache(),
+  });
+  t.after(() => apollo.stop());
+  const feed = new Feed('apollo multipart messageAdded');
+  const subscription = apollo
+    .subscribe({
+      query: gql`subscription($roomId: ID!) { messageAdded(roomId: $roomId) { id body } }`,
+      variables: { roomId: ROOM },
+    })
+    .subscribe(feed.observer());
+  t.after(() => subscription.unsubscribe());
+  await sleep(SETTLE_MS * 2);
+  for (const n of [1, 2]) {
+    const sent = await send(ALICE, `multipart ${n} ${Date.now()}`);
+    const { messageAdded } = await feed.data(`multipart message ${n}`);
+    assert.equal(messageAdded.id, sent.id);
+    assert.equal(messageAdded.body, sent.body);
+  }
+});
+
+test('graphql-http audit: every check of the GraphQL-over-HTTP spec passes at /graphql', { timeout: 60_000 }, async () => {
+  const results = await auditServer({ url: HTTP_URL, fetchFn: fetch });
+  const failed = results.filter((r) => r.status !== 'ok');
+  console.log(`graphql-http audit: ${results.length - failed.length} of ${results.length} checks ok`);
+  assert.ok(results.length >= 60, `expected the whole audit, got ${results.length} checks`);
+  assert.deepEqual(
+    failed.map((r) => `${r.status}: ${r.name}: ${r.reason}`),
+    [],
+    'every audit check must be ok (no errors, no warnings)',
+  );
+});
