@@ -1203,7 +1203,9 @@ pub(crate) fn accept<P: Protocol>(
     signs_in_as_it_opens: bool,
     opening: P::Opening,
 ) -> Response {
-    let admission = match admit(&state, headers, signs_in_as_it_opens) {
+    let address = client::peer()
+        .map(|peer| client::client_address(peer.ip(), headers, &state.config.trusted_proxies));
+    let admission = match admit(&state, address, signs_in_as_it_opens) {
         Ok(admission) => admission,
         Err(refusal) => return refusal,
     };
@@ -1214,15 +1216,13 @@ pub(crate) fn accept<P: Protocol>(
 }
 
 /// A place within the connection budgets for a request (a WebSocket upgrade, an HTTP stream)
-/// from the client `headers` name, or the refusal to answer it with (503 or 429, counted).
+/// of a client at `address`, or the refusal to answer it with (503 or 429, counted).
 pub(crate) fn admit(
     state: &AppState,
-    headers: &HeaderMap,
+    address: Option<IpAddr>,
     signs_in_as_it_opens: bool,
 ) -> Result<Admission, Response> {
     let config = &state.config;
-    let address = client::peer()
-        .map(|peer| client::client_address(peer.ip(), headers, &config.trusted_proxies));
     let per_address = (config.rate_limits != "off" && !signs_in_as_it_opens)
         .then_some(config.max_anonymous_per_address);
     state

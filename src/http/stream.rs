@@ -51,7 +51,8 @@ const SSE: BodyStyle = BodyStyle {
     keepalive: ":\n\n",
     epilogue: "",
 };
-const MULTIPART_PART: &str = "\r\n--graphql\r\ncontent-type: application/json; charset=utf-8\r\n\r\n";
+const MULTIPART_PART: &str =
+    "\r\n--graphql\r\ncontent-type: application/json; charset=utf-8\r\n\r\n";
 const MULTIPART: BodyStyle = BodyStyle {
     keepalive: "\r\n--graphql\r\ncontent-type: application/json; charset=utf-8\r\n\r\n{}",
     epilogue: "\r\n--graphql--\r\n",
@@ -175,9 +176,7 @@ pub fn request_from_params(params: &HashMap<String, String>) -> Result<Request, 
 
 /// The kind of operation `request` selects, when its query says (a persisted query's hash
 /// alone does not).
-pub fn operation_kind(
-    request: &Request,
-) -> Option<async_graphql::parser::types::OperationType> {
+pub fn operation_kind(request: &Request) -> Option<async_graphql::parser::types::OperationType> {
     use async_graphql::parser::types::DocumentOperations;
     let doc = async_graphql::parser::parse_query(&request.query).ok()?;
     match (&doc.operations, &request.operation_name) {
@@ -227,11 +226,22 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<String>, Response> {
 async fn open(
     state: &AppState,
     headers: &HeaderMap,
+    client: Option<ClientAddress>,
     transport: Transport,
     style: BodyStyle,
-) -> Result<(Link, SocketWriter, socket::StreamBody, socket::ConnectionTicket), Response> {
+) -> Result<
+    (
+        Link,
+        SocketWriter,
+        socket::StreamBody,
+        socket::ConnectionTicket,
+    ),
+    Response,
+> {
     let token = bearer_token(headers)?;
-    let admission = socket::admit(state, headers, false)?;
+    // A stream with a token signs in as it opens: like a `/ws` socket with one, it does not
+    // count under its client's address (see `socket.rs`).
+    let admission = socket::admit(state, client.map(|c| c.ip()), token.is_some())?;
     let ticket = state.connections.open(transport);
     let (writer, out, body) = SocketWriter::start_body(
         state.config.ws_queue,
@@ -296,7 +306,8 @@ pub async fn distinct(
             "text/event-stream; charset=utf-8",
         ),
     };
-    let (link, writer, body, ticket) = match open(&state, &headers, transport, style).await {
+    let (link, writer, body, ticket) = match open(&state, &headers, client, transport, style).await
+    {
         Ok(opened) => opened,
         Err(response) => return response,
     };
@@ -346,7 +357,10 @@ struct Reserved {
 impl Reserved {
     /// No `GET` has taken the body yet.
     fn unopened(&self) -> bool {
-        self.body.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+        self.body
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 }
 
@@ -400,10 +414,18 @@ pub async fn stream_endpoint(
         // have it back if no stream holds it now.
         (&Method::PUT, Some(token)) => {
             if !valid_stream_token(&token) {
-                return refused(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", "malformed stream token");
+                return refused(
+                    StatusCode::BAD_REQUEST,
+                    "BAD_USER_INPUT",
+                    "malformed stream token",
+                );
             }
             if state.streams.get(&token).is_some() {
-                return refused(StatusCode::CONFLICT, "BAD_USER_INPUT", "stream already reserved");
+                return refused(
+                    StatusCode::CONFLICT,
+                    "BAD_USER_INPUT",
+                    "stream already reserved",
+                );
             }
             reserve(state, headers, client, token).await
         }
@@ -454,7 +476,11 @@ pub async fn stream_endpoint(
                         .take();
                     match body {
                         Some(body) => streaming(body, "text/event-stream; charset=utf-8"),
-                        None => refused(StatusCode::CONFLICT, "BAD_USER_INPUT", "stream already open"),
+                        None => refused(
+                            StatusCode::CONFLICT,
+                            "BAD_USER_INPUT",
+                            "stream already open",
+                        ),
                     }
                 }
                 Method::POST => {
@@ -497,7 +523,10 @@ pub async fn stream_endpoint(
                             "operationId is missing",
                         );
                     };
-                    let _ = reserved.commands.send(Command::Stop { id: id.clone() }).await;
+                    let _ = reserved
+                        .commands
+                        .send(Command::Stop { id: id.clone() })
+                        .await;
                     StatusCode::OK.into_response()
                 }
                 _ => (
@@ -541,10 +570,11 @@ async fn reserve(
     client: Option<ClientAddress>,
     token: String,
 ) -> Response {
-    let (link, writer, body, ticket) = match open(&state, &headers, Transport::Sse, SSE).await {
-        Ok(opened) => opened,
-        Err(response) => return response,
-    };
+    let (link, writer, body, ticket) =
+        match open(&state, &headers, client, Transport::Sse, SSE).await {
+            Ok(opened) => opened,
+            Err(response) => return response,
+        };
     let (commands, inbox) = mpsc::channel(8);
     let reserved = Arc::new(Reserved {
         body: Mutex::new(Some(body)),
@@ -554,7 +584,11 @@ async fn reserve(
         let mut streams = state.streams.lock();
         if streams.contains_key(&token) {
             // Reserved meanwhile by a request with the same token.
-            return refused(StatusCode::CONFLICT, "BAD_USER_INPUT", "stream already reserved");
+            return refused(
+                StatusCode::CONFLICT,
+                "BAD_USER_INPUT",
+                "stream already reserved",
+            );
         }
         streams.insert(token.clone(), reserved.clone());
     }
@@ -564,7 +598,13 @@ async fn reserve(
     let held = token.clone();
     tokio::spawn(async move {
         stream
-            .serve(writer, ticket, Some(inbox), Some(reserved), Wants::EventStream)
+            .serve(
+                writer,
+                ticket,
+                Some(inbox),
+                Some(reserved),
+                Wants::EventStream,
+            )
             .await;
         streams.lock().remove(&held);
     });
@@ -699,7 +739,30 @@ impl StreamConnection {
         let seq = self.next_op;
         let out = self.link.out.clone();
         let ended = self.ended_tx.clone();
-        let running = match cohort::shareable(&request) {
+        let shareable = cohort::shareable(&request);
+        if precheck && shareable.is_some() {
+            // The shared execution is checked once for all its members: check this request
+            // on its own first, with an execution that is dropped.
+            let mut probe = Request::new(request.query.clone())
+                .variables(request.variables.clone())
+                .data(viewer.clone());
+            probe.operation_name = request.operation_name.clone();
+            let first = self
+                .link
+                .state
+                .schema
+                .execute_stream(probe)
+                .next()
+                .now_or_never()
+                .flatten();
+            if let Some(mut response) = first {
+                stamp_codes(&mut response);
+                if is_request_error(&response) {
+                    return Err(StartRefused::Invalid(invalid(response)));
+                }
+            }
+        }
+        let running = match shareable {
             Some(shareable) => {
                 let state = self.link.state.clone();
                 let joined = self.joined_tx.clone();
@@ -756,7 +819,9 @@ impl StreamConnection {
                 "an operation with this id is running",
             );
         }
-        let max = self.link.follows_budget(self.link.state.config.max_subscriptions);
+        let max = self
+            .link
+            .follows_budget(self.link.state.config.max_subscriptions);
         if self.ops.len() >= max {
             crate::metrics::subscription_refused("socket");
             return refused(
@@ -798,7 +863,10 @@ impl StreamConnection {
         let shutdown = self.link.state.shutdown.clone();
         let out = self.link.out.clone();
         let end = loop {
-            let next = [expires, open_by].into_iter().flatten().fold(ping, Instant::min);
+            let next = [expires, open_by]
+                .into_iter()
+                .flatten()
+                .fold(ping, Instant::min);
             tokio::select! {
                 command = recv(&mut commands) => match command {
                     Some(Command::Start { id, request, reply }) => {
@@ -811,6 +879,8 @@ impl StreamConnection {
                             if let Some(running) = op.running {
                                 running.stop();
                             }
+                            // As graphql-sse's own server does: a stopped operation completes.
+                            out.try_push(op.framing.complete.clone(), None);
                         }
                     }
                     None => commands = None,

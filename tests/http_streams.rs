@@ -1,0 +1,754 @@
+//! Subscriptions over plain HTTP against the real server: graphql-sse in both of its modes and
+//! Apollo's multipart subscriptions, read byte by byte with a plain HTTP client, with the same
+//! rules, resume, shared execution, budgets and metrics as the WebSocket transports.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const MESSAGE_ADDED: &str =
+    "subscription($r: ID!, $a: ID) { messageAdded(roomId: $r, after: $a) { id body } }";
+const MULTIPART_ACCEPT: &str =
+    "multipart/mixed;boundary=\"graphql\";subscriptionSpec=1.0,application/json";
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A streaming response read as events (SSE) or parts (multipart).
+struct Stream {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Stream {
+    fn new(response: reqwest::Response) -> Self {
+        Stream {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    async fn more(&mut self, what: &str) -> bool {
+        match tokio::time::timeout(WAIT, self.response.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
+                self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+                true
+            }
+            Ok(Ok(None)) => false,
+            Ok(Err(e)) => panic!("reading the stream for {what}: {e}"),
+            Err(_) => panic!(
+                "no bytes within {WAIT:?} waiting for {what}: {:?}",
+                self.buffer
+            ),
+        }
+    }
+
+    /// The next SSE event with a name (comments skipped): its name and data (`Null` if none).
+    async fn event(&mut self, what: &str) -> Option<(String, Value)> {
+        loop {
+            while let Some(at) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..at + 2).collect();
+                let mut name = None;
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if let Some(name) = name {
+                    let data = if data.is_empty() {
+                        Value::Null
+                    } else {
+                        serde_json::from_str(&data).expect("event data is JSON")
+                    };
+                    return Some((name, data));
+                }
+            }
+            if !self.more(what).await {
+                return None;
+            }
+        }
+    }
+
+    /// The next `next` event's data, which must come before anything else.
+    async fn next(&mut self, what: &str) -> Value {
+        match self.event(what).await {
+            Some((name, data)) if name == "next" => data,
+            other => panic!("expected `next` with {what}, got {other:?}"),
+        }
+    }
+
+    /// The next multipart part's JSON (heartbeats `{}` included); `None` once the closing
+    /// boundary came.
+    async fn part(&mut self, what: &str) -> Option<Value> {
+        const BOUNDARY: &str = "\r\n--graphql";
+        loop {
+            // A part is complete once the next boundary follows it.
+            if let Some(start) = self.buffer.find(BOUNDARY) {
+                let rest = &self.buffer[start + BOUNDARY.len()..];
+                if rest.starts_with("--") {
+                    return None;
+                }
+                if let Some(end) = rest.find(BOUNDARY) {
+                    let part = rest[..end].to_owned();
+                    self.buffer.drain(..start + BOUNDARY.len() + end);
+                    let (headers, body) = part.split_once("\r\n\r\n").expect("part headers");
+                    assert!(
+                        headers
+                            .to_ascii_lowercase()
+                            .contains("content-type: application/json"),
+                        "{headers}"
+                    );
+                    return Some(serde_json::from_str(body).expect("part is JSON"));
+                }
+            }
+            if !self.more(what).await {
+                panic!(
+                    "the stream ended without its closing boundary: {:?}",
+                    self.buffer
+                );
+            }
+        }
+    }
+
+    /// The next part that is not a heartbeat.
+    async fn payload(&mut self, what: &str) -> Value {
+        loop {
+            match self.part(what).await {
+                Some(part) if part == json!({}) => continue,
+                Some(part) => return part,
+                None => panic!("the stream ended waiting for {what}"),
+            }
+        }
+    }
+}
+
+fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// `POST /graphql` asking for an event stream.
+async fn sse_post(server: &TestServer, token: Option<&str>, query: &str, vars: Value) -> Stream {
+    let mut request = http()
+        .post(server.url("/graphql"))
+        .header("accept", "text/event-stream")
+        .json(&json!({ "query": query, "variables": vars }));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("POST /graphql");
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    assert_eq!(
+        header(&response, "content-type"),
+        "text/event-stream; charset=utf-8"
+    );
+    Stream::new(response)
+}
+
+async fn room_with(server: &TestServer, room: &str, users: &[&str]) {
+    for token in users {
+        join(server, token, room).await;
+    }
+}
+
+#[tokio::test]
+async fn an_event_stream_delivers_live_messages_and_resumes_after_a_position() {
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let alice = cli_token("alice", "user");
+        let bob = cli_token("bob", "user");
+        room_with(&server, "lobby", &[&alice, &bob]).await;
+        let after = last_message_id(&server, &bob, "lobby").await;
+
+        let mut stream = sse_post(
+            &server,
+            Some(&bob),
+            MESSAGE_ADDED,
+            json!({ "r": "lobby", "a": after }),
+        )
+        .await;
+        let first = send(&server, &alice, "lobby", "over SSE").await;
+        let data = stream.next("the live message").await;
+        assert_eq!(
+            data["data"]["messageAdded"]["id"],
+            first["id"],
+            "{}",
+            backend.name()
+        );
+        assert_eq!(data["data"]["messageAdded"]["body"], "over SSE");
+        drop(stream);
+
+        // Missed while disconnected, then resumed over GET with `after`.
+        let missed = send(&server, &alice, "lobby", "missed").await;
+        let response = http()
+            .get(server.url("/graphql/stream"))
+            .bearer_auth(&bob)
+            .header("accept", "text/event-stream")
+            .query(&[
+                ("query", MESSAGE_ADDED),
+                (
+                    "variables",
+                    &json!({ "r": "lobby", "a": first["id"] }).to_string(),
+                ),
+            ])
+            .send()
+            .await
+            .expect("GET /graphql/stream");
+        assert_eq!(response.status(), 200);
+        let mut resumed = Stream::new(response);
+        let data = resumed.next("the missed message").await;
+        assert_eq!(data["data"]["messageAdded"]["id"], missed["id"]);
+        let live = send(&server, &alice, "lobby", "live again").await;
+        let data = resumed.next("the next live message").await;
+        assert_eq!(
+            data["data"]["messageAdded"]["id"], live["id"],
+            "no duplicate, no gap"
+        );
+
+        // A query streams its one result and completes; the stream then ends.
+        let mut once = sse_post(&server, Some(&bob), "{ me { username } }", json!({})).await;
+        assert_eq!(
+            once.next("the query").await["data"]["me"]["username"],
+            "bob"
+        );
+        assert_eq!(
+            once.event("complete").await,
+            Some(("complete".into(), Value::Null))
+        );
+        assert_eq!(once.event("the end").await, None);
+    }
+}
+
+#[tokio::test]
+async fn a_private_room_over_an_event_stream_is_forbidden_as_over_a_socket() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let alice = cli_token("alice", "user");
+    let mallory = cli_token("mallory", "user");
+    server
+        .ok(
+            Some(&alice),
+            "mutation { createRoom(id: \"secret\", isPrivate: true) { id } }",
+            json!({}),
+        )
+        .await;
+    let mut stream = sse_post(
+        &server,
+        Some(&mallory),
+        MESSAGE_ADDED,
+        json!({ "r": "secret" }),
+    )
+    .await;
+    let data = stream.next("the refusal").await;
+    assert_eq!(
+        data["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{data}"
+    );
+    assert_eq!(
+        stream.event("complete").await.map(|e| e.0),
+        Some("complete".into())
+    );
+}
+
+#[tokio::test]
+async fn a_multipart_subscription_streams_payload_parts_and_heartbeats() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let alice = cli_token("alice", "user");
+    join(&server, &alice, "lobby").await;
+    let after = last_message_id(&server, &alice, "lobby").await;
+    let response = http()
+        .post(server.url("/graphql"))
+        .bearer_auth(&alice)
+        .header("accept", MULTIPART_ACCEPT)
+        .json(&json!({ "query": MESSAGE_ADDED, "variables": { "r": "lobby", "a": after } }))
+        .send()
+        .await
+        .expect("POST /graphql");
+    assert_eq!(response.status(), 200);
+    let content_type = header(&response, "content-type");
+    assert!(
+        content_type.starts_with("multipart/mixed")
+            && content_type.contains("boundary=\"graphql\""),
+        "{content_type}"
+    );
+    let mut stream = Stream::new(response);
+    let sent = send(&server, &alice, "lobby", "in a part").await;
+    let part = stream.payload("the message's part").await;
+    assert_eq!(
+        part["payload"]["data"]["messageAdded"]["id"], sent["id"],
+        "{part}"
+    );
+    // Quiet for a while: the heartbeat `{}` keeps the stream alive every 5 s.
+    let started = tokio::time::Instant::now();
+    assert_eq!(stream.part("a heartbeat").await, Some(json!({})));
+    assert!(started.elapsed() < Duration::from_secs(7));
+
+    // A query with the same Accept is answered as plain JSON, as Apollo expects.
+    let response = http()
+        .post(server.url("/graphql"))
+        .bearer_auth(&alice)
+        .header("accept", MULTIPART_ACCEPT)
+        .json(&json!({ "query": "{ me { id } }" }))
+        .send()
+        .await
+        .expect("POST /graphql");
+    assert!(header(&response, "content-type").starts_with("application/json"));
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["data"]["me"]["id"], "alice");
+
+    // A subscription that does not validate is answered as JSON too, before any stream.
+    let response = http()
+        .post(server.url("/graphql"))
+        .bearer_auth(&alice)
+        .header("accept", MULTIPART_ACCEPT)
+        .json(&json!({ "query": "subscription { messageAdded(roomId: \"lobby\") { nope } }" }))
+        .send()
+        .await
+        .expect("POST /graphql");
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn the_single_connection_mode_reserves_a_stream_and_runs_operations_on_it() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let alice = cli_token("alice", "user");
+    let bob = cli_token("bob", "user");
+    room_with(&server, "lobby", &[&alice, &bob]).await;
+    let url = server.url("/graphql/stream");
+
+    let reserved = http()
+        .put(&url)
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(reserved.status(), 201);
+    let token = reserved.text().await.expect("token");
+    assert!(token.len() >= 16, "{token}");
+
+    // An operation posted before the stream opens waits for it.
+    let after = last_message_id(&server, &bob, "lobby").await;
+    let post = |id: &str, query: &str, vars: Value| {
+        http()
+            .post(&url)
+            .bearer_auth(&bob)
+            .header("x-graphql-event-stream-token", &token)
+            .json(
+                &json!({ "query": query, "variables": vars, "extensions": { "operationId": id } }),
+            )
+            .send()
+    };
+    let accepted = post("op1", MESSAGE_ADDED, json!({ "r": "lobby", "a": after }))
+        .await
+        .expect("POST");
+    assert_eq!(accepted.status(), 202);
+    let response = http()
+        .get(&url)
+        .header("x-graphql-event-stream-token", &token)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 200);
+    let mut stream = Stream::new(response);
+
+    let sent = send(&server, &alice, "lobby", "single connection").await;
+    let data = stream.next("op1's message").await;
+    assert_eq!(data["id"], "op1", "{data}");
+    assert_eq!(data["payload"]["data"]["messageAdded"]["id"], sent["id"]);
+
+    // The stream opens once; an id runs once; a request that does not validate is 400.
+    let again = http()
+        .get(&url)
+        .query(&[("token", &token)])
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(again.status(), 409);
+    let duplicate = post("op1", MESSAGE_ADDED, json!({ "r": "lobby" }))
+        .await
+        .expect("POST");
+    assert_eq!(duplicate.status(), 409);
+    let invalid = post("op2", "subscription { nope }", json!({}))
+        .await
+        .expect("POST");
+    assert_eq!(invalid.status(), 400);
+    let body: Value = invalid.json().await.expect("JSON");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+
+    // A query runs on the stream and completes by itself.
+    let query = post("op3", "{ me { username } }", json!({}))
+        .await
+        .expect("POST");
+    assert_eq!(query.status(), 202);
+    let data = stream.next("op3's result").await;
+    assert_eq!(
+        data,
+        json!({ "id": "op3", "payload": { "data": { "me": { "username": "bob" } } } })
+    );
+    assert_eq!(
+        stream.event("op3's complete").await,
+        Some(("complete".into(), json!({ "id": "op3" })))
+    );
+
+    // DELETE stops op1: it completes, and no more of its messages come.
+    let stopped = http()
+        .delete(&url)
+        .header("x-graphql-event-stream-token", &token)
+        .query(&[("operationId", "op1")])
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(stopped.status(), 200);
+    assert_eq!(
+        stream.event("op1's complete").await,
+        Some(("complete".into(), json!({ "id": "op1" })))
+    );
+    send(&server, &alice, "lobby", "after the stop").await;
+    let probe = post("op4", "{ me { username } }", json!({}))
+        .await
+        .expect("POST");
+    assert_eq!(probe.status(), 202);
+    let data = stream
+        .next("op4's result, with nothing of op1 before it")
+        .await;
+    assert_eq!(data["id"], "op4", "{data}");
+
+    // A token nobody reserved.
+    let unknown = http()
+        .post(&url)
+        .header(
+            "x-graphql-event-stream-token",
+            "0123456789abcdef0123456789abcdef",
+        )
+        .json(&json!({ "query": "{ me { id } }", "extensions": { "operationId": "x" } }))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(unknown.status(), 404);
+}
+
+#[tokio::test]
+async fn bad_stream_requests_get_the_answers_the_spec_gives() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let alice = cli_token("alice", "user");
+    // A mutation over GET, streamed or not: 405 with Allow: POST.
+    for accept in ["text/event-stream", "application/json"] {
+        let response = http()
+            .get(server.url("/graphql"))
+            .bearer_auth(&alice)
+            .header("accept", accept)
+            .query(&[("query", "mutation { joinRoom(roomId: \"x\") { id } }")])
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(response.status(), 405, "{accept}");
+        assert_eq!(header(&response, "allow"), "POST");
+    }
+    // Nothing ran: the room the mutation would have made does not exist.
+    let room = server
+        .ok(Some(&alice), "{ room(id: \"x\") { id } }", json!({}))
+        .await;
+    assert_eq!(room["room"], Value::Null, "{room}");
+    // /graphql/stream wants an event stream (or a reservation).
+    let response = http()
+        .get(server.url("/graphql/stream"))
+        .header("accept", "application/json")
+        .query(&[("query", "{ __typename }")])
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 406);
+    // A stream carries one operation, not a batch.
+    let response = http()
+        .post(server.url("/graphql"))
+        .header("accept", "text/event-stream")
+        .json(&json!([{ "query": "{ __typename }" }, { "query": "{ __typename }" }]))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 400);
+    // A bad token is refused before anything streams.
+    let response = http()
+        .post(server.url("/graphql"))
+        .bearer_auth("not-a-token")
+        .header("accept", "text/event-stream")
+        .json(&json!({ "query": "{ __typename }" }))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
+    // A query over GET is served, with its variables.
+    let response = http()
+        .get(server.url("/graphql"))
+        .bearer_auth(&alice)
+        .query(&[
+            ("query", "query($n: String!) { __type(name: $n) { name } }"),
+            ("variables", "{\"n\":\"Room\"}"),
+        ])
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["data"]["__type"]["name"], "Room", "{body}");
+}
+
+#[tokio::test]
+async fn streams_are_held_to_the_connection_and_subscription_budgets() {
+    let db = TestDb::new(&Backend::Sqlite).await;
+    let server = TestServer::start(
+        &db,
+        &[
+            ("TIDINGS_MAX_CONNECTIONS", "3"),
+            ("TIDINGS_MAX_ANONYMOUS_PER_ADDRESS", "1"),
+            ("TIDINGS_MAX_SUBSCRIPTIONS_PER_USER", "1"),
+        ],
+    );
+    let alice = cli_token("alice", "user");
+    let channel = "subscription { events(channels: [\"public:budget\"]) { data } }";
+    // Anonymous streams from one address: the second is refused with 429 and Retry-After.
+    let _anonymous = sse_post(&server, None, channel, json!({})).await;
+    let refused = http()
+        .post(server.url("/graphql"))
+        .header("accept", "text/event-stream")
+        .json(&json!({ "query": channel }))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(refused.status(), 429);
+    assert_eq!(header(&refused, "retry-after"), "5");
+    // A user's subscriptions over all their connections: the second is RATE_LIMITED.
+    let _first = sse_post(&server, Some(&alice), channel, json!({})).await;
+    let mut second = sse_post(&server, Some(&alice), channel, json!({})).await;
+    let data = second.next("the refusal").await;
+    assert_eq!(
+        data["errors"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{data}"
+    );
+    drop(second);
+    // The instance's connections: a fourth is refused with 503.
+    let _third = sse_post(&server, Some(&cli_token("bob", "user")), channel, json!({})).await;
+    let full = http()
+        .post(server.url("/graphql"))
+        .bearer_auth(&cli_token("carol", "user"))
+        .header("accept", "text/event-stream")
+        .json(&json!({ "query": channel }))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(full.status(), 503);
+    assert_eq!(header(&full, "retry-after"), "5");
+    let text = metrics(&server).await;
+    assert_eq!(
+        sample(&text, "tidings_connections{transport=\"sse\"}"),
+        Some(3.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "tidings_connections_refused_total{reason=\"server_full\"}"
+        ) >= Some(1.0)
+    );
+    assert!(
+        sample(
+            &text,
+            "tidings_subscriptions_refused_total{budget=\"user\"}"
+        ) >= Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_token_expiry_or_an_admins_disconnect_ends_the_stream_with_an_error() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let short = cli_token_ttl("alice", "user", "2s");
+    let channel = "subscription { events(channels: [\"public:expiry\"]) { data } }";
+    let mut expiring = sse_post(&server, Some(&short), channel, json!({})).await;
+    let data = expiring.next("the expiry").await;
+    assert_eq!(
+        data["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+        "{data}"
+    );
+    assert_eq!(
+        expiring.event("complete").await.map(|e| e.0),
+        Some("complete".into())
+    );
+    assert_eq!(expiring.event("the end").await, None);
+
+    let bob = cli_token("bob", "user");
+    let response = http()
+        .post(server.url("/graphql"))
+        .bearer_auth(&bob)
+        .header("accept", MULTIPART_ACCEPT)
+        .json(&json!({ "query": channel }))
+        .send()
+        .await
+        .expect("POST");
+    let mut kicked = Stream::new(response);
+    let admin = cli_token("root", "admin");
+    server
+        .ok(
+            Some(&admin),
+            "mutation { disconnectUser(userId: \"bob\") }",
+            json!({}),
+        )
+        .await;
+    let part = kicked.payload("the disconnect").await;
+    assert_eq!(part["payload"], Value::Null, "{part}");
+    assert_eq!(
+        part["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{part}"
+    );
+    assert_eq!(kicked.part("the closing boundary").await, None);
+}
+
+#[tokio::test]
+async fn streams_and_sockets_share_one_execution_and_are_counted_by_transport() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let alice = cli_token("alice", "user");
+    let channel = "subscription { events(channels: [\"public:shared\"]) { data } }";
+    let mut socket = GqlSocket::user(&server, &alice).await;
+    socket.subscribe("s", channel, json!({})).await;
+    let mut sse = sse_post(&server, Some(&alice), channel, json!({})).await;
+    let response = http()
+        .post(server.url("/graphql"))
+        .bearer_auth(&alice)
+        .header("accept", MULTIPART_ACCEPT)
+        .json(&json!({ "query": channel }))
+        .send()
+        .await
+        .expect("POST");
+    let mut multipart = Stream::new(response);
+    eventually(WAIT, "three members of one cohort", || async {
+        sample(&metrics(&server).await, "tidings_cohort_members") == Some(3.0)
+    })
+    .await;
+    let admin = cli_token("backend", "admin");
+    let published = http()
+        .post(server.url("/api/publish"))
+        .bearer_auth(&admin)
+        .json(&json!({ "channel": "public:shared", "type": "t", "data": { "n": 1 } }))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(published.status(), 200);
+    assert_eq!(socket.data("s").await["events"]["data"]["n"], 1);
+    assert_eq!(
+        sse.next("the event").await["data"]["events"]["data"]["n"],
+        1
+    );
+    assert_eq!(
+        multipart.payload("the event").await["payload"]["data"]["events"]["data"]["n"],
+        1
+    );
+    let text = metrics(&server).await;
+    assert_eq!(
+        sample(&text, "tidings_cohort_executions_total"),
+        Some(1.0),
+        "{text}"
+    );
+    for transport in ["graphql_ws", "sse", "multipart"] {
+        assert_eq!(
+            sample(
+                &text,
+                &format!("tidings_connections{{transport=\"{transport}\"}}")
+            ),
+            Some(1.0),
+            "{transport}: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stream_client_that_stops_reading_is_cut_as_a_slow_consumer() {
+    let db = TestDb::new(&Backend::Sqlite).await;
+    let server = TestServer::start(
+        &db,
+        &[
+            ("TIDINGS_WS_QUEUE", "4"),
+            ("TIDINGS_SLOW_CONSUMER_TIMEOUT", "1s"),
+            ("TIDINGS_RATE_LIMITS", "off"),
+        ],
+    );
+    let backend = cli_token("backend", "admin");
+    let query = "subscription { events(channels: [\"public:flood\"]) { data } }";
+    // A client that sends its request and then reads nothing.
+    let mut stalled = tokio::net::TcpStream::connect(&server.addr)
+        .await
+        .expect("connect");
+    let body = json!({ "query": query }).to_string();
+    let request = format!(
+        "POST /graphql HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        server.addr,
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, request.as_bytes())
+        .await
+        .expect("write");
+    let mut reader = sse_post(&server, None, query, json!({})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ~18 MB: more than the kernel's socket buffers hold for a client that reads nothing.
+    let chunk = "x".repeat(60_000);
+    let events = 300;
+    let publisher = async {
+        for i in 0..events {
+            let resp = http()
+                .post(server.url("/api/publish"))
+                .bearer_auth(&backend)
+                .json(&json!({ "channel": "public:flood", "type": "chunk", "data": { "i": i, "pad": chunk } }))
+                .send()
+                .await
+                .expect("publish");
+            assert_eq!(resp.status(), 200);
+        }
+    };
+    let reading = async {
+        let mut seen = Vec::new();
+        for _ in 0..events {
+            let data = reader.next("a chunk").await;
+            seen.push(data["data"]["events"]["data"]["i"].as_i64().unwrap_or(-1));
+        }
+        seen
+    };
+    let ((), seen) = tokio::join!(publisher, reading);
+    assert_eq!(
+        seen,
+        (0..events).collect::<Vec<i64>>(),
+        "the reading client got everything"
+    );
+    eventually(
+        WAIT,
+        "the stalled stream cut as a slow consumer",
+        || async {
+            sample(
+                &metrics(&server).await,
+                "tidings_slow_consumers_total{transport=\"sse\"}",
+            ) == Some(1.0)
+        },
+    )
+    .await;
+    eventually(WAIT, "only the reader's stream left", || async {
+        sample(
+            &metrics(&server).await,
+            "tidings_connections{transport=\"sse\"}",
+        ) == Some(1.0)
+    })
+    .await;
+    drop(stalled);
+}
