@@ -546,7 +546,7 @@ async fn streams_are_held_to_the_connection_and_subscription_budgets() {
     let _third = sse_post(&server, Some(&cli_token("bob", "user")), channel, json!({})).await;
     let full = http()
         .post(server.url("/graphql"))
-        .bearer_auth(&cli_token("carol", "user"))
+        .bearer_auth(cli_token("carol", "user"))
         .header("accept", "text/event-stream")
         .json(&json!({ "query": channel }))
         .send()

@@ -257,20 +257,20 @@ async fn answer(
             );
         }
     }
-    let viewer =
-        match tokio::time::timeout_at(deadline, viewer_from_headers(&state, &headers)).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(response)) => return response,
-            Err(_) => {
-                crate::metrics::graphql_refused("timeout");
-                // The database did not answer who the token stands for in time.
-                return request_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "TOO_COMPLEX",
-                    TOOK_TOO_LONG,
-                );
-            }
-        };
+    let viewer = match tokio::time::timeout_at(deadline, viewer_from_headers(&state, headers)).await
+    {
+        Ok(Ok(v)) => v,
+        Ok(Err(response)) => return response,
+        Err(_) => {
+            crate::metrics::graphql_refused("timeout");
+            // The database did not answer who the token stands for in time.
+            return request_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "TOO_COMPLEX",
+                TOOK_TOO_LONG,
+            );
+        }
+    };
     let (mut response, timed_out) = match request {
         BatchRequest::Single(request) => {
             let (response, timed_out) =

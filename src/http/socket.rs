@@ -1207,7 +1207,7 @@ pub(crate) fn accept<P: Protocol>(
         .map(|peer| client::client_address(peer.ip(), headers, &state.config.trusted_proxies));
     let admission = match admit(&state, address, signs_in_as_it_opens) {
         Ok(admission) => admission,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let max = state.config.max_frame_bytes;
     sized(ws, max).on_upgrade(move |socket| async move {
@@ -1221,17 +1221,14 @@ pub(crate) fn admit(
     state: &AppState,
     address: Option<IpAddr>,
     signs_in_as_it_opens: bool,
-) -> Result<Admission, Response> {
+) -> Result<Admission, UpgradeRefused> {
     let config = &state.config;
     let per_address = (config.rate_limits != "off" && !signs_in_as_it_opens)
         .then_some(config.max_anonymous_per_address);
     state
         .connections
         .admit(address, config.max_connections, per_address)
-        .map_err(|refusal| {
-            tracing::debug!(?address, ?refusal, "connection refused");
-            refusal.into_response()
-        })
+        .inspect_err(|refusal| tracing::debug!(?address, ?refusal, "connection refused"))
 }
 
 /// One connection, from its upgrade to its close.

@@ -203,6 +203,7 @@ pub(crate) fn refused(status: StatusCode, code: &str, message: &str) -> Response
 }
 
 /// The bearer token of an HTTP request, if any; `Err` for a malformed `Authorization`.
+#[allow(clippy::result_large_err)]
 fn bearer_token(headers: &HeaderMap) -> Result<Option<String>, Response> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
@@ -241,7 +242,8 @@ async fn open(
     let token = bearer_token(headers)?;
     // A stream with a token signs in as it opens: like a `/ws` socket with one, it does not
     // count under its client's address (see `socket.rs`).
-    let admission = socket::admit(state, client.map(|c| c.ip()), token.is_some())?;
+    let admission = socket::admit(state, client.map(|c| c.ip()), token.is_some())
+        .map_err(IntoResponse::into_response)?;
     let ticket = state.connections.open(transport);
     let (writer, out, body) = SocketWriter::start_body(
         state.config.ws_queue,
@@ -319,7 +321,7 @@ pub async fn distinct(
         let message = match refusal {
             StartRefused::Budget(message) => message,
             // A multipart request that does not validate is answered as JSON, as a query is.
-            StartRefused::Invalid(response) => return response,
+            StartRefused::Invalid(response) => return *response,
         };
         let frame = stream_refusal(wants, &message);
         stream.link.out.try_push(frame, None);
@@ -378,7 +380,7 @@ impl Streams {
 enum Command {
     Start {
         id: String,
-        request: Request,
+        request: Box<Request>,
         reply: oneshot::Sender<Response>,
     },
     Stop {
@@ -507,7 +509,11 @@ pub async fn stream_endpoint(
                         );
                     };
                     let (reply, answer) = oneshot::channel();
-                    let command = Command::Start { id, request, reply };
+                    let command = Command::Start {
+                        id,
+                        request: Box::new(request),
+                        reply,
+                    };
                     if reserved.commands.send(command).await.is_err() {
                         return refused(StatusCode::NOT_FOUND, "NOT_FOUND", "no such stream");
                     }
@@ -641,7 +647,7 @@ enum StartRefused {
     /// The user's subscription budget is spent.
     Budget(String),
     /// The request does not parse or validate: its answer.
-    Invalid(Response),
+    Invalid(Box<Response>),
 }
 
 /// A request error, answered as JSON with 400.
@@ -758,7 +764,7 @@ impl StreamConnection {
             if let Some(mut response) = first {
                 stamp_codes(&mut response);
                 if is_request_error(&response) {
-                    return Err(StartRefused::Invalid(invalid(response)));
+                    return Err(StartRefused::Invalid(Box::new(invalid(response))));
                 }
             }
         }
@@ -783,7 +789,7 @@ impl StreamConnection {
                     if let Some(Some(mut response)) = stream.next().now_or_never() {
                         stamp_codes(&mut response);
                         if is_request_error(&response) {
-                            return Err(StartRefused::Invalid(invalid(response)));
+                            return Err(StartRefused::Invalid(Box::new(invalid(response))));
                         }
                         first = Some(response);
                     }
@@ -837,7 +843,7 @@ impl StreamConnection {
             Err(StartRefused::Budget(message)) => {
                 refused(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", &message)
             }
-            Err(StartRefused::Invalid(response)) => response,
+            Err(StartRefused::Invalid(response)) => *response,
         }
     }
 
@@ -870,7 +876,7 @@ impl StreamConnection {
             tokio::select! {
                 command = recv(&mut commands) => match command {
                     Some(Command::Start { id, request, reply }) => {
-                        let response = Box::pin(self.on_start(id, request)).await;
+                        let response = Box::pin(self.on_start(id, *request)).await;
                         let _ = reply.send(response);
                     }
                     Some(Command::Stop { id }) => {
