@@ -122,3 +122,44 @@ async fn two_instances_behind_nginx_serve_http_and_subscriptions() {
     assert_eq!(ws.data("m").await["messageAdded"]["body"], "via a");
     assert_eq!(ws.data("m").await["messageAdded"]["body"], "via b");
 }
+
+/// HTTP streams pass through nginx unbuffered: each event reaches the client while its
+/// stream is still open, whichever instance stored the message.
+#[tokio::test]
+async fn event_streams_and_multipart_subscriptions_pass_through_nginx_unbuffered() {
+    let redis = TestRedis::start();
+    let (a, b, _db) = bridged_pair(&Backend::Sqlite, &redis, &[]).await;
+    let proxy = nginx([&a.addr, &b.addr]);
+    let alice = cli_token("alice", "user");
+    join(&a, &alice, "lobby").await;
+    let through = format!("http://{}/graphql", proxy.addr);
+    let query = json!({ "query": "subscription { messageAdded(roomId: \"lobby\") { body } }" });
+    let sse = http()
+        .post(&through)
+        .bearer_auth(&alice)
+        .header("accept", "text/event-stream")
+        .json(&query)
+        .send()
+        .await
+        .expect("POST through nginx");
+    assert_eq!(sse.status(), 200);
+    let mut sse = Stream::new(sse);
+    let multipart = http()
+        .post(&through)
+        .bearer_auth(&alice)
+        .header("accept", MULTIPART_ACCEPT)
+        .json(&query)
+        .send()
+        .await
+        .expect("POST through nginx");
+    assert_eq!(multipart.status(), 200);
+    let mut multipart = Stream::new(multipart);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (instance, body) in [(&a, "via a"), (&b, "via b")] {
+        send(instance, &alice, "lobby", body).await;
+        let event = sse.next(body).await;
+        assert_eq!(event["data"]["messageAdded"]["body"], body);
+        let part = multipart.payload(body).await;
+        assert_eq!(part["payload"]["data"]["messageAdded"]["body"], body);
+    }
+}

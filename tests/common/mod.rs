@@ -1001,3 +1001,120 @@ pub async fn bridged_pair(
     }
     (a, b, db)
 }
+
+/// How long a stream reader waits for bytes before it fails the test.
+pub const STREAM_WAIT: Duration = Duration::from_secs(10);
+/// The `Accept` Apollo Client's `HttpLink` sends with a subscription.
+pub const MULTIPART_ACCEPT: &str =
+    "multipart/mixed;boundary=\"graphql\";subscriptionSpec=1.0,application/json";
+
+/// A streaming response read as events (SSE) or parts (multipart).
+pub struct Stream {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Stream {
+    pub fn new(response: reqwest::Response) -> Self {
+        Stream {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    async fn more(&mut self, what: &str) -> bool {
+        match tokio::time::timeout(STREAM_WAIT, self.response.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
+                self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+                true
+            }
+            Ok(Ok(None)) => false,
+            Ok(Err(e)) => panic!("reading the stream for {what}: {e}"),
+            Err(_) => panic!(
+                "no bytes within {STREAM_WAIT:?} waiting for {what}: {:?}",
+                self.buffer
+            ),
+        }
+    }
+
+    /// The next SSE event with a name (comments skipped): its name and data (`Null` if none).
+    pub async fn event(&mut self, what: &str) -> Option<(String, Value)> {
+        loop {
+            while let Some(at) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..at + 2).collect();
+                let mut name = None;
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if let Some(name) = name {
+                    let data = if data.is_empty() {
+                        Value::Null
+                    } else {
+                        serde_json::from_str(&data).expect("event data is JSON")
+                    };
+                    return Some((name, data));
+                }
+            }
+            if !self.more(what).await {
+                return None;
+            }
+        }
+    }
+
+    /// The next `next` event's data, which must come before anything else.
+    pub async fn next(&mut self, what: &str) -> Value {
+        match self.event(what).await {
+            Some((name, data)) if name == "next" => data,
+            other => panic!("expected `next` with {what}, got {other:?}"),
+        }
+    }
+
+    /// The next multipart part's JSON (heartbeats `{}` included); `None` once the closing
+    /// boundary came.
+    pub async fn part(&mut self, what: &str) -> Option<Value> {
+        const BOUNDARY: &str = "\r\n--graphql";
+        loop {
+            // A part is complete once the next boundary follows it.
+            if let Some(start) = self.buffer.find(BOUNDARY) {
+                let rest = &self.buffer[start + BOUNDARY.len()..];
+                if rest.starts_with("--") {
+                    return None;
+                }
+                if let Some(end) = rest.find(BOUNDARY) {
+                    let part = rest[..end].to_owned();
+                    self.buffer.drain(..start + BOUNDARY.len() + end);
+                    let (headers, body) = part.split_once("\r\n\r\n").expect("part headers");
+                    assert!(
+                        headers
+                            .to_ascii_lowercase()
+                            .contains("content-type: application/json"),
+                        "{headers}"
+                    );
+                    return Some(serde_json::from_str(body).expect("part is JSON"));
+                }
+            }
+            if !self.more(what).await {
+                panic!(
+                    "the stream ended without its closing boundary: {:?}",
+                    self.buffer
+                );
+            }
+        }
+    }
+
+    /// The next part that is not a heartbeat.
+    pub async fn payload(&mut self, what: &str) -> Value {
+        loop {
+            match self.part(what).await {
+                Some(part) if part == json!({}) => continue,
+                Some(part) => return part,
+                None => panic!("the stream ended waiting for {what}"),
+            }
+        }
+    }
+}
