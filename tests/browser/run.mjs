@@ -244,6 +244,28 @@ const scenarios = {
       await screenshot(page, "graphiql-subscription");
       // Stop it (the button toggles while a subscription runs).
       await page.locator(".graphiql-execute-button").click();
+
+      // The same subscription over Server-Sent Events, by the switch in the bar: the server
+      // counts an SSE connection while it runs.
+      await page.getByTestId("transport-select").selectOption("sse");
+      await page.locator(".graphiql-execute-button").click();
+      const sseBody = `sse_in_graphiql_${Date.now()}`;
+      await eventually(
+        "the subscription result over SSE in the response editor",
+        async () => {
+          await send(ALICE, room, sseBody);
+          for (let i = 0; i < 10; i++) {
+            if ((await response()).includes(sseBody)) return true;
+            await sleep(100);
+          }
+          return false;
+        },
+        Boolean,
+      );
+      const metrics = await (await fetch(`${BASE}/metrics`)).text();
+      assert.match(metrics, /tidings_connections\{transport="sse"\} [1-9]/, "the subscription ran over SSE");
+      await screenshot(page, "graphiql-sse");
+      await page.locator(".graphiql-execute-button").click();
     });
 
     pageTest("a browser's GET /graphql gets GraphiQL too", async () => {

@@ -1,6 +1,7 @@
 // GraphiQL for Tidings: the IDE with the schema's docs, queries and mutations over HTTP,
-// subscriptions over WebSocket (graphql-transport-ws), and a token bar whose token goes both
-// into `Authorization: Bearer` and into `connection_init` as `{ authToken }`.
+// subscriptions over WebSocket (graphql-transport-ws) or Server-Sent Events (graphql-sse), by a
+// switch in the bar, and a token bar whose token goes both into `Authorization: Bearer` and
+// into `connection_init` as `{ authToken }`.
 //
 // Everything here is bundled into /assets by Vite, Monaco's workers included: the page loads
 // nothing from anywhere but the server that serves it.
@@ -10,6 +11,8 @@ import "./playground.css";
 
 import { createGraphiQLFetcher } from "@graphiql/toolkit";
 import { GraphiQL } from "graphiql";
+import { getOperationAST, parse } from "graphql";
+import { createClient as createSseClient } from "graphql-sse";
 import { useEffect, useId, useMemo, useState } from "react";
 import { createRoot } from "react-dom/client";
 
@@ -18,6 +21,7 @@ import {
   graphqlUrl,
   storedToken,
   storeToken,
+  streamUrl,
   subscriptionUrl,
   tokenClaims,
   urlToken,
@@ -56,7 +60,58 @@ subscription Lobby {
 }
 `;
 
-function TokenBar({ token, fromUrl, onApply }) {
+const TRANSPORT_KEY = "tidings.playground.transport";
+
+function storedTransport() {
+  try {
+    return window.localStorage.getItem(TRANSPORT_KEY) === "sse" ? "sse" : "ws";
+  } catch {
+    return "ws";
+  }
+}
+
+/** Whether GraphiQL's request runs a subscription (the operation it names, or the only one). */
+function isSubscription({ query, operationName }) {
+  try {
+    return getOperationAST(parse(query), operationName || undefined)?.operation === "subscription";
+  } catch {
+    return false; // the server reports the syntax error
+  }
+}
+
+/**
+ * Subscriptions over graphql-sse (a stream per subscription, the distinct connections mode),
+ * everything else through `http`: GraphiQL iterates what a fetcher returns.
+ */
+function sseFetcher(http, token) {
+  const client = createSseClient({
+    url: streamUrl(),
+    headers: token ? { Authorization: `Bearer ${token}` } : {},
+    retryAttempts: 0,
+  });
+  return (params, options) =>
+    isSubscription(params) ? client.iterate(params) : http(params, options);
+}
+
+function TransportSwitch({ transport, onChange }) {
+  const id = useId();
+  return (
+    <div className="tp-transport">
+      <label htmlFor={id}>Subscriptions over</label>
+      <select
+        id={id}
+        data-testid="transport-select"
+        value={transport}
+        onChange={(e) => onChange(e.target.value)}
+      >
+        <option value="ws">WebSocket</option>
+        <option value="sse">Server-Sent Events</option>
+      </select>
+    </div>
+  );
+}
+
+function TokenBar({ token, fromUrl, onApply, transport, onTransport }) {
   const [draft, setDraft] = useState(token);
   const inputId = useId();
   const claims = tokenClaims(token);
@@ -112,6 +167,7 @@ function TokenBar({ token, fromUrl, onApply }) {
           </button>
         ) : null}
       </form>
+      <TransportSwitch transport={transport} onChange={onTransport} />
       <p
         className={expired ? "tp-who tp-warn" : "tp-who"}
         data-testid="token-status"
@@ -127,21 +183,31 @@ function Playground() {
   const fromUrl = urlToken();
   const [token, setToken] = useState(fromUrl || storedToken());
   const [tokenFromUrl, setTokenFromUrl] = useState(Boolean(fromUrl));
+  const [transport, setTransport] = useState(storedTransport());
 
   // One fetcher per token: HTTP requests carry it as a header, and each subscription's
   // WebSocket sends it in connection_init (the toolkit opens one graphql-ws client per
   // subscription, so a new token takes effect on the next run).
-  const fetcher = useMemo(
-    () =>
-      createGraphiQLFetcher({
-        url: graphqlUrl(),
-        subscriptionUrl: subscriptionUrl(),
-        headers: token ? { Authorization: `Bearer ${token}` } : {},
-        wsConnectionParams: token ? { authToken: token } : {},
-        enableIncrementalDelivery: false,
-      }),
-    [token],
-  );
+  // With SSE chosen, subscriptions stream from /graphql/stream instead.
+  const fetcher = useMemo(() => {
+    const http = createGraphiQLFetcher({
+      url: graphqlUrl(),
+      subscriptionUrl: subscriptionUrl(),
+      headers: token ? { Authorization: `Bearer ${token}` } : {},
+      wsConnectionParams: token ? { authToken: token } : {},
+      enableIncrementalDelivery: false,
+    });
+    return transport === "sse" ? sseFetcher(http, token) : http;
+  }, [token, transport]);
+
+  const chooseTransport = (next) => {
+    setTransport(next);
+    try {
+      window.localStorage.setItem(TRANSPORT_KEY, next);
+    } catch {
+      // storage disabled: the choice lasts as long as the page
+    }
+  };
 
   const apply = (next) => {
     setToken(next);
@@ -151,7 +217,13 @@ function Playground() {
 
   return (
     <div className="tp-app">
-      <TokenBar token={token} fromUrl={tokenFromUrl} onApply={apply} />
+      <TokenBar
+        token={token}
+        fromUrl={tokenFromUrl}
+        onApply={apply}
+        transport={transport}
+        onTransport={chooseTransport}
+      />
       <main className="tp-ide" aria-label="GraphiQL">
         <GraphiQL fetcher={fetcher} defaultQuery={DEFAULT_QUERY} />
       </main>

@@ -18,6 +18,11 @@ export function subscriptionUrl() {
   return url.href;
 }
 
+/** graphql-sse streams here (both of its modes; this page uses distinct connections). */
+export function streamUrl() {
+  return new URL("/graphql/stream", window.location.href).href;
+}
+
 /** The token given in the page's URL, if any. */
 export function urlToken() {
   return new URLSearchParams(window.location.search).get("token")?.trim() || "";
