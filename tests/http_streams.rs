@@ -639,3 +639,97 @@ async fn a_stream_client_that_stops_reading_is_cut_as_a_slow_consumer() {
     .await;
     drop(stalled);
 }
+
+#[tokio::test]
+async fn persisted_queries_run_over_get_and_never_a_mutation() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let alice = cli_token("alice", "user");
+    let get = |query: Option<&str>, hash: &str| {
+        let extensions = json!({ "persistedQuery": { "version": 1, "sha256Hash": hash } });
+        let mut params = vec![("extensions", extensions.to_string())];
+        if let Some(query) = query {
+            params.push(("query", query.to_owned()));
+        }
+        http()
+            .get(server.url("/graphql"))
+            .bearer_auth(&alice)
+            .query(&params)
+            .send()
+    };
+    let query = "{ me { username } }";
+    let hash = sha256_hex(query);
+    let body: Value = get(None, &hash)
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        body["errors"][0]["message"], "PersistedQueryNotFound",
+        "{body}"
+    );
+    let body: Value = get(Some(query), &hash)
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(body["data"]["me"]["username"], "alice", "{body}");
+    let body: Value = get(None, &hash)
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        body["data"]["me"]["username"], "alice",
+        "the hash alone now: {body}"
+    );
+
+    // A mutation registered over POST cannot then run over GET by its hash.
+    let mutation = "mutation { joinRoom(roomId: \"by-hash\") { id } }";
+    let mutation_hash = sha256_hex(mutation);
+    let registered: Value = http()
+        .post(server.url("/graphql"))
+        .bearer_auth(&alice)
+        .json(&json!({ "query": mutation, "extensions": { "persistedQuery": { "version": 1, "sha256Hash": mutation_hash } } }))
+        .send()
+        .await
+        .expect("POST")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        registered["data"]["joinRoom"]["id"], "by-hash",
+        "{registered}"
+    );
+    server
+        .ok(
+            Some(&alice),
+            "mutation { leaveRoom(roomId: \"by-hash\") }",
+            json!({}),
+        )
+        .await;
+    let response = get(None, &mutation_hash).await.expect("GET");
+    assert_eq!(response.status(), 405);
+    assert_eq!(header(&response, "allow"), "POST");
+    let members = server
+        .ok(
+            Some(&alice),
+            "{ room(id: \"by-hash\") { memberCount } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        members["room"]["memberCount"], 0,
+        "the mutation did not run: {members}"
+    );
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
