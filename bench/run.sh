@@ -5,7 +5,7 @@
 # (--timeout), every server is stopped by its pid at the end of its run.
 #
 #   bench/run.sh                # everything (about 15 minutes on 2 cores)
-#   bench/run.sh fanout idle    # some scenarios: fanout latency idle idle50k chat redis writes storm abuse
+#   bench/run.sh fanout idle    # some scenarios: fanout latency idle idle50k chat redis writes storm abuse streams
 #
 # Results: bench/results/*.json (one report per run) and bench/results/fanout.svg.
 set -euo pipefail
@@ -16,7 +16,7 @@ BIN=$CARGO_TARGET_DIR/release
 OUT=${BENCH_OUT:-$ROOT/bench/results}
 PG=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 export TIDINGS_JWT_SECRET=${TIDINGS_JWT_SECRET:-tidings-bench-secret-0123456789abcdef}
-SCENARIOS=${*:-fanout latency idle idle50k chat redis writes storm abuse}
+SCENARIOS=${*:-fanout latency idle idle50k chat redis writes storm abuse streams}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 PIDS=()
@@ -88,6 +88,35 @@ join_flag() { [ "$1" = tidings ] || echo --skip-join; }
 
 load() { "$BIN/tidings-bench" load --timeout 240 "$@"; }
 
+# idle_run TARGET PROTO LABEL CONCURRENCY: ~19k idle `events` subscriptions over PROTO on one
+# fresh TARGET server, by two generator processes (each process may hold 20,000 files);
+# reports the server's RSS per subscription in $OUT/LABEL-19000.json.
+idle_run() {
+  local target=$1 proto=$2 label=$3 cc=$4
+  port=$(free_port); serve "$target" "$port"
+  sleep 1
+  before=$("$BIN/tidings-bench" rss "$SERVER_PID")
+  rm -f "$WORK"/ready-*
+  gens=()
+  for part in 0 1; do
+    load --url "http://127.0.0.1:$port" --proto "$proto" --sub events --publish none --skip-join \
+      --subscribers 9500 --offset $((part * 9500)) --rooms 1 --room-prefix idle \
+      --connect-concurrency "$cc" --hold 8 --ready-file "$WORK/ready-$part" \
+      --label "$label-part$part" --json "$WORK/$label-part$part.json" &
+    gens+=($!)
+  done
+  for _ in $(seq 1 900); do [ -f "$WORK/ready-0" ] && [ -f "$WORK/ready-1" ] && break; sleep 0.2; done
+  sleep 2
+  after=$("$BIN/tidings-bench" rss "$SERVER_PID")
+  for g in "${gens[@]}"; do wait "$g" || true; done
+  "$BIN/tidings-bench" merge --rss-before "$before" --rss-after "$after" \
+    --label "$label-19000" "$WORK/$label-part0.json" \
+    "$WORK/$label-part1.json" >"$OUT/$label-19000.json"
+  grep -E '"(connected|connect_failures|connects_per_second|server_rss_per_connection_kib)"' \
+    "$OUT/$label-19000.json" | tr -d '\n'; echo " <- $label"
+  stop "$SERVER_PID"
+}
+
 for scenario in $SCENARIOS; do
   case $scenario in
   fanout) # saturated fan-out to one room: about 256,000 deliveries in flight (256 messages at 1k)
@@ -119,30 +148,18 @@ for scenario in $SCENARIOS; do
   idle|storm) # ~19k idle graphql-ws subscriptions on one instance, by two generator processes
     # (each process may hold 20,000 files); the storm variant connects 1,000 at a time.
     if [ "$scenario" = storm ]; then cc=1000; targets=tidings; else cc=200; targets="floor tidings node"; fi
-    for target in $targets; do
-      port=$(free_port); serve $target "$port"
-      sleep 1
-      before=$("$BIN/tidings-bench" rss "$SERVER_PID")
-      rm -f "$WORK"/ready-*
-      gens=()
-      for part in 0 1; do
-        load --url "http://127.0.0.1:$port" --sub events --publish none --skip-join \
-          --subscribers 9500 --offset $((part * 9500)) --rooms 1 --room-prefix idle \
-          --connect-concurrency $cc --hold 8 --ready-file "$WORK/ready-$part" \
-          --label "$scenario-$target-part$part" --json "$WORK/$scenario-$target-part$part.json" &
-        gens+=($!)
-      done
-      for _ in $(seq 1 900); do [ -f "$WORK/ready-0" ] && [ -f "$WORK/ready-1" ] && break; sleep 0.2; done
-      sleep 2
-      after=$("$BIN/tidings-bench" rss "$SERVER_PID")
-      for g in "${gens[@]}"; do wait "$g" || true; done
-      "$BIN/tidings-bench" merge --rss-before "$before" --rss-after "$after" \
-        --label "$scenario-$target-19000" "$WORK/$scenario-$target-part0.json" \
-        "$WORK/$scenario-$target-part1.json" >"$OUT/$scenario-$target-19000.json"
-      grep -E '"(connected|connect_failures|connects_per_second|server_rss_per_connection_kib)"' \
-        "$OUT/$scenario-$target-19000.json" | tr -d '\n'; echo " <- $scenario $target"
+    for target in $targets; do idle_run "$target" gql "$scenario-$target" $cc; done ;;
+  streams) # subscriptions over HTTP streams beside graphql-ws in one run: saturated fan-out to
+    # 1,000 subscribers of one room per transport, then ~19k idle SSE subscriptions
+    for proto in gql sse multipart; do
+      port=$(free_port); serve tidings "$port"
+      load --url "http://127.0.0.1:$port" --server-pid "$SERVER_PID" --proto $proto \
+        --subscribers 1000 --rate 0 --window 256 --duration 5 --drain 20 \
+        --connect-concurrency 200 --join-concurrency 64 \
+        --label "streams-fanout-$proto-1000" --json "$OUT/streams-fanout-$proto-1000.json" || true
       stop "$SERVER_PID"
-    done ;;
+    done
+    idle_run tidings sse idle-sse-tidings 200 ;;
   idle50k) # 50,000 idle graphql-ws subscriptions over three instances sharing PostgreSQL and a
     # Redis of our own, by three generator processes (each process may hold 20,000 files); each
     # process spreads its connections over the three instances.

@@ -32,6 +32,124 @@ pub enum Proto {
     Gql,
     /// The legacy JSON protocol at /ws.
     Legacy,
+    /// graphql-sse (distinct connections mode): a `POST /graphql` with
+    /// `Accept: text/event-stream` per subscriber.
+    Sse,
+    /// Apollo's multipart subscriptions: a `POST /graphql` with
+    /// `Accept: multipart/mixed;subscriptionSpec=1.0` per subscriber.
+    Multipart,
+}
+
+/// A subscriber's connection: a WebSocket, or an HTTP response that streams.
+pub(crate) enum Conn {
+    Ws(Box<Ws>),
+    Http {
+        response: reqwest::Response,
+        /// Bytes read and not yet split into records.
+        buffer: Vec<u8>,
+        /// Records split off and not yet read.
+        records: std::collections::VecDeque<String>,
+        /// What ends a record: `\n\n` for SSE, the next part's boundary for multipart.
+        separator: &'static [u8],
+    },
+}
+
+/// What a subscriber's connection gave next.
+enum Read {
+    Text(String),
+    Ping,
+    Other,
+    Closed,
+}
+
+impl Conn {
+    async fn read(&mut self) -> Read {
+        match self {
+            Conn::Ws(ws) => match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.contains("\"ping\"") => Read::Ping,
+                Some(Ok(Message::Text(t))) => Read::Text(t.to_string()),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => Read::Closed,
+                Some(Ok(_)) => Read::Other,
+            },
+            Conn::Http {
+                response,
+                buffer,
+                records,
+                separator,
+            } => loop {
+                if let Some(record) = records.pop_front() {
+                    return Read::Text(record);
+                }
+                match response.chunk().await {
+                    Ok(Some(chunk)) => {
+                        buffer.extend_from_slice(&chunk);
+                        // Every complete record of the buffer at once, then one drain.
+                        let mut from = 0;
+                        while let Some(end) = record_end(&buffer[from..], separator) {
+                            let end = from + end;
+                            records.push_back(
+                                String::from_utf8_lossy(&buffer[from..end]).into_owned(),
+                            );
+                            from = end;
+                        }
+                        buffer.drain(..from);
+                    }
+                    Ok(None) | Err(_) => return Read::Closed,
+                }
+            },
+        }
+    }
+
+    async fn pong(&mut self) {
+        if let Conn::Ws(ws) = self {
+            let _ = ws.send(Message::text(r#"{"type":"pong"}"#)).await;
+        }
+    }
+
+    async fn close(self) {
+        if let Conn::Ws(mut ws) = self {
+            let _ = Ws::close(&mut ws, None).await;
+        }
+    }
+}
+
+/// Where the first complete record of `bytes` ends. An SSE event ends with its blank line. A
+/// multipart part has no end of its own (the next boundary ends it, which may come only with
+/// the next heartbeat): it is complete once its JSON body is, as the body's braces tell.
+fn record_end(bytes: &[u8], separator: &[u8]) -> Option<usize> {
+    if separator == b"\n\n" {
+        return find(bytes, separator).map(|at| at + separator.len());
+    }
+    let start = find(bytes, separator)?;
+    let body = start + find(&bytes[start..], b"\r\n\r\n")? + 4;
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, &b) in bytes[body..].iter().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' => depth += 1,
+            b'}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return Some(body + i + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// What a graphql-ws subscriber subscribes to.
@@ -332,7 +450,11 @@ pub(crate) async fn open(url: &str, subprotocol: Option<&str>) -> anyhow::Result
 
 /// Opens one subscriber and returns once it is subscribed (graphql-ws: acknowledged and the
 /// subscribe sent; legacy: `joined_room` received).
-async fn connect_subscriber(args: &LoadArgs, i: usize) -> anyhow::Result<Ws> {
+async fn connect_subscriber(
+    args: &LoadArgs,
+    client: &reqwest::Client,
+    i: usize,
+) -> anyhow::Result<Conn> {
     let user = user_name(args, i);
     let room = room_name(args, i % args.rooms);
     let token = token(&args.secret, &user, "user");
@@ -345,7 +467,43 @@ async fn connect_subscriber(args: &LoadArgs, i: usize) -> anyhow::Result<Ws> {
             k => ws_base(&args.also[k - 1]),
         }
     };
+    let payload = match args.sub {
+        Sub::Message => json!({
+            "query": "subscription($r: ID!) { messageAdded(roomId: $r) { id body } }",
+            "variables": {"r": room},
+        }),
+        Sub::Events => json!({
+            "query": "subscription($c: [String!]) { events(channels: $c) { data } }",
+            "variables": {"c": [format!("public:{room}")]},
+        }),
+    };
     match args.proto {
+        Proto::Sse | Proto::Multipart => {
+            let http_base = base.replacen("ws://", "http://", 1);
+            let (accept, separator): (&str, &'static [u8]) = match args.proto {
+                Proto::Sse => ("text/event-stream", b"\n\n"),
+                _ => (
+                    "multipart/mixed;boundary=\"graphql\";subscriptionSpec=1.0,application/json",
+                    b"\r\n--graphql",
+                ),
+            };
+            let response = client
+                .post(format!("{http_base}/graphql"))
+                .bearer_auth(&token)
+                .header("accept", accept)
+                .json(&payload)
+                .send()
+                .await?;
+            if !response.status().is_success() {
+                bail!("stream refused: {}", response.status());
+            }
+            Ok(Conn::Http {
+                response,
+                buffer: Vec::new(),
+                records: Default::default(),
+                separator,
+            })
+        }
         Proto::Gql => {
             let mut ws = open(&format!("{base}/graphql"), Some("graphql-transport-ws")).await?;
             ws.send(Message::text(
@@ -365,21 +523,11 @@ async fn connect_subscriber(args: &LoadArgs, i: usize) -> anyhow::Result<Ws> {
                     None => bail!("closed before ack"),
                 }
             }
-            let payload = match args.sub {
-                Sub::Message => json!({
-                    "query": "subscription($r: ID!) { messageAdded(roomId: $r) { id body } }",
-                    "variables": {"r": room},
-                }),
-                Sub::Events => json!({
-                    "query": "subscription($c: [String!]) { events(channels: $c) { data } }",
-                    "variables": {"c": [format!("public:{room}")]},
-                }),
-            };
             ws.send(Message::text(
                 json!({"id":"1","type":"subscribe","payload": payload}).to_string(),
             ))
             .await?;
-            Ok(ws)
+            Ok(Conn::Ws(Box::new(ws)))
         }
         Proto::Legacy => {
             let mut ws = open(&format!("{base}/ws?token={token}"), None).await?;
@@ -397,7 +545,7 @@ async fn connect_subscriber(args: &LoadArgs, i: usize) -> anyhow::Result<Ws> {
                     None => bail!("closed before join"),
                 }
             }
-            Ok(ws)
+            Ok(Conn::Ws(Box::new(ws)))
         }
     }
 }
@@ -425,27 +573,27 @@ impl SubStats {
 }
 
 /// Reads frames until told to stop; answers pings; marks deliveries.
-async fn run_subscriber(mut ws: Ws, shared: Arc<Shared>, index: usize) -> SubStats {
+async fn run_subscriber(mut conn: Conn, shared: Arc<Shared>, index: usize) -> SubStats {
     let mut stats = SubStats::default();
     let mut stop = shared.stop.subscribe();
     let mut ready = false;
     let shard = &shared.latency[index % shared.latency.len()];
     loop {
-        let frame = tokio::select! {
+        let read = tokio::select! {
             _ = stop.changed() => break,
-            f = ws.next() => f,
+            r = conn.read() => r,
         };
-        let text = match frame {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Close(_))) | None => {
+        let text = match read {
+            Read::Text(t) => t,
+            Read::Ping => {
+                conn.pong().await;
+                continue;
+            }
+            Read::Closed => {
                 shared.subscriber_errors.fetch_add(1, Ordering::Relaxed);
                 break;
             }
-            Some(Ok(_)) => continue,
-            Some(Err(_)) => {
-                shared.subscriber_errors.fetch_add(1, Ordering::Relaxed);
-                break;
-            }
+            Read::Other => continue,
         };
         if let Some((_room, seq, global, micros)) = parse_marker(&text) {
             let now = shared.now_us();
@@ -472,13 +620,15 @@ async fn run_subscriber(mut ws: Ws, shared: Arc<Shared>, index: usize) -> SubSta
                 ready = true;
                 shared.ready.fetch_add(1, Ordering::AcqRel);
             }
-        } else if text.contains("\"ping\"") {
-            let _ = ws.send(Message::text(r#"{"type":"pong"}"#)).await;
-        } else if text.contains("\"type\":\"error\"") || text.contains("\"type\":\"complete\"") {
+        } else if text.contains("\"type\":\"error\"")
+            || text.contains("\"type\":\"complete\"")
+            || text.contains("event: complete")
+            || text.contains("\"errors\"")
+        {
             shared.subscriber_errors.fetch_add(1, Ordering::Relaxed);
         }
     }
-    let _ = ws.close(None).await;
+    conn.close().await;
     stats
 }
 
@@ -701,7 +851,11 @@ async fn run_inner(args: LoadArgs) -> anyhow::Result<Report> {
         subscriber_errors: AtomicU64::new(0),
     });
 
-    // 2. Subscribers, with bounded connect concurrency.
+    // 2. Subscribers, with bounded connect concurrency. HTTP streams each hold a connection of
+    // this client for their whole life.
+    let streams = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
     let connect_hist = Mutex::new(histogram());
     let t_connect = Instant::now();
     let outcomes: Vec<Option<tokio::task::JoinHandle<SubStats>>> =
@@ -710,9 +864,10 @@ async fn run_inner(args: LoadArgs) -> anyhow::Result<Report> {
                 let args = &args;
                 let shared = shared.clone();
                 let connect_hist = &connect_hist;
+                let streams = &streams;
                 async move {
                     let t = Instant::now();
-                    match connect_subscriber(args, i).await {
+                    match connect_subscriber(args, streams, i).await {
                         Ok(ws) => {
                             if let Ok(mut h) = connect_hist.lock() {
                                 let _ = h.record(t.elapsed().as_micros().max(1) as u64);
