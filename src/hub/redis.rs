@@ -545,12 +545,14 @@ impl RedisBridge {
         Ok(())
     }
 
-    /// Follows a Redis Cluster with sharded pub/sub. The cluster client keeps a connection to
-    /// each master and, when the slot map changes (a failover), moves the subscriptions to the
-    /// slots' new owners by itself; every subscription a master confirms, the first time or
-    /// again after such a move, resyncs its topic, so nothing published while no master
-    /// carried the channel is missed. Should the masters stay unreachable, the connection is
-    /// rebuilt from the seed nodes.
+    /// Follows a Redis Cluster with sharded pub/sub: one `SSUBSCRIBE` per topic, which the
+    /// cluster client sends to the master of the channel's slot. Every subscription a master
+    /// confirms resyncs its topic (the first time: the gap before the subscription; again after
+    /// a reconnect: what was missed meanwhile). Once a second the bridge reads which masters
+    /// serve which slots and pings each: a master that does not answer marks the bridge down
+    /// (and three in a row rebuild the connection), and a changed map (a failover promoted a
+    /// replica) rebuilds the connection from the seed nodes, whose subscriptions, all
+    /// confirmed again, resync every topic.
     async fn cluster_subscribe_loop(
         self: Arc<Self>,
         seeds: Vec<String>,
