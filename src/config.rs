@@ -344,3 +344,61 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::redis::RedisTarget;
+
+    fn with(change: impl FnOnce(&mut Config)) -> Result<Option<RedisTarget>, String> {
+        let mut config = Config::for_database("sqlite::memory:");
+        change(&mut config);
+        config.redis()
+    }
+
+    #[test]
+    fn one_kind_of_redis_at_most_and_a_sentinel_master_with_its_sentinels() {
+        assert_eq!(with(|_| {}), Ok(None));
+        assert_eq!(
+            with(|c| c.redis_url = Some("redis://a:1".into())),
+            Ok(Some(RedisTarget::Single("redis://a:1".into())))
+        );
+        assert_eq!(
+            with(|c| c.redis_cluster = vec![" redis://a:1".into(), "".into(), "redis://b:2".into()]),
+            Ok(Some(RedisTarget::Cluster(vec![
+                "redis://a:1".into(),
+                "redis://b:2".into()
+            ])))
+        );
+        assert_eq!(
+            with(|c| {
+                c.redis_sentinels = vec!["redis://s:1".into()];
+                c.redis_sentinel_master = Some("main".into());
+            }),
+            Ok(Some(RedisTarget::Sentinel {
+                sentinels: vec!["redis://s:1".into()],
+                master: "main".into()
+            }))
+        );
+        let two = with(|c| {
+            c.redis_url = Some("redis://a:1".into());
+            c.redis_cluster = vec!["redis://b:2".into()];
+        });
+        let message = two.expect_err("two kinds refused");
+        for name in [
+            "TIDINGS_REDIS_URL",
+            "TIDINGS_REDIS_CLUSTER",
+            "TIDINGS_REDIS_SENTINELS",
+        ] {
+            assert!(message.contains(name), "{message}");
+        }
+        let no_master = with(|c| c.redis_sentinels = vec!["redis://s:1".into()]);
+        assert!(no_master
+            .expect_err("a master name is needed")
+            .contains("TIDINGS_REDIS_SENTINEL_MASTER"));
+        let no_sentinels = with(|c| c.redis_sentinel_master = Some("main".into()));
+        assert!(no_sentinels
+            .expect_err("sentinels are needed")
+            .contains("TIDINGS_REDIS_SENTINELS"));
+    }
+}
