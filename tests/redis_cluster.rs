@@ -129,10 +129,24 @@ struct TestCluster {
 
 impl TestCluster {
     async fn start() -> Self {
+        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        Self::start_on(&ports).await
+    }
+
+    /// The cluster's seed nodes on `ports`, before it runs.
+    fn seeds_on(ports: &[u16]) -> String {
+        ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A cluster on these 6 ports.
+    async fn start_on(ports: &[u16]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut nodes = Vec::new();
-        for _ in 0..6 {
-            let port = free_port();
+        for &port in ports {
             let node_dir = dir.path().join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("node dir");
             let mut args = base_args(port, &node_dir);
@@ -462,6 +476,50 @@ async fn a_master_failover_loses_no_message() {
         resyncs >= 2.0,
         "the first subscription and the failover: {resyncs}"
     );
+}
+
+#[tokio::test]
+async fn instances_started_before_their_cluster_use_it_once_it_runs() {
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let seeds = TestCluster::seeds_on(&ports);
+    let db = TestDb::new(&Backend::Sqlite).await;
+    let env = [
+        ("TIDINGS_REDIS_CLUSTER", seeds.as_str()),
+        ("TIDINGS_RATE_MESSAGES", "1/1h"),
+        ("TIDINGS_BURST_MESSAGES", "2"),
+    ];
+    let a = TestServer::start(&db, &env);
+    let b = TestServer::start(&db, &env);
+    assert_eq!(health(&a).await["redis"], "down", "no cluster yet");
+    let _cluster = TestCluster::start_on(&ports).await;
+    for s in [&a, &b] {
+        eventually(Duration::from_secs(20), "the bridge connects", || async {
+            health(s).await["redis"] == "ok"
+        })
+        .await;
+    }
+    let alice = cli_token("alice", "user");
+    let bob = cli_token("bob", "user");
+    join(&a, &alice, "late").await;
+    join(&b, &bob, "late").await;
+    let mut ws = GqlSocket::user(&a, &alice).await;
+    ws.subscribe("m", MESSAGES, json!({ "r": "late" })).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    send(&b, &bob, "late", "over the late cluster").await;
+    assert_eq!(
+        ws.data("m").await["messageAdded"]["body"],
+        "over the late cluster"
+    );
+    // The commands' connection found the cluster too: one bucket for both instances.
+    send(&a, &bob, "late", "second").await;
+    let refused = a
+        .err_code(
+            Some(&bob),
+            "mutation { sendMessage(roomId: \"late\", body: \"third\") { id } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(refused, "RATE_LIMITED");
 }
 
 #[tokio::test]
