@@ -6,6 +6,7 @@
 #
 #   bench/run.sh                # everything (about 15 minutes on 2 cores)
 #   bench/run.sh fanout idle    # some scenarios: fanout latency idle idle50k chat redis writes storm abuse streams
+#   bench/run.sh cluster        # 3 instances on a 3-shard Redis Cluster (not in the default set)
 #
 # Results: bench/results/*.json (one report per run) and bench/results/fanout.svg.
 set -euo pipefail
@@ -40,13 +41,15 @@ wait_http() { # url
 }
 
 # start_tidings PORT DB_URL [REDIS_URL]: sets SERVER_PID. Rate limits are off (these are load
-# tests) unless BUDGETS=on, as for the abuse scenario.
+# tests) unless BUDGETS=on, as for the abuse scenario. With REDIS_CLUSTER set (seed nodes), the
+# instance uses that cluster instead of REDIS_URL.
 start_tidings() {
   local port=$1 db=$2 redis=${3:-}
   local limits=off
   [ "${BUDGETS:-off}" = on ] && limits=on
   env TIDINGS_BIND=127.0.0.1:"$port" TIDINGS_DATABASE_URL="$db" TIDINGS_RATE_LIMITS=$limits \
-    ${redis:+TIDINGS_REDIS_URL=$redis} RUST_LOG=warn \
+    ${redis:+TIDINGS_REDIS_URL=$redis} ${REDIS_CLUSTER:+TIDINGS_REDIS_CLUSTER=$REDIS_CLUSTER} \
+    TIDINGS_MAX_CONNECTIONS=${MAX_CONNECTIONS:-20000} RUST_LOG=warn \
     "$BIN/tidings" serve >"$WORK/tidings-$port.log" 2>&1 &
   SERVER_PID=$!; PIDS+=("$SERVER_PID")
   wait_http "http://127.0.0.1:$port/health"
@@ -67,6 +70,37 @@ start_redis() {
   redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
     >"$WORK/redis-$rport.log" 2>&1 &
   REDIS_PID=$!; PIDS+=("$REDIS_PID"); sleep 0.5
+}
+# start_cluster: a Redis Cluster of our own, 3 masters and no replicas (a benchmark measures
+# shards, not failover), keeping nothing on disk; sets CLUSTER_PORTS and REDIS_CLUSTER
+start_cluster() {
+  CLUSTER_PORTS=(); local addrs=()
+  for _ in 0 1 2; do
+    local p
+    while :; do p=$(free_port); [ "$p" -lt 55000 ] && break; done
+    mkdir -p "$WORK/cluster-$p"
+    redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+      --cluster-enabled yes --cluster-config-file nodes.conf --dir "$WORK/cluster-$p" \
+      >"$WORK/cluster-$p.log" 2>&1 &
+    PIDS+=($!); CLUSTER_PORTS+=("$p"); addrs+=("127.0.0.1:$p")
+  done
+  sleep 0.5
+  redis-cli --cluster create "${addrs[@]}" --cluster-replicas 0 --cluster-yes >"$WORK/cluster-create.log"
+  for _ in $(seq 1 100); do
+    redis-cli -p "${CLUSTER_PORTS[0]}" cluster info | grep -q cluster_state:ok && break; sleep 0.1
+  done
+  REDIS_CLUSTER=$(printf 'redis://127.0.0.1:%s,' "${CLUSTER_PORTS[@]}"); REDIS_CLUSTER=${REDIS_CLUSTER%,}
+}
+# shard_stats LABEL: per master, SPUBLISH calls, network bytes and CPU seconds so far
+shard_stats() {
+  for p in "${CLUSTER_PORTS[@]}"; do
+    local calls in out cpu
+    calls=$(redis-cli -p "$p" info commandstats | tr -d '\r' | sed -n 's/^cmdstat_spublish:calls=\([0-9]*\).*/\1/p')
+    in=$(redis-cli -p "$p" info stats | tr -d '\r' | sed -n 's/^total_net_input_bytes:\([0-9]*\)/\1/p')
+    out=$(redis-cli -p "$p" info stats | tr -d '\r' | sed -n 's/^total_net_output_bytes:\([0-9]*\)/\1/p')
+    cpu=$(redis-cli -p "$p" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys):/ {s += $2} END {printf "%.3f", s}')
+    echo "$1 shard=$p spublish=${calls:-0} in_bytes=${in:-0} out_bytes=${out:-0} cpu_seconds=${cpu:-0}"
+  done
 }
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 sqlite() { echo "sqlite://$WORK/$1.db?mode=rwc"; }
@@ -219,6 +253,36 @@ for scenario in $SCENARIOS; do
       --subscribers 10000 --rooms 1000 --rate 500 --window 2000 --publishers 4 --duration 10 \
       --join-concurrency 64 --label chat-redis-10000 --json "$OUT/chat-redis-10000.json" || true
     stop "$s1"; stop "$s2"; stop "$REDIS_PID" ;;
+  cluster) # 3 instances sharing PostgreSQL and a 3-master Redis Cluster (sharded pub/sub):
+    # (1) chat: 30,000 users in 3,000 rooms of 10 spread over the three, 1,000 messages/s offered;
+    # (2) fan-out: 3,000 subscribers of one room over the three, saturated. Per shard, SPUBLISH
+    # calls and bytes before and after each run (cluster-shards.txt); the prediction is
+    # PERFORMANCE.md's capacity model.
+    start_cluster
+    db=$(pgdb cluster)
+    cports=(); cpids=()
+    for _ in 0 1 2; do
+      p=$(free_port); MAX_CONNECTIONS=50000 start_tidings "$p" "$db"
+      cports+=("$p"); cpids+=("$SERVER_PID")
+    done
+    for p in "${cports[@]}"; do
+      for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$p/health" | grep -q '"redis":"ok"' && break; sleep 0.1; done
+    done
+    urls=(--url "http://127.0.0.1:${cports[0]}" --also "http://127.0.0.1:${cports[1]}" --also "http://127.0.0.1:${cports[2]}")
+    pids=(--server-pid "${cpids[0]}" --server-pid "${cpids[1]}" --server-pid "${cpids[2]}")
+    shard_stats chat-before >"$OUT/cluster-shards.txt"
+    load "${urls[@]}" "${pids[@]}" \
+      --subscribers 30000 --rooms 3000 --rate 1000 --window 4000 --publishers 6 --duration 10 \
+      --connect-concurrency 200 --join-concurrency 64 \
+      --label cluster-chat-30000 --json "$OUT/cluster-chat-30000.json" || true
+    shard_stats chat-after >>"$OUT/cluster-shards.txt"
+    load "${urls[@]}" "${pids[@]}" --room-prefix fan \
+      --subscribers 3000 --rate 0 --window 85 --duration 5 --drain 20 \
+      --connect-concurrency 200 --join-concurrency 64 \
+      --label cluster-fanout-3000 --json "$OUT/cluster-fanout-3000.json" || true
+    shard_stats fanout-after >>"$OUT/cluster-shards.txt"
+    cat "$OUT/cluster-shards.txt"
+    for s in "${cpids[@]}"; do stop "$s"; done ;;
   writes) # sendMessage writes/s: 64 in flight, 100 rooms of one subscriber each
     for backend in sqlite postgres; do
       port=$(free_port)

@@ -50,8 +50,11 @@ if [ -z "${TIDINGS_TEST_DATABASE_URL:-}" ]; then
   export TIDINGS_TEST_DATABASE_URL="$pg_url_default"
 fi
 have openssl || apt_install openssl
-# The scale-out tests start (and kill) their own redis-server; the deployment test runs nginx.
+# The scale-out tests start (and kill) their own redis-server; the cluster and Sentinel tests
+# (tests/redis_cluster.rs) also make a cluster with redis-cli and run `redis-server --sentinel`
+# (Redis 7 or later: sharded pub/sub); the deployment test runs nginx.
 have redis-server || apt_install redis-server
+have redis-cli || apt_install redis-tools
 have nginx || apt_install nginx-light || apt_install nginx
 
 # --- Node.js (tests/interop: real npm GraphQL clients against the server) ---------------------

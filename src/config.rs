@@ -25,9 +25,24 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// Redis URL for running several instances; unset keeps events in this process.
+    /// Redis URL for running several instances; unset keeps events in this process. At most
+    /// one of this, TIDINGS_REDIS_CLUSTER and TIDINGS_REDIS_SENTINELS.
     #[arg(long, env = "TIDINGS_REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// Seed nodes of a Redis Cluster (comma-separated `redis://host:port`): events travel over
+    /// sharded pub/sub, one channel per topic, on the shard that owns the channel's slot.
+    #[arg(long, env = "TIDINGS_REDIS_CLUSTER", value_delimiter = ',')]
+    pub redis_cluster: Vec<String>,
+
+    /// Redis Sentinels watching one master (comma-separated `redis://host:port`); with
+    /// TIDINGS_REDIS_SENTINEL_MASTER. The instances follow the master through failovers.
+    #[arg(long, env = "TIDINGS_REDIS_SENTINELS", value_delimiter = ',')]
+    pub redis_sentinels: Vec<String>,
+
+    /// The name under which the Sentinels know the master (their `sentinel monitor NAME`).
+    #[arg(long, env = "TIDINGS_REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
 
     /// HS256 secret for tokens. Unset: a random secret is generated once and kept in the
     /// database, so restarts, every instance and `tidings token` agree.
@@ -222,12 +237,70 @@ impl Config {
         }))
     }
 
+    /// Which Redis the instances share, if any: at most one of TIDINGS_REDIS_URL,
+    /// TIDINGS_REDIS_CLUSTER and TIDINGS_REDIS_SENTINELS may be set.
+    pub fn redis(&self) -> Result<Option<crate::hub::redis::RedisTarget>, String> {
+        use crate::hub::redis::RedisTarget;
+        let nodes = |list: &[String]| -> Vec<String> {
+            list.iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        let url = self
+            .redis_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty());
+        let cluster = nodes(&self.redis_cluster);
+        let sentinels = nodes(&self.redis_sentinels);
+        let set = [url.is_some(), !cluster.is_empty(), !sentinels.is_empty()];
+        if set.iter().filter(|s| **s).count() > 1 {
+            return Err(
+                "set at most one of TIDINGS_REDIS_URL, TIDINGS_REDIS_CLUSTER and \
+                 TIDINGS_REDIS_SENTINELS"
+                    .into(),
+            );
+        }
+        let master = self
+            .redis_sentinel_master
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty());
+        if sentinels.is_empty() {
+            if master.is_some() {
+                return Err(
+                    "TIDINGS_REDIS_SENTINEL_MASTER is set without TIDINGS_REDIS_SENTINELS".into(),
+                );
+            }
+        } else {
+            let Some(master) = master else {
+                return Err(
+                    "TIDINGS_REDIS_SENTINELS needs TIDINGS_REDIS_SENTINEL_MASTER (the name the \
+                     Sentinels monitor)"
+                        .into(),
+                );
+            };
+            return Ok(Some(RedisTarget::Sentinel {
+                sentinels,
+                master: master.to_owned(),
+            }));
+        }
+        if !cluster.is_empty() {
+            return Ok(Some(RedisTarget::Cluster(cluster)));
+        }
+        Ok(url.map(|u| RedisTarget::Single(u.to_owned())))
+    }
+
     /// The defaults, as `tidings serve` with nothing set would use them.
     pub fn for_database(database_url: impl Into<String>) -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             database_url: database_url.into(),
             redis_url: None,
+            redis_cluster: Vec::new(),
+            redis_sentinels: Vec::new(),
+            redis_sentinel_master: None,
             jwt_secret: None,
             jwt_public_key: None,
             jwt_issuer: None,
@@ -269,5 +342,63 @@ impl Config {
             max_channels_per_socket: 100,
             max_subscriptions_per_user: 1000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::redis::RedisTarget;
+
+    fn with(change: impl FnOnce(&mut Config)) -> Result<Option<RedisTarget>, String> {
+        let mut config = Config::for_database("sqlite::memory:");
+        change(&mut config);
+        config.redis()
+    }
+
+    #[test]
+    fn one_kind_of_redis_at_most_and_a_sentinel_master_with_its_sentinels() {
+        assert_eq!(with(|_| {}), Ok(None));
+        assert_eq!(
+            with(|c| c.redis_url = Some("redis://a:1".into())),
+            Ok(Some(RedisTarget::Single("redis://a:1".into())))
+        );
+        assert_eq!(
+            with(|c| c.redis_cluster = vec![" redis://a:1".into(), "".into(), "redis://b:2".into()]),
+            Ok(Some(RedisTarget::Cluster(vec![
+                "redis://a:1".into(),
+                "redis://b:2".into()
+            ])))
+        );
+        assert_eq!(
+            with(|c| {
+                c.redis_sentinels = vec!["redis://s:1".into()];
+                c.redis_sentinel_master = Some("main".into());
+            }),
+            Ok(Some(RedisTarget::Sentinel {
+                sentinels: vec!["redis://s:1".into()],
+                master: "main".into()
+            }))
+        );
+        let two = with(|c| {
+            c.redis_url = Some("redis://a:1".into());
+            c.redis_cluster = vec!["redis://b:2".into()];
+        });
+        let message = two.expect_err("two kinds refused");
+        for name in [
+            "TIDINGS_REDIS_URL",
+            "TIDINGS_REDIS_CLUSTER",
+            "TIDINGS_REDIS_SENTINELS",
+        ] {
+            assert!(message.contains(name), "{message}");
+        }
+        let no_master = with(|c| c.redis_sentinels = vec!["redis://s:1".into()]);
+        assert!(no_master
+            .expect_err("a master name is needed")
+            .contains("TIDINGS_REDIS_SENTINEL_MASTER"));
+        let no_sentinels = with(|c| c.redis_sentinel_master = Some("main".into()));
+        assert!(no_sentinels
+            .expect_err("sentinels are needed")
+            .contains("TIDINGS_REDIS_SENTINELS"));
     }
 }

@@ -58,6 +58,8 @@ pub struct App {
 impl App {
     /// Connects the database (running migrations), loads the token keys and builds the schema.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // Settings that contradict each other stop the start before anything is opened.
+        let redis = config.redis().map_err(|e| anyhow::anyhow!(e))?;
         let db = db::connect(&config.database_url).await.map_err(|e| {
             anyhow::anyhow!("cannot open database {}: {e}", redact(&config.database_url))
         })?;
@@ -80,13 +82,13 @@ impl App {
         // Before anything records a metric, or its early counts are lost.
         metrics::install(&shutdown);
         crate::metrics::set_redis_up(false);
-        let (hub, bridge) = match &config.redis_url {
+        let (hub, bridge) = match &redis {
             None => (Hub::new(config.broadcast_capacity), None),
-            Some(url) => {
+            Some(target) => {
                 let (hub, outbound) = Hub::bridged(config.broadcast_capacity);
                 let instance = instance_id();
                 let bridge = RedisBridge::start(
-                    url,
+                    target,
                     instance,
                     hub.clone(),
                     outbound,

@@ -40,6 +40,12 @@ pub const COHORT_MEMBERS: &str = "tidings_cohort_members";
 pub const REDIS_DISCONNECTS: &str = "tidings_redis_disconnects_total";
 /// Events from Redis this version could not read (another wire version, or garbage).
 pub const REDIS_UNDECODABLE: &str = "tidings_redis_undecodable_total";
+/// Topics the Redis bridge (re)subscribed and told their subscribers to check the database
+/// for what they may have missed: a new topic, a reconnect, a shard's failover.
+pub const REDIS_RESYNCS: &str = "tidings_redis_resyncs_total";
+/// Times the bridge's queue of what a Redis Cluster pushed (`TIDINGS_REDIS_CLUSTER`) was full:
+/// events were dropped, and every topic resyncs from the database.
+pub const REDIS_PUSH_OVERFLOWS: &str = "tidings_redis_push_overflows_total";
 /// Channel events published, by channel `kind` (public, broadcast, user, role, room).
 pub const CHANNEL_PUBLISHED: &str = "tidings_channel_events_published_total";
 /// Channel events handed to subscribers, by channel `kind`.
@@ -225,6 +231,14 @@ fn describe() {
         "Events from Redis this version could not read"
     );
     describe_counter!(
+        REDIS_RESYNCS,
+        "Topics the Redis bridge (re)subscribed, whose subscribers then checked the database"
+    );
+    describe_counter!(
+        REDIS_PUSH_OVERFLOWS,
+        "Times the queue of Redis Cluster pushes was full (events dropped, every topic resynced)"
+    );
+    describe_counter!(
         CHANNEL_PUBLISHED,
         "Channel events published, by channel kind"
     );
@@ -275,6 +289,8 @@ fn register_at_zero() {
         counter!(CHANNEL_DELIVERED, "kind" => kind).absolute(0);
     }
     counter!(REDIS_DISCONNECTS).absolute(0);
+    counter!(REDIS_RESYNCS).absolute(0);
+    counter!(REDIS_PUSH_OVERFLOWS).absolute(0);
     counter!(COHORTS_STARTED).absolute(0);
     counter!(MESSAGE_BATCHES).absolute(0);
     counter!(MESSAGE_BATCH_SENDS).absolute(0);
@@ -344,6 +360,16 @@ pub fn slow_consumer(transport: Transport) {
 /// The Redis bridge lost its connection.
 pub fn redis_disconnected() {
     counter!(REDIS_DISCONNECTS).increment(1);
+}
+
+/// The bridge told the subscribers of `topics` topics to check the database.
+pub fn redis_resynced(topics: usize) {
+    counter!(REDIS_RESYNCS).increment(topics as u64);
+}
+
+/// The queue of Redis Cluster pushes was full.
+pub fn redis_push_overflowed() {
+    counter!(REDIS_PUSH_OVERFLOWS).increment(1);
 }
 
 /// An event from Redis this version could not read.

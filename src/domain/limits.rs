@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use super::{DomainError, DomainResult};
+use crate::hub::redis::RedisConnection;
 
 /// What is limited. The first three are counted per user; sign-ins per client address and
 /// per username, whoever asks.
@@ -140,7 +140,7 @@ return -1
 
 pub struct RateLimits {
     buckets: Option<[Bucket; 5]>,
-    shared: Option<ConnectionManager>,
+    shared: Option<RedisConnection>,
     script: redis::Script,
 }
 
@@ -149,7 +149,7 @@ impl RateLimits {
     /// Redis (falling back to this process's while Redis is away).
     pub fn start(
         rates: Option<Rates>,
-        shared: Option<ConnectionManager>,
+        shared: Option<RedisConnection>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let bucket = |rate: Rate| Bucket {
@@ -232,7 +232,7 @@ impl RateLimits {
 
     async fn check_shared(
         &self,
-        mut conn: ConnectionManager,
+        mut conn: RedisConnection,
         key: &str,
         action: Action,
         rate: Rate,
@@ -241,13 +241,30 @@ impl RateLimits {
         let tolerance = interval * u64::from(rate.burst - 1);
         let wait_ms: i64 = self
             .script
-            .key(format!("tidings:rate:{}:{key}", action.name()))
+            .key(bucket_key(action, key))
             .arg(interval)
             .arg(tolerance)
             .invoke_async(&mut conn)
             .await?;
         Ok((wait_ms >= 0).then(|| Duration::from_millis(wait_ms as u64)))
     }
+}
+
+/// A bucket's key in Redis: `tidings:rate:{ACTION:KEY}`. The braces are a Redis Cluster hash
+/// tag around the whole bucket name, so the server, not the client, picks the slot: braces in
+/// the client's part (a username may hold them) are escaped, or `{x}` in a name would put the
+/// buckets of every such name on one shard. The script touches this one key only.
+fn bucket_key(action: Action, key: &str) -> String {
+    let mut escaped = String::with_capacity(key.len());
+    for c in key.chars() {
+        match c {
+            '%' => escaped.push_str("%25"),
+            '{' => escaped.push_str("%7B"),
+            '}' => escaped.push_str("%7D"),
+            c => escaped.push(c),
+        }
+    }
+    format!("tidings:rate:{{{}:{escaped}}}", action.name())
 }
 
 fn check_local(bucket: &Bucket, key: &str) -> Option<Duration> {
@@ -273,6 +290,24 @@ mod tests {
         assert!(Rate::parse("10", 1).is_err());
         assert!(Rate::parse("0/1s", 1).is_err());
         assert!(Rate::parse("5/0s", 1).is_err());
+    }
+
+    #[test]
+    fn a_bucket_key_is_one_hash_tag_the_client_cannot_steer() {
+        assert_eq!(
+            bucket_key(Action::Message, "alice"),
+            "tidings:rate:{message:alice}"
+        );
+        // Braces in the client's part would end or start the tag early: escaped.
+        let key = bucket_key(Action::SignInAsUsername, "{x}y%");
+        assert_eq!(key.matches('{').count(), 1, "{key}");
+        assert_eq!(key.matches('}').count(), 1, "{key}");
+        assert!(key.ends_with('}'), "{key}");
+        assert_ne!(
+            bucket_key(Action::Message, "a{b"),
+            bucket_key(Action::Message, "a%7Bb"),
+            "escaping keeps keys apart"
+        );
     }
 
     #[tokio::test]

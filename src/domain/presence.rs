@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
 use sea_orm::{
     sea_query::Expr, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
 };
@@ -27,6 +26,7 @@ use super::{require_user, Domain, DomainError, DomainResult};
 use crate::auth::Viewer;
 use crate::db::{room_member, user};
 use crate::hub::event::PresenceChanged;
+use crate::hub::redis::RedisConnection;
 use crate::hub::{Event, Hub, RecvError, Topic, TopicReceiver};
 
 /// One user's presence as queries report it.
@@ -586,7 +586,7 @@ impl Drop for PresenceGuard {
 
 /// How to share connection counts between instances.
 pub struct SharedCounts {
-    pub connection: ConnectionManager,
+    pub connection: RedisConnection,
     pub instance: String,
     /// An instance that has not beaten for this long counts no more.
     pub ttl: Duration,
@@ -594,8 +594,13 @@ pub struct SharedCounts {
 
 /// Connection counts in Redis: a hash per instance (user id → connections), which expires
 /// unless the instance beats, and a sorted set of instances by their last beat.
+///
+/// Every transaction touches one key, and commands on several keys go one by one (in flight
+/// together): on a Redis Cluster each key may live on another shard, and neither a pipeline
+/// nor a transaction may span slots. The keys keep the names they had before clusters were
+/// supported, so instances of both versions count together during a rolling upgrade.
 struct RedisCounts {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     instance: String,
     ttl: Duration,
 }
@@ -649,16 +654,27 @@ impl RedisCounts {
             pipe.hdel(&key, user_id).ignore();
         }
         pipe.pexpire(&key, self.hash_ttl_ms()).ignore();
-        pipe.zadd(INSTANCES, &self.instance, Self::now_ms())
-            .ignore();
         pipe.query_async::<()>(&mut conn).await?;
+        self.mark_alive().await?;
         let instances = self.live_instances().await?;
-        let mut pipe = redis::pipe();
-        for instance in &instances {
-            pipe.hget(counts_key(instance), user_id);
-        }
-        let counts: Vec<Option<u32>> = pipe.query_async(&mut conn).await?;
+        let gets = instances.iter().map(|instance| {
+            let mut cmd = redis::cmd("HGET");
+            cmd.arg(counts_key(instance)).arg(user_id);
+            cmd
+        });
+        let counts: Vec<Option<u32>> = each(&self.connection, gets).await?;
         Ok(counts.into_iter().flatten().sum())
+    }
+
+    /// This instance beat just now.
+    async fn mark_alive(&self) -> redis::RedisResult<()> {
+        let mut conn = self.connection.clone();
+        redis::cmd("ZADD")
+            .arg(INSTANCES)
+            .arg(Self::now_ms())
+            .arg(&self.instance)
+            .query_async(&mut conn)
+            .await
     }
 
     async fn beat(&self, here: &[(String, u32)]) -> redis::RedisResult<()> {
@@ -671,9 +687,8 @@ impl RedisCounts {
             pipe.hset_multiple(&key, here).ignore();
         }
         pipe.pexpire(&key, self.hash_ttl_ms()).ignore();
-        pipe.zadd(INSTANCES, &self.instance, Self::now_ms())
-            .ignore();
-        pipe.query_async(&mut conn).await
+        pipe.query_async::<()>(&mut conn).await?;
+        self.mark_alive().await
     }
 
     /// Claims the instances that stopped beating and returns their users. Each dead instance
@@ -709,28 +724,48 @@ impl RedisCounts {
 
     /// Every user with a connection on a live instance, with their total.
     async fn everyone(&self) -> redis::RedisResult<HashMap<String, u32>> {
-        let mut conn = self.connection.clone();
         let instances = self.live_instances().await?;
+        let reads = instances.iter().map(|instance| {
+            let mut cmd = redis::cmd("HGETALL");
+            cmd.arg(counts_key(instance));
+            cmd
+        });
+        let hashes: Vec<HashMap<String, u32>> = each(&self.connection, reads).await?;
         let mut totals = HashMap::new();
-        for instance in instances {
-            let counts: HashMap<String, u32> = redis::cmd("HGETALL")
-                .arg(counts_key(&instance))
-                .query_async(&mut conn)
-                .await?;
-            for (user, n) in counts {
-                *totals.entry(user).or_insert(0) += n;
-            }
+        for (user, n) in hashes.into_iter().flatten() {
+            *totals.entry(user).or_insert(0) += n;
         }
         Ok(totals)
     }
 
     async fn leave(&self) -> redis::RedisResult<()> {
         let mut conn = self.connection.clone();
-        let mut pipe = redis::pipe();
-        pipe.del(counts_key(&self.instance)).ignore();
-        pipe.zrem(INSTANCES, &self.instance).ignore();
-        pipe.query_async(&mut conn).await
+        redis::cmd("DEL")
+            .arg(counts_key(&self.instance))
+            .query_async::<()>(&mut conn)
+            .await?;
+        redis::cmd("ZREM")
+            .arg(INSTANCES)
+            .arg(&self.instance)
+            .query_async(&mut conn)
+            .await
     }
+}
+
+/// Runs `commands` (each on its own key, perhaps each on another shard) all in flight at once;
+/// their answers in order.
+async fn each<T: redis::FromRedisValue>(
+    connection: &RedisConnection,
+    commands: impl Iterator<Item = redis::Cmd>,
+) -> redis::RedisResult<Vec<T>> {
+    let sent = commands.map(|cmd| {
+        let mut conn = connection.clone();
+        async move { cmd.query_async::<T>(&mut conn).await }
+    });
+    futures_util::future::join_all(sent)
+        .await
+        .into_iter()
+        .collect()
 }
 
 impl Domain {

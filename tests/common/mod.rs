@@ -170,6 +170,9 @@ impl TestServer {
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
             .env_remove("TIDINGS_REDIS_URL")
+            .env_remove("TIDINGS_REDIS_CLUSTER")
+            .env_remove("TIDINGS_REDIS_SENTINELS")
+            .env_remove("TIDINGS_REDIS_SENTINEL_MASTER")
             .env("TIDINGS_BIND", "127.0.0.1:0")
             .env("TIDINGS_DATABASE_URL", &db.url)
             .env("TIDINGS_JWT_SECRET", SECRET)
