@@ -397,9 +397,9 @@ impl LegacySocket {
         // Read from just before the announcement, so this socket gets it too.
         let after = joined
             .announcement
-            .map(|a| (a.message.id - 1).max(0).to_string());
+            .map(|a| (a.message.seq - 1).max(0).to_string());
         let messages = domain
-            .message_feed(&self.viewer, room, after.as_deref())
+            .room_event_feed(&self.viewer, room, after.as_deref())
             .await?;
         let typing = domain.typing_feed(&self.viewer, room).await?;
         let frames = self.frames.clone();
