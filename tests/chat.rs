@@ -746,6 +746,79 @@ async fn legacy_sockets_get_the_changes_as_their_own_frames() {
 }
 
 #[tokio::test]
+async fn legacy_sockets_edit_delete_react_and_mark_read_under_the_same_rules() {
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let alice = register(&server, "alice").await;
+        let bob = register(&server, "bob").await;
+        join(&server, &bob, "lobby").await;
+        let theirs = id_of(&send(&server, &bob, "lobby", "bob's").await);
+        let mut legacy = LegacyClient::user(&server, &alice).await;
+        legacy
+            .send(json!({ "type": "join_room", "room": "lobby" }))
+            .await;
+        legacy.next_of("joined_room").await;
+        legacy
+            .send(json!({ "type": "message", "room": "lobby", "text": "mine" }))
+            .await;
+        let mine = legacy.next_of("message").await["id"]
+            .as_str()
+            .expect("an id")
+            .to_owned();
+
+        legacy
+            .send(json!({ "type": "edit_message", "id": mine, "text": "mine, edited" }))
+            .await;
+        let edited = legacy.next_of("message_edited").await;
+        assert_eq!(edited["text"], "mine, edited", "{}", backend.name());
+        legacy
+            .send(json!({ "type": "react", "message_id": theirs, "emoji": "👍" }))
+            .await;
+        let reactions = legacy.next_of("reactions").await;
+        assert_eq!(reactions["reactions"][0]["viewer_reacted"], true);
+        legacy
+            .send(json!({ "type": "mark_read", "room": "lobby", "message_id": mine }))
+            .await;
+        assert_eq!(legacy.next_of("read").await["message_id"], mine.as_str());
+        legacy
+            .send(json!({ "type": "delete_message", "id": mine }))
+            .await;
+        assert_eq!(
+            legacy.next_of("message_deleted").await["message_id"],
+            mine.as_str()
+        );
+
+        // The same refusals as GraphQL, as error frames; the socket stays open.
+        for (frame, code) in [
+            (
+                json!({ "type": "edit_message", "id": theirs, "text": "hijack" }),
+                "FORBIDDEN",
+            ),
+            (
+                json!({ "type": "delete_message", "id": theirs }),
+                "FORBIDDEN",
+            ),
+            (
+                json!({ "type": "edit_message", "id": mine, "text": "undead" }),
+                "BAD_USER_INPUT",
+            ),
+            (
+                json!({ "type": "react", "message_id": theirs, "emoji": "nope" }),
+                "BAD_USER_INPUT",
+            ),
+            (
+                json!({ "type": "react", "message_id": theirs }),
+                "BAD_USER_INPUT",
+            ),
+        ] {
+            legacy.send(frame.clone()).await;
+            assert_eq!(legacy.next_of("error").await["code"], code, "{frame}");
+        }
+        legacy.sync().await;
+    }
+}
+
+#[tokio::test]
 async fn edits_reactions_and_receipts_have_rate_limits_of_their_own() {
     let db = TestDb::new(&Backend::Sqlite).await;
     let server = TestServer::start(

@@ -361,6 +361,24 @@ impl LegacySocket {
             Command::OnlineStatus { user_ids } => self.online_status(&user_ids).await,
             Command::Subscribe { channel } => self.subscribe(&channel, link).await,
             Command::Unsubscribe { channel } => self.unsubscribe(&channel).await,
+            // Their effects reach the room's sockets, this one included, as room frames.
+            Command::Edit { id, text } => domain
+                .edit_message(&self.viewer, &id, &text)
+                .await
+                .map(drop),
+            Command::Delete { id } => domain.delete_message(&self.viewer, &id).await.map(drop),
+            Command::React {
+                message_id,
+                emoji,
+                add,
+            } => domain
+                .react(&self.viewer, &message_id, &emoji, add)
+                .await
+                .map(drop),
+            Command::MarkRead { room, message_id } => domain
+                .mark_read(&self.viewer, &room, &message_id)
+                .await
+                .map(drop),
         };
         if let Err(e) = done {
             self.frames.error(e.code(), &e.to_string()).await;
