@@ -5,7 +5,7 @@
 # (--timeout), every server is stopped by its pid at the end of its run.
 #
 #   bench/run.sh                # everything (about 15 minutes on 2 cores)
-#   bench/run.sh fanout idle    # some scenarios: fanout latency idle idle50k chat redis writes storm abuse streams
+#   bench/run.sh fanout idle    # some scenarios: fanout latency idle idle50k chat redis writes storm abuse streams receipts
 #   bench/run.sh cluster        # 3 instances on a 3-shard Redis Cluster (not in the default set)
 #
 # Results: bench/results/*.json (one report per run) and bench/results/fanout.svg.
@@ -291,6 +291,16 @@ for scenario in $SCENARIOS; do
       load --url "http://127.0.0.1:$port" --server-pid "$SERVER_PID" \
         --subscribers 100 --rooms 100 --rate 0 --window 64 --publishers 4 --duration 10 \
         --label "writes-$backend" --json "$OUT/writes-$backend.json" || true
+      stop "$SERVER_PID"
+    done ;;
+  receipts) # 1,000 members of one room subscribed to roomEvents, each marking it read once a
+    # second (bench/src/receipts.rs): receipt events and deliveries per second, server CPU
+    for backend in sqlite postgres; do
+      port=$(free_port)
+      if [ $backend = sqlite ]; then db=$(sqlite "rc$port"); else db=$(pgdb receipts); fi
+      start_tidings "$port" "$db"
+      "$BIN/tidings-bench" receipts --url "http://127.0.0.1:$port" --server-pid "$SERVER_PID" \
+        --members 1000 --duration 10 --json "$OUT/receipts-$backend-1000.json" || true
       stop "$SERVER_PID"
     done ;;
   *) echo "unknown scenario $scenario" >&2; exit 2 ;;

@@ -84,6 +84,27 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_BURST_TYPING", default_value_t = 10)]
     pub burst_typing: u32,
 
+    /// Message edits and deletes per user: COUNT/PERIOD.
+    #[arg(long, env = "TIDINGS_RATE_EDITS", default_value = "10/10s")]
+    pub rate_edits: String,
+
+    #[arg(long, env = "TIDINGS_BURST_EDITS", default_value_t = 10)]
+    pub burst_edits: u32,
+
+    /// Reactions added or removed per user: COUNT/PERIOD.
+    #[arg(long, env = "TIDINGS_RATE_REACTIONS", default_value = "30/10s")]
+    pub rate_reactions: String,
+
+    #[arg(long, env = "TIDINGS_BURST_REACTIONS", default_value_t = 20)]
+    pub burst_reactions: u32,
+
+    /// Read receipts (`markRead`) per user: COUNT/PERIOD.
+    #[arg(long, env = "TIDINGS_RATE_RECEIPTS", default_value = "60/10s")]
+    pub rate_receipts: String,
+
+    #[arg(long, env = "TIDINGS_BURST_RECEIPTS", default_value_t = 20)]
+    pub burst_receipts: u32,
+
     /// Notifications an admin may send (each call counts once): COUNT/PERIOD.
     #[arg(long, env = "TIDINGS_RATE_NOTIFICATIONS", default_value = "60/60s")]
     pub rate_notifications: String,
@@ -229,6 +250,9 @@ impl Config {
             messages: Rate::parse(&self.rate_messages, self.burst_messages)?,
             typing: Rate::parse(&self.rate_typing, self.burst_typing)?,
             notifications: Rate::parse(&self.rate_notifications, self.burst_notifications)?,
+            edits: Rate::parse(&self.rate_edits, self.burst_edits)?,
+            reactions: Rate::parse(&self.rate_reactions, self.burst_reactions)?,
+            receipts: Rate::parse(&self.rate_receipts, self.burst_receipts)?,
             sign_in_address: Rate::parse(&self.rate_sign_in_address, self.burst_sign_in_address)?,
             sign_in_username: Rate::parse(
                 &self.rate_sign_in_username,
@@ -313,6 +337,12 @@ impl Config {
             burst_typing: 10,
             rate_notifications: "60/60s".into(),
             burst_notifications: 30,
+            rate_edits: "10/10s".into(),
+            burst_edits: 10,
+            rate_reactions: "30/10s".into(),
+            burst_reactions: 20,
+            rate_receipts: "60/10s".into(),
+            burst_receipts: 20,
             points_per_message: 1,
             max_rooms_per_user: 500,
             introspection: true,

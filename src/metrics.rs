@@ -53,7 +53,14 @@ pub const CHANNEL_DELIVERED: &str = "tidings_channel_events_delivered_total";
 /// Channel events a slow subscriber missed (they are not kept), by channel `kind`.
 pub const CHANNEL_MISSED: &str = "tidings_channel_events_missed_total";
 const CHANNEL_KINDS: [&str; 5] = ["public", "broadcast", "user", "role", "room"];
-const RATE_ACTIONS: [&str; 3] = ["message", "typing", "notification"];
+const RATE_ACTIONS: [&str; 6] = [
+    "message",
+    "typing",
+    "notification",
+    "edit",
+    "reaction",
+    "receipt",
+];
 /// Transactions of the message writer (each commits a batch of sends).
 pub const MESSAGE_BATCHES: &str = "tidings_message_batches_total";
 /// Sends those transactions carried; over `MESSAGE_BATCHES`, the mean batch.
@@ -77,6 +84,16 @@ pub const CONNECTIONS_REFUSED: &str = "tidings_connections_refused_total";
 /// Subscriptions (GraphQL operations, `/ws` channels) refused by a budget, by `budget`:
 /// `socket` (what one socket may follow) or `user` (what one user may, over all their sockets).
 pub const SUBSCRIPTIONS_REFUSED: &str = "tidings_subscriptions_refused_total";
+/// Reactions refused by a budget, by `budget`: `emojis` (distinct emoji on one message,
+/// `MAX_EMOJIS_PER_MESSAGE`) or `user` (one user's emoji on one message,
+/// `MAX_REACTIONS_PER_USER`).
+pub const REACTIONS_REFUSED: &str = "tidings_reactions_refused_total";
+const REACTION_BUDGETS: [&str; 2] = ["emojis", "user"];
+/// Read receipts stored, by `outcome`: `announced` (a numbered receipt event went to the room
+/// at once), `deferred` (folded into the one the room gets at the end of the user's second),
+/// `unchanged` (not past the user's last one: nothing stored).
+pub const READ_RECEIPTS: &str = "tidings_read_receipts_total";
+const RECEIPT_OUTCOMES: [&str; 3] = ["announced", "deferred", "unchanged"];
 const REFUSAL_REASONS: [&str; 2] = ["server_full", "address_full"];
 const SUBSCRIPTION_BUDGETS: [&str; 2] = ["socket", "user"];
 
@@ -438,6 +455,30 @@ fn describe_budgets() {
     for budget in SUBSCRIPTION_BUDGETS {
         counter!(SUBSCRIPTIONS_REFUSED, "budget" => budget).absolute(0);
     }
+    describe_counter!(
+        REACTIONS_REFUSED,
+        "Reactions refused by a budget, by budget (emojis, user)"
+    );
+    for budget in REACTION_BUDGETS {
+        counter!(REACTIONS_REFUSED, "budget" => budget).absolute(0);
+    }
+    describe_counter!(
+        READ_RECEIPTS,
+        "Read receipts, by outcome (announced, deferred, unchanged)"
+    );
+    for outcome in RECEIPT_OUTCOMES {
+        counter!(READ_RECEIPTS, "outcome" => outcome).absolute(0);
+    }
+}
+
+/// A reaction was refused by the `budget` (see `REACTIONS_REFUSED`).
+pub fn reaction_refused(budget: &'static str) {
+    counter!(REACTIONS_REFUSED, "budget" => budget).increment(1);
+}
+
+/// A read receipt had this `outcome` (see `READ_RECEIPTS`).
+pub fn read_receipt(outcome: &'static str) {
+    counter!(READ_RECEIPTS, "outcome" => outcome).increment(1);
 }
 
 /// A WebSocket upgrade was refused for `reason` (see `CONNECTIONS_REFUSED`).

@@ -46,6 +46,14 @@ async fn two_people_chat_and_see_each_other_typing_and_online() {
 }
 
 #[tokio::test]
+async fn the_chat_edits_deletes_reacts_shows_receipts_and_unread_counts_and_searches() {
+    let _browser = ONE_BROWSER.lock().await;
+    let db = TestDb::new(&Backend::Sqlite).await;
+    let server = TestServer::start(&db, &[]);
+    run_scenario("features", &server.base, |_| None);
+}
+
+#[tokio::test]
 async fn the_chat_pages_back_through_history() {
     let _browser = ONE_BROWSER.lock().await;
     let db = TestDb::new(&Backend::Sqlite).await;

@@ -44,6 +44,8 @@ fn events() -> Vec<(&'static str, Event)> {
                     client_message_id: Some("c-1".into()),
                     created_at: at(),
                     membership: None,
+                    edited_at: None,
+                    deleted_at: None,
                 },
                 sender: Some(alice()),
             }),
@@ -64,8 +66,70 @@ fn events() -> Vec<(&'static str, Event)> {
                         user_id: "42".into(),
                         change: MembershipChange::Left,
                     }),
+                    edited_at: None,
+                    deleted_at: None,
                 },
                 sender: None,
+            }),
+        ),
+        (
+            "message_edited",
+            Event::RoomChange(RoomChanged {
+                room_id: "lobby".into(),
+                seq: 5,
+                at: at(),
+                change: Change::Edited {
+                    message: PostedMessage {
+                        id: 17,
+                        room_id: "lobby".into(),
+                        seq: 3,
+                        kind: "USER".into(),
+                        sender_id: Some("42".into()),
+                        body: "hello, edited".into(),
+                        client_message_id: Some("c-1".into()),
+                        created_at: at(),
+                        membership: None,
+                        edited_at: Some(at()),
+                        deleted_at: None,
+                    },
+                    sender: Some(alice()),
+                },
+            }),
+        ),
+        (
+            "message_deleted",
+            Event::RoomChange(RoomChanged {
+                room_id: "lobby".into(),
+                seq: 6,
+                at: at(),
+                change: Change::Deleted { message_id: 17 },
+            }),
+        ),
+        (
+            "reactions",
+            Event::RoomChange(RoomChanged {
+                room_id: "lobby".into(),
+                seq: 7,
+                at: at(),
+                change: Change::Reactions {
+                    message_id: 17,
+                    reactions: vec![ReactionCount {
+                        emoji: "👍".into(),
+                        count: 2,
+                    }],
+                },
+            }),
+        ),
+        (
+            "read",
+            Event::RoomChange(RoomChanged {
+                room_id: "lobby".into(),
+                seq: 8,
+                at: at(),
+                change: Change::Read {
+                    user: alice(),
+                    message_id: 17,
+                },
             }),
         ),
         (

@@ -5,3 +5,4 @@ pub mod chart;
 pub mod floor;
 pub mod load;
 pub mod proc_stats;
+pub mod receipts;

@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-use tidings_bench::{abuse, chart, floor, load, proc_stats};
+use tidings_bench::{abuse, chart, floor, load, proc_stats, receipts};
 
 #[derive(Parser)]
 #[command(name = "tidings-bench", version, about)]
@@ -30,6 +30,9 @@ enum Command {
     /// The budgets' attacks, one after another: the server's peak RSS growth under each, and
     /// the latency an honest client sees meanwhile.
     Abuse(abuse::AbuseArgs),
+    /// Read receipts: every member of one room marks it read once a second while subscribed
+    /// to its events; receipt events and deliveries per second, and the server's CPU.
+    Receipts(receipts::ReceiptsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +65,13 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(abuse::run(args)).map(|_| ())
+        }
+        Command::Receipts(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(receipts::run(args)).map(|_| ())
         }
     }
 }

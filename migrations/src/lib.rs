@@ -9,6 +9,8 @@ mod m20261126_000003_notification_seq;
 mod m20261126_000004_token_revocation;
 mod m20261130_000005_membership_messages;
 mod m20261130_000006_username_case;
+mod m20261201_000007_message_changes;
+mod m20261201_000008_message_search;
 
 pub struct Migrator;
 
@@ -22,6 +24,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000004_token_revocation::Migration),
             Box::new(m20261130_000005_membership_messages::Migration),
             Box::new(m20261130_000006_username_case::Migration),
+            Box::new(m20261201_000007_message_changes::Migration),
+            Box::new(m20261201_000008_message_search::Migration),
         ]
     }
 }

@@ -19,6 +19,10 @@ pub struct Model {
     pub subject_id: Option<String>,
     /// For a SYSTEM membership announcement: `joined` or `left`.
     pub action: Option<String>,
+    /// When the body was last edited; null if never.
+    pub edited_at: Option<DateTimeUtc>,
+    /// When the message was deleted (its body is then ""); null while it stands.
+    pub deleted_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -43,6 +43,10 @@ pub const RESERVED_TYPES: &[&str] = &[
     "user_left",
     "presence",
     "leaderboard_update",
+    "message_edited",
+    "message_deleted",
+    "reactions",
+    "read",
 ];
 
 /// Channels one subscription may follow at once.

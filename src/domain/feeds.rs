@@ -15,7 +15,10 @@ use futures_util::{Stream, StreamExt};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::leaderboard::validate_limit;
-use super::records::{parse_message_id, validate_room_id, MessageView, PresenceStatus, LEFT, PAGE};
+use super::records::{
+    parse_message_id, validate_room_id, MessageView, PresenceStatus, RoomEventKind, RoomEventView,
+    LEFT, PAGE,
+};
 use super::wire;
 use super::{require_user, Domain, DomainError, DomainResult};
 use crate::auth::{Grant, Viewer};
@@ -113,6 +116,13 @@ where
             }
         }
     }
+}
+
+/// An item of a room's sequence as a message feed reads it: a message, or the position of
+/// another change, passed over.
+enum Positioned {
+    Item(Box<MessageView>),
+    Passed(i64),
 }
 
 /// What a shared execution of a feed delivers: an item for every subscriber, or the point
@@ -292,23 +302,39 @@ impl Domain {
                     }
                 }
             }
+            // The room's other changes share its sequence: they move the position on without
+            // being delivered here, so a message after them is in turn.
             let live = numbered(
                 live,
                 baseline,
                 |event| match event {
-                    Event::Message(added) => Some(MessageView {
+                    Event::Message(added) => Some(Positioned::Item(Box::new(MessageView {
                         message: wire::message_of(&added.message),
                         sender: added.sender.as_ref().map(wire::user_of),
-                    }),
+                    }))),
+                    Event::RoomChange(change) => Some(Positioned::Passed(change.seq)),
                     _ => None,
                 },
-                |view| view.message.seq,
-                |cursor| domain.messages_after_seq(&room, cursor),
+                |item| match item {
+                    Positioned::Item(view) => view.message.seq,
+                    Positioned::Passed(seq) => *seq,
+                },
+                |cursor| {
+                    let (domain, room) = (&domain, &room);
+                    async move {
+                        let views = domain.messages_after_seq(room, cursor).await?;
+                        Ok(views
+                            .into_iter()
+                            .map(|v| Positioned::Item(Box::new(v)))
+                            .collect())
+                    }
+                },
             );
             futures_util::pin_mut!(live);
             while let Some(item) = live.next().await {
                 let view = match item {
-                    Ok(view) => view,
+                    Ok(Positioned::Item(view)) => *view,
+                    Ok(Positioned::Passed(_)) => continue,
                     Err(e) => {
                         yield Err(e);
                         return;
@@ -330,6 +356,107 @@ impl Domain {
                 }
             }
         }))
+    }
+
+    /// `roomEvents(roomId, after)` for one subscriber: every change to the room (new messages,
+    /// edits, deletes, reactions, read receipts) after position `after` from the database, then
+    /// live ones, in position order with no gap and no duplicate. Members only (admins read
+    /// every room); a member's stream ends with FORBIDDEN right after their own "left"
+    /// announcement. Not shared: reactions say whether the viewer is among those who reacted.
+    pub async fn room_event_feed(
+        self: &Arc<Self>,
+        viewer: &Viewer,
+        room_id: &str,
+        after: Option<&str>,
+    ) -> DomainResult<BoxStream<'static, DomainResult<RoomEventView>>> {
+        validate_room_id(room_id)?;
+        let after = after.map(parse_position).transpose()?;
+        // As `message_deliveries`: follow, then read where the room stands, then check.
+        let live = self.hub.subscribe(Topic::RoomMessages(room_id.to_owned()));
+        let baseline = self.require_member(viewer, room_id).await?.last_seq;
+        let user = require_user(viewer)?;
+        let me = (!user.is_admin()).then(|| user.id.clone());
+        let viewer = viewer.clone();
+        let domain = self.clone();
+        let room = room_id.to_owned();
+        Ok(Box::pin(async_stream::stream! {
+            let replay = after.filter(|after| *after < baseline);
+            // The highest position delivered: the replay (when asked for) reads on from
+            // `after`, past the baseline if the room moved meanwhile; the live part starts
+            // after the baseline and skips what the replay already read.
+            let mut delivered = replay.unwrap_or(baseline);
+            let replayed = match replay {
+                Some(after) => pages(after, |e: &RoomEventView| e.position, |cursor| {
+                    domain.room_events_after(&room, cursor)
+                })
+                .left_stream(),
+                None => futures_util::stream::empty().right_stream(),
+            };
+            let live = numbered(live, baseline, wire::room_event_of, |e| e.position, |cursor| {
+                domain.room_events_after(&room, cursor)
+            });
+            let all = replayed.chain(live);
+            futures_util::pin_mut!(all);
+            while let Some(item) = all.next().await {
+                let mut event = match item {
+                    Ok(event) => event,
+                    Err(e) => {
+                        yield Err(e);
+                        return;
+                    }
+                };
+                if event.position <= delivered {
+                    continue;
+                }
+                delivered = event.position;
+                if let RoomEventKind::Reactions { message_id, reactions } = &mut event.kind {
+                    match domain.viewer_emojis(&viewer, *message_id).await {
+                        Ok(mine) => {
+                            for r in reactions.iter_mut() {
+                                r.viewer_reacted = mine.contains(&r.emoji);
+                            }
+                        }
+                        Err(e) => {
+                            yield Err(e);
+                            return;
+                        }
+                    }
+                }
+                let departed = match &event.kind {
+                    RoomEventKind::Posted(view) => departure(&view.message).map(str::to_owned),
+                    _ => None,
+                };
+                yield Ok(event);
+                if departed.is_some() && departed == me {
+                    yield Err(DomainError::Forbidden(format!("you left room {room}")));
+                    return;
+                }
+            }
+        }))
+    }
+
+    /// A page of the room's sequence after `after`: its messages and other changes merged in
+    /// position order, at most `PAGE`.
+    async fn room_events_after(
+        &self,
+        room_id: &str,
+        after: i64,
+    ) -> DomainResult<Vec<RoomEventView>> {
+        let messages = self.messages_after_seq(room_id, after).await?;
+        let changes = self.changes_after(room_id, after, PAGE).await?;
+        let mut events: Vec<RoomEventView> = messages
+            .into_iter()
+            .map(|view| RoomEventView {
+                position: view.message.seq,
+                room_id: view.message.room_id.clone(),
+                at: view.message.created_at,
+                kind: RoomEventKind::Posted(view),
+            })
+            .chain(changes)
+            .collect();
+        events.sort_by_key(|e| e.position);
+        events.truncate(PAGE as usize);
+        Ok(events)
     }
 
     async fn replay_page(
@@ -537,6 +664,15 @@ impl Domain {
             }
         }))
     }
+}
+
+/// A position on a room's sequence as clients send it: a decimal integer, 0 or more.
+fn parse_position(position: &str) -> DomainResult<i64> {
+    position
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| DomainError::bad_input(format!("{position:?} is not a position")))
 }
 
 /// The member a message announces leaving the room, if it is such an announcement.

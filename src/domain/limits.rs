@@ -1,4 +1,5 @@
-//! Rate limits, the same for every transport: per user, messages, typing, notifications; per
+//! Rate limits, the same for every transport: per user, messages, typing, notifications,
+//! edits and deletes, reactions, read receipts; per
 //! client address and per username, sign-ins (`login` and `register` together). A token
 //! bucket per key and action (GCRA): `governor` in this process, or one shared bucket in Redis
 //! when instances share one, so nobody multiplies their budget by spreading connections or
@@ -26,6 +27,12 @@ pub enum Action {
     SignInFromAddress,
     /// A `login` or `register` naming one username (case aside).
     SignInAsUsername,
+    /// An edit or a delete of a message.
+    Edit,
+    /// A reaction added or removed.
+    Reaction,
+    /// A read receipt (`markRead`).
+    Receipt,
 }
 
 impl Action {
@@ -36,6 +43,9 @@ impl Action {
             Action::Notification => "notification",
             Action::SignInFromAddress => "sign_in_address",
             Action::SignInAsUsername => "sign_in_username",
+            Action::Edit => "edit",
+            Action::Reaction => "reaction",
+            Action::Receipt => "receipt",
         }
     }
 
@@ -47,15 +57,21 @@ impl Action {
             Action::Notification => "notification",
             Action::SignInFromAddress => "sign-in attempts from this address",
             Action::SignInAsUsername => "sign-in attempts for this username",
+            Action::Edit => "edit",
+            Action::Reaction => "reaction",
+            Action::Receipt => "read receipt",
         }
     }
 
     /// Counts a refusal in `/metrics`.
     fn count_refusal(self) {
         match self {
-            Action::Message | Action::Typing | Action::Notification => {
-                crate::metrics::rate_limited(self.name())
-            }
+            Action::Message
+            | Action::Typing
+            | Action::Notification
+            | Action::Edit
+            | Action::Reaction
+            | Action::Receipt => crate::metrics::rate_limited(self.name()),
             Action::SignInFromAddress => crate::metrics::sign_in_refused("address"),
             Action::SignInAsUsername => crate::metrics::sign_in_refused("username"),
         }
@@ -112,6 +128,12 @@ pub struct Rates {
     pub messages: Rate,
     pub typing: Rate,
     pub notifications: Rate,
+    /// Edits and deletes per user.
+    pub edits: Rate,
+    /// Reactions added or removed per user.
+    pub reactions: Rate,
+    /// Read receipts per user.
+    pub receipts: Rate,
     /// Sign-ins per client address.
     pub sign_in_address: Rate,
     /// Sign-ins per username.
@@ -139,7 +161,7 @@ return -1
 "#;
 
 pub struct RateLimits {
-    buckets: Option<[Bucket; 5]>,
+    buckets: Option<[Bucket; 8]>,
     shared: Option<RedisConnection>,
     script: redis::Script,
 }
@@ -165,6 +187,9 @@ impl RateLimits {
                     bucket(r.notifications),
                     bucket(r.sign_in_address),
                     bucket(r.sign_in_username),
+                    bucket(r.edits),
+                    bucket(r.reactions),
+                    bucket(r.receipts),
                 ]
             }),
             shared,
@@ -215,9 +240,12 @@ impl RateLimits {
             Some(wait) => {
                 action.count_refusal();
                 let what = match action {
-                    Action::Message | Action::Typing | Action::Notification => {
-                        format!("{} requests", action.what())
-                    }
+                    Action::Message
+                    | Action::Typing
+                    | Action::Notification
+                    | Action::Edit
+                    | Action::Reaction
+                    | Action::Receipt => format!("{} requests", action.what()),
                     Action::SignInFromAddress | Action::SignInAsUsername => {
                         action.what().to_owned()
                     }
@@ -317,6 +345,9 @@ mod tests {
             messages: rate,
             typing: rate,
             notifications: rate,
+            edits: rate,
+            reactions: rate,
+            receipts: rate,
             sign_in_address: rate,
             sign_in_username: rate,
         };

@@ -23,7 +23,7 @@ pub struct Sent {
     pub created: bool,
 }
 
-fn validate_body(body: &str) -> DomainResult<&str> {
+pub(super) fn validate_body(body: &str) -> DomainResult<&str> {
     let body = body.trim();
     if body.is_empty() {
         return Err(DomainError::bad_input("message body must not be empty"));
@@ -196,7 +196,7 @@ impl Domain {
             .await?)
     }
 
-    async fn with_sender(&self, message: message::Model) -> DomainResult<MessageView> {
+    pub(super) async fn with_sender(&self, message: message::Model) -> DomainResult<MessageView> {
         let sender = match &message.sender_id {
             Some(id) => self.user_by_id(id).await?,
             None => None,

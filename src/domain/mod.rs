@@ -2,6 +2,7 @@
 //! transport calls it. A service checks the viewer's rights and the input, writes to the
 //! database, then publishes what happened.
 
+pub mod changes;
 pub mod channels;
 pub mod contacts;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod notifications;
 pub mod presence;
 pub mod records;
 pub mod rooms;
+pub mod search;
 mod sends;
 pub mod typing;
 pub mod users;
@@ -68,6 +70,7 @@ pub struct Domain {
     leaderboard: Arc<Leaderboard>,
     limits: Arc<RateLimits>,
     sends: sends::SendWriter,
+    receipts: changes::ReceiptDebounce,
 }
 
 impl Domain {
@@ -90,10 +93,12 @@ impl Domain {
         )
         .await;
         let typing = TypingTracker::start(hub.clone(), rules.typing_timeout, shutdown.clone());
+        let receipts = changes::ReceiptDebounce::new(shutdown.clone());
         let leaderboard = Leaderboard::start(db.clone(), hub.clone(), shutdown).await?;
         let sends = sends::SendWriter::start(db.clone(), hub.clone(), rules.points_per_message);
         Ok(Arc::new(Self {
             sends,
+            receipts,
             db,
             tokens,
             rules,

@@ -4,9 +4,9 @@
 //! so the domain's modules form layers without circles:
 //!
 //! records → wire → the services (rooms, sends, notifications, presence, typing, leaderboard,
-//! channels, users) → messages → feeds, contacts.
+//! channels, users) → messages → changes → feeds, search, contacts.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sea_orm::{
     sea_query::{Expr, ExprTrait, Query},
     ActiveValue::Set,
@@ -75,6 +75,48 @@ impl MessageKind {
 pub struct MessageView {
     pub message: message::Model,
     pub sender: Option<user::Model>,
+}
+
+/// One emoji's count on a message, and whether the viewer is among those who put it there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReactionView {
+    pub emoji: String,
+    pub count: i64,
+    pub viewer_reacted: bool,
+}
+
+/// How far a member has read a room.
+#[derive(Clone, Debug)]
+pub struct ReceiptView {
+    pub user: user::Model,
+    pub message_id: i64,
+    pub at: DateTime<Utc>,
+}
+
+/// One change to a room, at its position on the room's sequence.
+#[derive(Clone, Debug)]
+pub struct RoomEventView {
+    pub position: i64,
+    pub room_id: String,
+    pub at: DateTime<Utc>,
+    pub kind: RoomEventKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum RoomEventKind {
+    /// A new message (or a membership announcement).
+    Posted(MessageView),
+    /// A message's body changed: the message after the edit.
+    Edited(MessageView),
+    Deleted {
+        message_id: i64,
+    },
+    /// A message's reactions now (`viewer_reacted` filled in per subscriber).
+    Reactions {
+        message_id: i64,
+        reactions: Vec<ReactionView>,
+    },
+    Read(ReceiptView),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

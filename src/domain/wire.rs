@@ -2,9 +2,14 @@
 //! format between instances; only this file knows both sides, so a change to a table changes
 //! what travels only where it is written here (and `tests/wire/` notices).
 
-use super::records::{MessageView, PresenceStatus, JOINED, LEFT};
+use super::records::{
+    MessageView, PresenceStatus, ReactionView, ReceiptView, RoomEventKind, RoomEventView, JOINED,
+    LEFT,
+};
 use crate::db::{message, notification, user};
-use crate::hub::event::MessageAdded;
+use chrono::{DateTime, Utc};
+
+use crate::hub::event::{Change, MessageAdded, RoomChanged};
 use crate::hub::event::{
     Membership, MembershipChange, PostedMessage, Status, StoredNotification, UserCard,
 };
@@ -60,6 +65,8 @@ pub(crate) fn posted(m: &message::Model) -> PostedMessage {
         client_message_id: m.client_message_id.clone(),
         created_at: m.created_at,
         membership,
+        edited_at: m.edited_at,
+        deleted_at: m.deleted_at,
     }
 }
 
@@ -88,6 +95,8 @@ pub(crate) fn message_of(p: &PostedMessage) -> message::Model {
         created_at: p.created_at,
         subject_id,
         action,
+        edited_at: p.edited_at,
+        deleted_at: p.deleted_at,
     }
 }
 
@@ -139,10 +148,79 @@ pub(crate) fn notification_of(n: &StoredNotification) -> notification::Model {
     }
 }
 
+/// Publishes a committed change to the room's subscribers.
+pub(super) fn publish_change(
+    hub: &Hub,
+    room_id: &str,
+    seq: i64,
+    at: DateTime<Utc>,
+    change: Change,
+) {
+    hub.publish(Event::RoomChange(RoomChanged {
+        room_id: room_id.to_owned(),
+        seq,
+        at,
+        change,
+    }));
+}
+
 /// Publishes a committed message to the room's subscribers.
 pub(super) fn publish(hub: &Hub, view: &MessageView) {
     hub.publish(Event::Message(MessageAdded {
         message: posted(&view.message),
         sender: view.sender.as_ref().map(card),
     }));
+}
+
+/// A room's event from the hub as its subscribers see it (reactions without the viewer's
+/// part); `None` for events that are not on the room's sequence.
+pub(crate) fn room_event_of(event: &Event) -> Option<RoomEventView> {
+    match event {
+        Event::Message(added) => Some(RoomEventView {
+            position: added.message.seq,
+            room_id: added.message.room_id.clone(),
+            at: added.message.created_at,
+            kind: RoomEventKind::Posted(MessageView {
+                message: message_of(&added.message),
+                sender: added.sender.as_ref().map(user_of),
+            }),
+        }),
+        Event::RoomChange(c) => {
+            let kind = match &c.change {
+                Change::Edited { message, sender } => RoomEventKind::Edited(MessageView {
+                    message: message_of(message),
+                    sender: sender.as_ref().map(user_of),
+                }),
+                Change::Deleted { message_id } => RoomEventKind::Deleted {
+                    message_id: *message_id,
+                },
+                Change::Reactions {
+                    message_id,
+                    reactions,
+                } => RoomEventKind::Reactions {
+                    message_id: *message_id,
+                    reactions: reactions
+                        .iter()
+                        .map(|r| ReactionView {
+                            emoji: r.emoji.clone(),
+                            count: r.count,
+                            viewer_reacted: false,
+                        })
+                        .collect(),
+                },
+                Change::Read { user, message_id } => RoomEventKind::Read(ReceiptView {
+                    user: user_of(user),
+                    message_id: *message_id,
+                    at: c.at,
+                }),
+            };
+            Some(RoomEventView {
+                position: c.seq,
+                room_id: c.room_id.clone(),
+                at: c.at,
+                kind,
+            })
+        }
+        _ => None,
+    }
 }

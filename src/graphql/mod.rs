@@ -15,7 +15,7 @@ use std::sync::Arc;
 use async_graphql::extensions::apollo_persisted_queries::{
     ApolloPersistedQueries, LruCacheStorage,
 };
-use async_graphql::{Context, SDLExportOptions, Schema};
+use async_graphql::{Context, MergedObject, SDLExportOptions, Schema};
 
 use crate::auth::Viewer;
 use crate::domain::Domain;
@@ -24,7 +24,12 @@ pub use mutation::Mutation;
 pub use query::Query;
 pub use subscription::Subscription;
 
-pub type TidingsSchema = Schema<Query, Mutation, Subscription>;
+/// The mutation root: the core mutations, and the changes to messages already sent.
+#[derive(MergedObject)]
+#[graphql(name = "Mutation")]
+pub struct Mutations(Mutation, mutation::MessageChanges);
+
+pub type TidingsSchema = Schema<Query, Mutations, Subscription>;
 
 /// Marks a request as coming over a WebSocket connection (typing set there stops when it
 /// closes).
@@ -42,15 +47,19 @@ pub const MAX_DIRECTIVES: usize = 5;
 pub const PERSISTED_QUERIES: usize = 1024;
 
 pub fn build_schema(domain: Option<Arc<Domain>>, introspection: bool) -> TidingsSchema {
-    let mut builder = Schema::build(Query, Mutation, Subscription)
-        .limit_depth(MAX_DEPTH)
-        .limit_complexity(MAX_COMPLEXITY)
-        .limit_directives(MAX_DIRECTIVES)
-        .extension(limits::AliasLimit)
-        .extension(limits::QueriesOverGet)
-        .extension(ApolloPersistedQueries::new(LruCacheStorage::new(
-            PERSISTED_QUERIES,
-        )));
+    let mut builder = Schema::build(
+        Query,
+        Mutations(Mutation, mutation::MessageChanges),
+        Subscription,
+    )
+    .limit_depth(MAX_DEPTH)
+    .limit_complexity(MAX_COMPLEXITY)
+    .limit_directives(MAX_DIRECTIVES)
+    .extension(limits::AliasLimit)
+    .extension(limits::QueriesOverGet)
+    .extension(ApolloPersistedQueries::new(LruCacheStorage::new(
+        PERSISTED_QUERIES,
+    )));
     if let Some(domain) = domain {
         builder = builder.data(domain);
     }

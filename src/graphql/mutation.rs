@@ -12,7 +12,8 @@ use crate::domain::DomainError;
 
 pub struct Mutation;
 
-#[Object]
+/// Merged with `MessageChanges` into the schema's `Mutation` root (`graphql::Mutations`).
+#[Object(name = "CoreMutation")]
 impl Mutation {
     /// Creates an account; returns a token for it.
     async fn register(
@@ -207,5 +208,55 @@ impl Mutation {
             .disconnect_user(viewer(ctx), &user_id)
             .await
             .gql()
+    }
+}
+
+/// Changing messages after they are sent: edits, deletes, reactions, read receipts.
+#[derive(Default)]
+pub struct MessageChanges;
+
+#[Object(name = "MessageChangesMutation")]
+impl MessageChanges {
+    /// Replaces a message's body (validated as when sending). Its author or an admin.
+    async fn edit_message(&self, ctx: &Context<'_>, id: ID, body: String) -> Result<Message> {
+        let view = domain(ctx)
+            .edit_message(viewer(ctx), &id, &body)
+            .await
+            .gql()?;
+        Ok(Message(view))
+    }
+
+    /// Deletes a message, leaving a tombstone: body "", `deletedAt` set. Its author or an
+    /// admin.
+    async fn delete_message(&self, ctx: &Context<'_>, id: ID) -> Result<Message> {
+        let view = domain(ctx).delete_message(viewer(ctx), &id).await.gql()?;
+        Ok(Message(view))
+    }
+
+    /// Adds the viewer's reaction (one emoji, at most 16 bytes) to a message.
+    async fn react(&self, ctx: &Context<'_>, message_id: ID, emoji: String) -> Result<Message> {
+        let view = domain(ctx)
+            .react(viewer(ctx), &message_id, &emoji, true)
+            .await
+            .gql()?;
+        Ok(Message(view))
+    }
+
+    /// Takes the viewer's reaction off a message.
+    async fn unreact(&self, ctx: &Context<'_>, message_id: ID, emoji: String) -> Result<Message> {
+        let view = domain(ctx)
+            .react(viewer(ctx), &message_id, &emoji, false)
+            .await
+            .gql()?;
+        Ok(Message(view))
+    }
+
+    /// Marks the room read up to a message of it (receipts only move forward).
+    async fn mark_read(&self, ctx: &Context<'_>, room_id: ID, message_id: ID) -> Result<Room> {
+        let room = domain(ctx)
+            .mark_read(viewer(ctx), &room_id, &message_id)
+            .await
+            .gql()?;
+        Ok(Room(room))
     }
 }

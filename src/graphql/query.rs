@@ -9,6 +9,7 @@ use crate::domain::messages::HISTORY_MAX;
 use crate::domain::notifications::NOTIFICATIONS_MAX;
 use crate::domain::require_user;
 use crate::domain::rooms::{PAGE_DEFAULT, PAGE_MAX};
+use crate::domain::search::{SEARCH_DEFAULT, SEARCH_MAX};
 
 pub struct Query;
 
@@ -127,5 +128,30 @@ impl Query {
             .await
             .gql()?;
         Ok(i32::try_from(n).unwrap_or(i32::MAX))
+    }
+
+    /// Messages matching every word of `query` (letters and digits; anything else separates
+    /// words) in the rooms the viewer belongs to, or in `roomId`: best match first, then
+    /// newest; `first` (at most 50) from `offset` on. At most 200 characters and 16 words.
+    #[graphql(complexity = "page_cost(first, SEARCH_DEFAULT, SEARCH_MAX, child_complexity)")]
+    async fn search_messages(
+        &self,
+        ctx: &Context<'_>,
+        query: String,
+        room_id: Option<ID>,
+        #[graphql(default = 20)] first: Option<i32>,
+        #[graphql(default = 0)] offset: Option<i32>,
+    ) -> Result<Vec<Message>> {
+        let views = domain(ctx)
+            .search_messages(
+                viewer(ctx),
+                &query,
+                room_id.as_ref().map(|r| r.as_str()),
+                first,
+                offset,
+            )
+            .await
+            .gql()?;
+        Ok(views.into_iter().map(Message).collect())
     }
 }

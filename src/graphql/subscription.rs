@@ -4,7 +4,7 @@ use futures_util::{Stream, StreamExt};
 use super::errors::IntoGql;
 use super::share::departure_error;
 use super::types::{
-    ChannelEvent, LeaderboardSnapshot, Message, Notification, PresenceEvent, TypingEvent,
+    ChannelEvent, LeaderboardSnapshot, Message, Notification, PresenceEvent, RoomEvent, TypingEvent,
 };
 use super::{domain, viewer};
 use crate::domain::feeds::Delivery;
@@ -51,6 +51,23 @@ impl Subscription {
             })
         });
         Ok(until_error(items).map(|r| r.and_then(|inner| inner)))
+    }
+
+    /// Every change to a room in position order: new messages, edits, deletes, reactions and
+    /// read receipts. With `after` (a position), every change after it comes first (from the
+    /// database), then live ones: no gap, no duplicate, across reconnects and instances.
+    /// Members only; a member who leaves gets their own "left" message, then FORBIDDEN.
+    async fn room_events(
+        &self,
+        ctx: &Context<'_>,
+        room_id: ID,
+        after: Option<ID>,
+    ) -> Result<impl Stream<Item = Result<RoomEvent>>> {
+        let feed = domain(ctx)
+            .room_event_feed(viewer(ctx), &room_id, after.as_ref().map(|a| a.as_str()))
+            .await
+            .gql()?;
+        Ok(until_error(feed).map(|r| r.map(RoomEvent::from)))
     }
 
     /// Who starts and stops typing in a room (never the viewer). Members only.

@@ -1,11 +1,12 @@
 //! The GraphQL object types, each a thin view over a domain value.
 
-use async_graphql::{Context, Enum, InputObject, Json, Object, SimpleObject, ID};
+use async_graphql::{Context, Enum, InputObject, Interface, Json, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 
 use super::errors::IntoGql;
 use super::limits::page_cost;
 use crate::db::{notification, room, user};
+use crate::domain::changes::{ReactionView, ReceiptView, RoomEventKind, RoomEventView};
 use crate::domain::feeds::{PresenceEventView, TypingView};
 use crate::domain::leaderboard::{ranked, RankedEntry};
 use crate::domain::messages::{MessageKind as DomainKind, MessageView};
@@ -155,6 +156,42 @@ impl Room {
             .gql()?;
         Ok(users.into_iter().map(User).collect())
     }
+
+    /// Messages from others after the viewer's read receipt (deleted ones aside); 0 in rooms
+    /// the viewer does not belong to.
+    async fn unread_count(&self, ctx: &Context<'_>) -> async_graphql::Result<i32> {
+        let n = super::domain(ctx)
+            .unread_count(super::viewer(ctx), &self.0.id)
+            .await
+            .gql()?;
+        Ok(i32::try_from(n).unwrap_or(i32::MAX))
+    }
+
+    /// How far each member has read, most advanced first, in rooms of at most 50 members;
+    /// empty in larger rooms (see `readCounts`) and for those who are not members.
+    async fn read_receipts(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ReadReceipt>> {
+        let receipts = super::domain(ctx)
+            .read_receipts(super::viewer(ctx), &self.0.id)
+            .await
+            .gql()?;
+        Ok(receipts.into_iter().map(ReadReceipt).collect())
+    }
+
+    /// How many members have read exactly up to each message, newest first (the 50 most
+    /// recent): how far a room of any size has read.
+    async fn read_counts(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ReadCount>> {
+        let counts = super::domain(ctx)
+            .read_counts(super::viewer(ctx), &self.0.id)
+            .await
+            .gql()?;
+        Ok(counts
+            .into_iter()
+            .map(|(message_id, readers)| ReadCount {
+                message_id: ID(message_id.to_string()),
+                readers: clamp_i32(readers),
+            })
+            .collect())
+    }
 }
 
 pub struct Message(pub MessageView);
@@ -190,6 +227,266 @@ impl Message {
 
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.message.created_at
+    }
+
+    /// When the body was last edited; null if never.
+    async fn edited_at(&self) -> Option<DateTime<Utc>> {
+        self.0.message.edited_at
+    }
+
+    /// When the message was deleted (its body is then ""); null while it stands.
+    async fn deleted_at(&self) -> Option<DateTime<Utc>> {
+        self.0.message.deleted_at
+    }
+
+    /// Counts per emoji, most used first, and whether the viewer is among those who reacted.
+    async fn reactions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Reaction>> {
+        if self.0.message.deleted_at.is_some() {
+            return Ok(Vec::new());
+        }
+        let reactions = super::domain(ctx)
+            .reactions_of(super::viewer(ctx), self.0.message.id)
+            .await
+            .gql()?;
+        Ok(reactions.into_iter().map(Reaction).collect())
+    }
+}
+
+/// One emoji on a message: how many users put it there, and whether the viewer did.
+pub struct Reaction(pub ReactionView);
+
+#[Object]
+impl Reaction {
+    async fn emoji(&self) -> &str {
+        &self.0.emoji
+    }
+
+    async fn count(&self) -> i32 {
+        clamp_i32(self.0.count)
+    }
+
+    async fn viewer_reacted(&self) -> bool {
+        self.0.viewer_reacted
+    }
+}
+
+/// How far a member has read a room: up to and including `messageId`.
+pub struct ReadReceipt(pub ReceiptView);
+
+#[Object]
+impl ReadReceipt {
+    async fn user(&self) -> User {
+        User(self.0.user.clone())
+    }
+
+    async fn message_id(&self) -> ID {
+        ID(self.0.message_id.to_string())
+    }
+
+    async fn at(&self) -> DateTime<Utc> {
+        self.0.at
+    }
+}
+
+/// How many members have read a room exactly up to one message.
+#[derive(SimpleObject)]
+pub struct ReadCount {
+    pub message_id: ID,
+    pub readers: i32,
+}
+
+/// A change to a room, at its position on the room's one sequence (the `after` of
+/// `roomEvents`).
+// Clippy reads the repeated `ty = "ID"` of two fields as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(Interface)]
+#[graphql(
+    field(name = "position", ty = "ID"),
+    field(name = "room_id", ty = "ID"),
+    field(name = "at", ty = "DateTime<Utc>")
+)]
+pub enum RoomEvent {
+    MessagePosted(MessagePosted),
+    MessageEdited(MessageEdited),
+    MessageDeleted(MessageDeleted),
+    ReactionsChanged(ReactionsChanged),
+    ReadReceiptMoved(ReadReceiptMoved),
+}
+
+impl From<RoomEventView> for RoomEvent {
+    fn from(event: RoomEventView) -> Self {
+        let head = EventHead {
+            position: event.position,
+            room_id: event.room_id,
+            at: event.at,
+        };
+        match event.kind {
+            RoomEventKind::Posted(view) => RoomEvent::MessagePosted(MessagePosted {
+                head,
+                message: view,
+            }),
+            RoomEventKind::Edited(view) => RoomEvent::MessageEdited(MessageEdited {
+                head,
+                message: view,
+            }),
+            RoomEventKind::Deleted { message_id } => {
+                RoomEvent::MessageDeleted(MessageDeleted { head, message_id })
+            }
+            RoomEventKind::Reactions {
+                message_id,
+                reactions,
+            } => RoomEvent::ReactionsChanged(ReactionsChanged {
+                head,
+                message_id,
+                reactions,
+            }),
+            RoomEventKind::Read(receipt) => {
+                RoomEvent::ReadReceiptMoved(ReadReceiptMoved { head, receipt })
+            }
+        }
+    }
+}
+
+/// What every room event says (the interface reaches its fields with the context and
+/// expects results).
+struct EventHead {
+    position: i64,
+    room_id: String,
+    at: DateTime<Utc>,
+}
+
+pub struct MessagePosted {
+    head: EventHead,
+    message: MessageView,
+}
+
+/// A new message (or a membership announcement) in the room.
+#[Object]
+impl MessagePosted {
+    /// Its position on the room's sequence.
+    async fn position(&self, _ctx: &Context<'_>) -> async_graphql::Result<ID> {
+        Ok(ID(self.head.position.to_string()))
+    }
+
+    async fn room_id(&self, _ctx: &Context<'_>) -> async_graphql::Result<ID> {
+        Ok(ID(self.head.room_id.clone()))
+    }
+
+    async fn at(&self, _ctx: &Context<'_>) -> async_graphql::Result<DateTime<Utc>> {
+        Ok(self.head.at)
+    }
+
+    async fn message(&self) -> Message {
+        Message(self.message.clone())
+    }
+}
+
+pub struct MessageEdited {
+    head: EventHead,
+    message: MessageView,
+}
+
+/// A message's body was edited: the message after the edit.
+#[Object]
+impl MessageEdited {
+    /// Its position on the room's sequence.
+    async fn position(&self, _ctx: &Context<'_>) -> async_graphql::Result<ID> {
+        Ok(ID(self.head.position.to_string()))
+    }
+
+    async fn room_id(&self, _ctx: &Context<'_>) -> async_graphql::Result<ID> {
+        Ok(ID(self.head.room_id.clone()))
+    }
+
+    async fn at(&self, _ctx: &Context<'_>) -> async_graphql::Result<DateTime<Utc>> {
+        Ok(self.head.at)
+    }
+
+    async fn message(&self) -> Message {
+        Message(self.message.clone())
+    }
+}
+
+pub struct MessageDeleted {
+    head: EventHead,
+    message_id: i64,
+}
+
+/// A message was deleted: it is now a tombstone.
+#[Object]
+impl MessageDeleted {
+    /// Its position on the room's sequence.
+    async fn position(&self, _ctx: &Context<'_>) -> async_graphql::Result<ID> {
+        Ok(ID(self.head.position.to_string()))
+    }
+
+    async fn room_id(&self, _ctx: &Context<'_>) -> async_graphql::Result<ID> {
+        Ok(ID(self.head.room_id.clone()))
+    }
+
+    async fn at(&self, _ctx: &Context<'_>) -> async_graphql::Result<DateTime<Utc>> {
+        Ok(self.head.at)
+    }
+
+    async fn message_id(&self) -> ID {
+        ID(self.message_id.to_string())
+    }
+}
+
+pub struct ReactionsChanged {
+    head: EventHead,
+    message_id: i64,
+    reactions: Vec<ReactionView>,
+}
+
+/// A message's reactions changed: all of them as they are now.
+#[Object]
+impl ReactionsChanged {
+    /// Its position on the room's sequence.
+    async fn position(&self, _ctx: &Context<'_>) -> async_graphql::Result<ID> {
+        Ok(ID(self.head.position.to_string()))
+    }
+
+    async fn room_id(&self, _ctx: &Context<'_>) -> async_graphql::Result<ID> {
+        Ok(ID(self.head.room_id.clone()))
+    }
+
+    async fn at(&self, _ctx: &Context<'_>) -> async_graphql::Result<DateTime<Utc>> {
+        Ok(self.head.at)
+    }
+
+    async fn message_id(&self) -> ID {
+        ID(self.message_id.to_string())
+    }
+
+    async fn reactions(&self) -> Vec<Reaction> {
+        self.reactions.iter().cloned().map(Reaction).collect()
+    }
+}
+
+pub struct ReadReceiptMoved {
+    head: EventHead,
+    receipt: ReceiptView,
+}
+
+/// A member read the room further (at most one per member per second reaches the room).
+#[Object]
+impl ReadReceiptMoved {
+    /// Its position on the room's sequence.
+    async fn position(&self, _ctx: &Context<'_>) -> async_graphql::Result<ID> {
+        Ok(ID(self.head.position.to_string()))
+    }
+
+    async fn room_id(&self, _ctx: &Context<'_>) -> async_graphql::Result<ID> {
+        Ok(ID(self.head.room_id.clone()))
+    }
+
+    async fn at(&self, _ctx: &Context<'_>) -> async_graphql::Result<DateTime<Utc>> {
+        Ok(self.head.at)
+    }
+
+    async fn receipt(&self) -> ReadReceipt {
+        ReadReceipt(self.receipt.clone())
     }
 }
 

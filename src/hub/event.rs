@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
     Message(MessageAdded),
+    /// A change to a room other than a new message (an edit, a delete, reactions, a read
+    /// receipt), numbered on the room's sequence beside its messages.
+    RoomChange(RoomChanged),
     Typing(Typing),
     Presence(PresenceChanged),
     Notification(NotificationAdded),
@@ -45,7 +48,9 @@ pub struct Envelope {
 
 /// 2: events carry their own types (users without credentials or counters, membership in
 /// announcements), and a leave travels on the presence topic.
-pub const WIRE_VERSION: u32 = 2;
+/// 3: room changes (edits, deletes, reactions, read receipts) on the room's messages topic, and
+/// a message's `edited_at` and `deleted_at` when set.
+pub const WIRE_VERSION: u32 = 3;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LeftRoom {
@@ -97,6 +102,48 @@ pub struct PostedMessage {
     pub created_at: DateTime<Utc>,
     /// For a membership announcement: who joined or left, and which of the two.
     pub membership: Option<Membership>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// A change to a room other than a new message, at its position `seq` of the room's sequence
+/// (the one its messages are numbered on: a subscriber that sees a jump catches up from the
+/// database).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoomChanged {
+    pub room_id: String,
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub change: Change,
+}
+
+/// What changed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// A message's body was edited: the message as it is now.
+    Edited {
+        message: PostedMessage,
+        sender: Option<UserCard>,
+    },
+    /// A message was deleted (its body is gone).
+    Deleted { message_id: i64 },
+    /// A message's reactions changed: its counts per emoji now.
+    Reactions {
+        message_id: i64,
+        reactions: Vec<ReactionCount>,
+    },
+    /// A member read the room up to a message.
+    Read { user: UserCard, message_id: i64 },
+}
+
+/// How many users reacted to a message with one emoji.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReactionCount {
+    pub emoji: String,
+    pub count: i64,
 }
 
 /// What a SYSTEM message announces about one user's membership of its room.
@@ -206,6 +253,7 @@ impl Event {
     pub fn topic(&self) -> Topic {
         match self {
             Event::Message(m) => Topic::RoomMessages(m.message.room_id.clone()),
+            Event::RoomChange(c) => Topic::RoomMessages(c.room_id.clone()),
             Event::Typing(t) => Topic::RoomTyping(t.room_id.clone()),
             Event::Presence(_) => Topic::Presence,
             Event::Notification(n) => Topic::UserNotifications(n.notification.user_id.clone()),

@@ -370,6 +370,70 @@ const scenarios = {
     });
   },
 
+  features() {
+    const room = `features${SUFFIX}`;
+
+    pageTest("edits, deletes, reactions, read receipts, unread counts and search in the demo chat", async () => {
+      await join(ALICE, room);
+      await join(BOB, room);
+      const other = `elsewhere${SUFFIX}`;
+      await join(ALICE, other);
+      await join(BOB, other);
+      await send(BOB, other, "an unread line in another room");
+      const alice = await open(`/?token=${encodeURIComponent(ALICE)}&room=${room}`, "alice");
+      await waitConnected(alice);
+      const bob = await open(`/?token=${encodeURIComponent(BOB)}&room=${room}`, "bob");
+      await waitConnected(bob);
+
+      // The other room's unread count shows in the room list.
+      await eventually("alice sees an unread count on the other room", () => items(alice, "room-list"), (l) => l.some((t) => t.includes(other) && /\b1\b/.test(t)));
+
+      await sendFromPage(alice, "The release is on Thursdy");
+      await eventually("bob sees the message", () => messageBodies(bob), (l) => l.some((t) => t.includes("Thursdy")));
+
+      // Alice fixes her typo: bob sees the edit live, marked as edited.
+      const mine = alice.locator("#message-list .message").filter({ hasText: "Thursdy" });
+      await mine.hover();
+      await mine.getByTestId("edit-button").click();
+      await mine.getByTestId("edit-input").fill("The release is on Thursday");
+      await mine.getByTestId("edit-save").click();
+      await eventually("bob sees the edit", () => messageBodies(bob), (l) => l.some((t) => t.includes("Thursday") && t.includes("(edited)")));
+
+      // Bob reacts; alice sees the count, and adds hers.
+      const theirs = bob.locator("#message-list .message").filter({ hasText: "Thursday" });
+      await theirs.hover();
+      await theirs.getByTestId("react-🎉").click();
+      const onAlice = alice.locator("#message-list .message").filter({ hasText: "Thursday" });
+      await onAlice.locator(".reaction").filter({ hasText: "🎉 1" }).waitFor({ timeout: STEP_MS });
+      await onAlice.locator(".reaction").filter({ hasText: "🎉 1" }).click();
+      await theirs.locator(".reaction").filter({ hasText: "🎉 2" }).waitFor({ timeout: STEP_MS });
+
+      // Bob has read it: alice sees "Seen by bob".
+      await eventually("alice sees bob's receipt", () => byTestId(alice, "read-receipts").innerText(), (t) => t.includes("bob"));
+
+      // A message deleted by its author becomes a tombstone on both pages.
+      await sendFromPage(alice, "oops, wrong room");
+      await eventually("bob sees the slip", () => messageBodies(bob), (l) => l.some((t) => t.includes("wrong room")));
+      const slip = alice.locator("#message-list .message").filter({ hasText: "wrong room" });
+      await slip.hover();
+      await slip.getByTestId("delete-button").click();
+      await eventually("bob sees the tombstone", () => messageBodies(bob), (l) => !l.some((t) => t.includes("wrong room")) && l.some((t) => t.includes("This message was deleted.")));
+
+      // Search finds the edited message by its new words.
+      await byTestId(alice, "search-input").fill("thursday");
+      await byTestId(alice, "search-input").press("Enter");
+      await eventually("the search result", () => items(alice, "search-results"), (l) => l.length === 1 && l[0].includes("Thursday"));
+
+      await onAlice.hover();
+      await screenshot(alice, "chat-features");
+    });
+
+    test("nothing left 127.0.0.1 and no page reported an error", () => {
+      assertNothingLeftTheMachine();
+      assertNoPageErrors();
+    });
+  },
+
   history() {
     const room = `archive${SUFFIX}`;
 

@@ -1,5 +1,7 @@
 // The Tidings demo chat: sign up or log in, pick or create a room, chat with history paging,
-// typing, presence, notification toasts and the leaderboard.
+// typing, presence, notification toasts and the leaderboard; edit and delete your messages,
+// react to any, see who has read how far and how many messages each room has unread, and
+// search the rooms you belong to.
 //
 // Queries and mutations go over HTTP; subscriptions (and `setTyping`, which belongs to the
 // socket) go over one graphql-ws connection that reconnects with backoff. A room's feed always
@@ -27,13 +29,18 @@ const GROUP_MS = 5 * 60 * 1000;
 const ROOM_KEY = "tidings.room";
 
 const USER = "id username";
-const MESSAGE = `id roomId kind body clientMessageId createdAt sender { ${USER} }`;
+const MESSAGE = `id roomId kind body clientMessageId createdAt editedAt deletedAt reactions { emoji count viewerReacted } sender { ${USER} }`;
+const RECEIPT = `user { ${USER} } messageId at`;
+/** The reactions the page offers in one click. */
+const QUICK_REACTIONS = ["👍", "❤️", "😂", "🎉"];
+/** The page tells the server how far it has read at most this often. */
+const MARK_READ_MS = 1000;
 const NOTIFICATION = "id kind level title body data createdAt readAt";
 const Q = {
   me: `query { me { ${USER} role } }`,
   login: `mutation($u: String!, $p: String!) { login(username: $u, password: $p) { token } }`,
   register: `mutation($u: String!, $p: String!) { register(username: $u, password: $p) { token } }`,
-  rooms: `query { rooms { id title isPrivate memberCount } }`,
+  rooms: `query { rooms { id title isPrivate memberCount unreadCount } }`,
   join: `mutation($r: ID!) { joinRoom(roomId: $r) { id title isPrivate memberCount } }`,
   room: `query($r: ID!) { room(id: $r) { id title isPrivate memberCount } }`,
   history: `query($r: ID!, $before: ID, $last: Int) { messages(roomId: $r, before: $before, last: $last) { ${MESSAGE} } }`,
@@ -42,12 +49,24 @@ const Q = {
   setPresence: `mutation($s: PresenceStatus!) { setPresence(status: $s) { status } }`,
   notifications: `query { notifications(last: 20) { ${NOTIFICATION} } unreadNotificationCount }`,
   markRead: `mutation { markNotificationsRead }`,
+  edit: `mutation($id: ID!, $b: String!) { editMessage(id: $id, body: $b) { ${MESSAGE} } }`,
+  del: `mutation($id: ID!) { deleteMessage(id: $id) { ${MESSAGE} } }`,
+  react: `mutation($id: ID!, $e: String!) { react(messageId: $id, emoji: $e) { ${MESSAGE} } }`,
+  unreact: `mutation($id: ID!, $e: String!) { unreact(messageId: $id, emoji: $e) { ${MESSAGE} } }`,
+  markRoomRead: `mutation($r: ID!, $id: ID!) { markRead(roomId: $r, messageId: $id) { id unreadCount } }`,
+  receipts: `query($r: ID!) { room(id: $r) { readReceipts { ${RECEIPT} } } }`,
+  search: `query($q: String!) { searchMessages(query: $q, first: 20) { ${MESSAGE} } }`,
   // Subscriptions
   messageAdded: `subscription($r: ID!, $after: ID) { messageAdded(roomId: $r, after: $after) { ${MESSAGE} } }`,
   typingFeed: `subscription($r: ID!) { typing(roomId: $r) { user { ${USER} } isTyping } }`,
   presenceFeed: `subscription($r: ID) { presence(roomId: $r) { user { ${USER} } status connections } }`,
   notificationFeed: `subscription { notifications { ${NOTIFICATION} } }`,
   leaderboardFeed: `subscription { leaderboard(limit: 10) { version entries { rank points user { ${USER} } } } }`,
+  roomEvents: `subscription($r: ID!) { roomEvents(roomId: $r) { __typename position at
+    ... on MessageEdited { message { ${MESSAGE} } }
+    ... on MessageDeleted { messageId }
+    ... on ReactionsChanged { messageId reactions { emoji count viewerReacted } }
+    ... on ReadReceiptMoved { receipt { ${RECEIPT} } } } }`,
 };
 
 /** Everything the page knows; the DOM is drawn from it. */
@@ -67,6 +86,14 @@ const state = {
   presence: new Map(),
   notifications: new Map(),
   unread: 0,
+  /** The open room's messages by id, as last drawn (changes redraw them). */
+  messages: new Map(),
+  /** The open room's read receipts by user id. */
+  receipts: new Map(),
+  /** The id of the message being edited, if any. */
+  editing: null,
+  /** The last message id this page told the server it has read, and when. */
+  markedRead: { id: "0", at: 0, timer: 0 },
 };
 
 // --- sign in ----------------------------------------------------------------------------------
@@ -283,6 +310,9 @@ function renderRooms() {
           },
           h("span", { class: "room-hash", "aria-hidden": "true" }, room.isPrivate ? "🔒" : "#"),
           h("span", { class: "room-name" }, room.title && room.title !== room.id ? room.title : room.id),
+          room.unreadCount && room.id !== current
+            ? h("span", { class: "room-unread", "data-testid": "room-unread", title: "unread messages" }, room.unreadCount)
+            : null,
           room.memberCount ? h("span", { class: "room-count", title: "members" }, room.memberCount) : null,
         ),
       ),
@@ -314,6 +344,12 @@ async function openRoom(id) {
   state.typingIn.forEach((t) => clearTimeout(t.timer));
   state.typingIn.clear();
   state.presence.clear();
+  state.messages.clear();
+  state.receipts.clear();
+  state.editing = null;
+  clearTimeout(state.markedRead.timer);
+  state.markedRead = { id: "0", at: 0, timer: 0 };
+  renderReceipts();
   $("message-list").replaceChildren();
   $("room-title").textContent = `#${id}`;
   $("room-meta").textContent = "";
@@ -355,6 +391,8 @@ async function openRoom(id) {
   for (const m of messages) addMessage(m);
   renderHistoryEdge();
   scrollToBottom();
+  loadReceipts(state.room);
+  markRoomRead();
   if (state.live?.connected) startRoomFeeds();
   if (!state.rooms.some((r) => r.id === id)) loadRooms();
 }
@@ -404,6 +442,7 @@ function startRoomFeeds() {
   };
   state.presence.clear(); // the feed starts with everyone online now
   renderPresence();
+  refreshShown(room);
   state.roomFeeds.push(
     live.subscribe(Q.messageAdded, { r: room.id, after: room.lastSeenId }, {
       next: (data) => {
@@ -415,6 +454,14 @@ function startRoomFeeds() {
         typingStopped(m.sender?.id);
         if (stick) scrollToBottom();
         if (m.kind === "SYSTEM") refreshRoom(room);
+        markRoomRead();
+        renderReceipts();
+      },
+      error: roomError,
+    }),
+    live.subscribe(Q.roomEvents, { r: room.id }, {
+      next: (data) => {
+        if (room === state.room) roomEvent(data.roomEvents);
       },
       error: roomError,
     }),
@@ -468,17 +515,298 @@ function messageNode(m) {
     h(
       "div",
       { class: "message-main" },
-      h("p", { class: "message-meta" }, h("span", { class: "sender" }, name), " ", timeTag(m.createdAt)),
-      h("p", { class: "message-body" }, bodyNodes(m.body, state.me?.username)),
+      h(
+        "p",
+        { class: "message-meta" },
+        h("span", { class: "sender" }, name),
+        " ",
+        timeTag(m.createdAt),
+        m.editedAt && !m.deletedAt ? h("span", { class: "edited", "data-testid": "edited-mark", title: m.editedAt }, " (edited)") : null,
+      ),
+      m.deletedAt
+        ? h("p", { class: "message-body deleted", "data-testid": "deleted-mark" }, "This message was deleted.")
+        : state.editing === m.id
+          ? editor(m)
+          : h("p", { class: "message-body" }, bodyNodes(m.body, state.me?.username)),
       pending ? h("p", { class: "message-state" }, "sending…") : null,
+      pending || m.deletedAt ? null : reactionBar(m),
+    ),
+    pending || m.deletedAt ? null : messageActions(m, mine),
+  );
+}
+
+/** The counts per emoji under a message; a click adds or takes back one's own. */
+function reactionBar(m) {
+  const reactions = m.reactions ?? [];
+  if (!reactions.length) return null;
+  return h(
+    "div",
+    { class: "reactions", "data-testid": "reactions" },
+    reactions.map((r) =>
+      h(
+        "button",
+        {
+          type: "button",
+          class: `reaction${r.viewerReacted ? " mine" : ""}`,
+          "data-emoji": r.emoji,
+          "aria-pressed": String(r.viewerReacted),
+          title: r.viewerReacted ? "Take back your reaction" : "React too",
+          onclick: () => toggleReaction(m, r.emoji),
+        },
+        `${r.emoji} ${r.count}`,
+      ),
     ),
   );
 }
+
+/** Quick reactions, and for one's own message, edit and delete: shown on hover and focus. */
+function messageActions(m, mine) {
+  return h(
+    "div",
+    { class: "message-actions" },
+    QUICK_REACTIONS.map((emoji) =>
+      h(
+        "button",
+        {
+          type: "button",
+          class: "icon-button",
+          "data-testid": `react-${emoji}`,
+          "aria-label": `React with ${emoji}`,
+          onclick: () => toggleReaction(m, emoji),
+        },
+        emoji,
+      ),
+    ),
+    mine
+      ? [
+          h("button", { type: "button", class: "link-button", "data-testid": "edit-button", onclick: () => startEdit(m) }, "Edit"),
+          h("button", { type: "button", class: "link-button", "data-testid": "delete-button", onclick: () => removeMessage(m) }, "Delete"),
+        ]
+      : null,
+  );
+}
+
+/** The inline editor of one's own message: Enter saves, Escape cancels. */
+function editor(m) {
+  // The body as the textarea's own text: its starting value.
+  const input = h(
+    "textarea",
+    { class: "edit-input", "data-testid": "edit-input", rows: 2, maxlength: 5000, "aria-label": "Edit message" },
+    m.body,
+  );
+  const save = () => saveEdit(m, input.value);
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      save();
+    } else if (event.key === "Escape") {
+      cancelEdit(m);
+    }
+  });
+  setTimeout(() => input.focus(), 0);
+  return h(
+    "div",
+    { class: "editor" },
+    input,
+    h("button", { type: "button", class: "button small primary", "data-testid": "edit-save", onclick: save }, "Save"),
+    h("button", { type: "button", class: "link-button", onclick: () => cancelEdit(m) }, "Cancel"),
+  );
+}
+
+function startEdit(m) {
+  state.editing = m.id;
+  redraw(m.id);
+}
+
+function cancelEdit(m) {
+  state.editing = null;
+  redraw(m.id);
+}
+
+async function saveEdit(m, body) {
+  const text = body.trim();
+  if (!text || text === m.body) return cancelEdit(m);
+  try {
+    const edited = (await gql(state.token, Q.edit, { id: m.id, b: text })).editMessage;
+    state.editing = null;
+    updateMessage(edited);
+  } catch (e) {
+    toastError(`Cannot edit: ${e.message}`);
+  }
+}
+
+async function removeMessage(m) {
+  try {
+    updateMessage((await gql(state.token, Q.del, { id: m.id })).deleteMessage);
+  } catch (e) {
+    toastError(`Cannot delete: ${e.message}`);
+  }
+}
+
+async function toggleReaction(m, emoji) {
+  const mine = (state.messages.get(m.id)?.reactions ?? []).some((r) => r.emoji === emoji && r.viewerReacted);
+  try {
+    const data = await gql(state.token, mine ? Q.unreact : Q.react, { id: m.id, e: emoji });
+    updateMessage(mine ? data.unreact : data.react);
+  } catch (e) {
+    toastError(`Cannot react: ${e.message}`);
+  }
+}
+
+/** Redraws a message shown in the open room, from what the page knows of it. */
+function redraw(id) {
+  const m = state.messages.get(id);
+  const node = $("message-list").querySelector(`[data-id="${CSS.escape(id)}"]`);
+  if (!m || !node) return;
+  const fresh = messageNode(m);
+  node.replaceWith(fresh);
+  regroup(fresh);
+  if (fresh.nextElementSibling) regroup(fresh.nextElementSibling);
+}
+
+/** A newer state of a message: kept and redrawn (if it belongs to the open room). */
+function updateMessage(m) {
+  if (!state.messages.has(m.id)) return;
+  state.messages.set(m.id, m);
+  redraw(m.id);
+}
+
+/** One change to the open room from `roomEvents` (new messages come from `messageAdded`). */
+function roomEvent(event) {
+  switch (event.__typename) {
+    case "MessageEdited":
+      updateMessage(event.message);
+      break;
+    case "MessageDeleted": {
+      const m = state.messages.get(event.messageId);
+      if (m) updateMessage({ ...m, body: "", deletedAt: event.at, reactions: [] });
+      break;
+    }
+    case "ReactionsChanged": {
+      const m = state.messages.get(event.messageId);
+      if (m) updateMessage({ ...m, reactions: event.reactions });
+      break;
+    }
+    case "ReadReceiptMoved":
+      state.receipts.set(event.receipt.user.id, event.receipt);
+      renderReceipts();
+      break;
+    default:
+  }
+}
+
+/** After a (re)connect: what changed in the shown messages while the page was away. */
+async function refreshShown(room) {
+  try {
+    const messages = (await gql(state.token, Q.history, { r: room.id, last: PAGE })).messages;
+    if (room !== state.room) return;
+    for (const m of messages) updateMessage(m);
+  } catch {
+    // the messages stay as drawn; the next reconnect tries again
+  }
+  loadReceipts(room);
+}
+
+async function loadReceipts(room) {
+  try {
+    const receipts = (await gql(state.token, Q.receipts, { r: room.id })).room?.readReceipts ?? [];
+    if (room !== state.room) return;
+    state.receipts.clear();
+    for (const r of receipts) state.receipts.set(r.user.id, r);
+  } catch {
+    return;
+  }
+  renderReceipts();
+}
+
+/** "Seen by …": the others who have read up to the last message shown. */
+function renderReceipts() {
+  const node = $("read-receipts");
+  if (!node) return;
+  const last = state.room?.lastSeenId ?? "0";
+  const names = [...state.receipts.values()]
+    .filter((r) => r.user.id !== state.me?.id && compareIds(r.messageId, last) >= 0)
+    .map((r) => r.user.username)
+    .sort();
+  node.textContent = names.length ? `Seen by ${names.join(", ")}` : "";
+  node.hidden = !names.length;
+}
+
+/** Tells the server how far this page has read the open room, at most once a second. */
+function markRoomRead() {
+  const room = state.room;
+  if (!room?.ready || room.lastSeenId === "0" || document.hidden) return;
+  if (compareIds(room.lastSeenId, state.markedRead.id) <= 0) return;
+  const wait = state.markedRead.at + MARK_READ_MS - Date.now();
+  if (wait > 0) {
+    clearTimeout(state.markedRead.timer);
+    state.markedRead.timer = setTimeout(markRoomRead, wait);
+    return;
+  }
+  const id = room.lastSeenId;
+  state.markedRead = { id, at: Date.now(), timer: 0 };
+  gql(state.token, Q.markRoomRead, { r: room.id, id })
+    .then(() => loadRooms())
+    .catch(() => {
+      if (room === state.room) state.markedRead.id = "0"; // try again with the next message
+    });
+}
+
+document.addEventListener("visibilitychange", markRoomRead);
+
+// --- search -----------------------------------------------------------------------------------
+
+$("search-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const query = $("search-input").value.trim();
+  const results = $("search-results");
+  const panel = $("search-panel");
+  if (!query) {
+    panel.hidden = true;
+    return;
+  }
+  panel.hidden = false;
+  try {
+    const found = (await gql(state.token, Q.search, { q: query })).searchMessages;
+    $("search-summary").textContent = found.length ? `${plural(found.length, "message")} found` : "Nothing found.";
+    results.replaceChildren(
+      ...found.map((m) =>
+        h(
+          "li",
+          { class: "search-result" },
+          h(
+            "a",
+            {
+              href: `/?room=${encodeURIComponent(m.roomId)}`,
+              onclick: (e) => {
+                e.preventDefault();
+                if (m.roomId !== state.room?.id) openRoom(m.roomId);
+              },
+            },
+            h("span", { class: "search-room" }, `#${m.roomId}`),
+            " ",
+            h("span", { class: "sender" }, m.sender?.username ?? "someone"),
+            ": ",
+            m.body,
+          ),
+        ),
+      ),
+    );
+  } catch (e) {
+    $("search-summary").textContent = e.message;
+    results.replaceChildren();
+  }
+});
+
+$("search-close").addEventListener("click", () => {
+  $("search-panel").hidden = true;
+});
 
 /** Puts a message in id order (pending ones stay last); a message already shown is skipped. */
 function addMessage(m) {
   const list = $("message-list");
   if (list.querySelector(`[data-id="${CSS.escape(m.id)}"]`)) return;
+  state.messages.set(m.id, m);
   const node = messageNode(m);
   // Our own send, confirmed by the feed before the mutation answered (or the other way round).
   const pending =

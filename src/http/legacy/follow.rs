@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
 use super::{Frames, Notice, Outgoing};
+use crate::domain::changes::{RoomEventKind, RoomEventView};
 use crate::domain::contacts::ContactPresence;
 use crate::domain::feeds::TypingView;
 use crate::domain::leaderboard::ranked;
@@ -88,11 +89,11 @@ fn stamp(kind: &'static str, created: chrono::DateTime<chrono::Utc>) -> Option<E
     Some(EventStamp { kind, created })
 }
 
-/// A room's messages and typing, until the user leaves the room (the feeds end) or the socket
-/// stops following it.
+/// A room's events (messages and their changes) and typing, until the user leaves the room
+/// (the feeds end) or the socket stops following it.
 pub(crate) async fn room(
     domain: Arc<Domain>,
-    mut messages: BoxStream<'static, DomainResult<MessageView>>,
+    mut messages: BoxStream<'static, DomainResult<RoomEventView>>,
     mut typing: BoxStream<'static, TypingView>,
     frames: Frames,
 ) {
@@ -100,8 +101,8 @@ pub(crate) async fn room(
     loop {
         tokio::select! {
             item = messages.next() => match item {
-                Some(Ok(view)) => {
-                    if !send_message(&domain, &view, &frames).await {
+                Some(Ok(event)) => {
+                    if !send_room_event(&domain, &event, &frames).await {
                         return;
                     }
                 }
@@ -122,6 +123,15 @@ pub(crate) async fn room(
                 None => typing_open = false,
             },
         }
+    }
+}
+
+/// A room's event as its frame: a message as `send_message` tells it, a change as its own.
+async fn send_room_event(domain: &Domain, event: &RoomEventView, frames: &Frames) -> bool {
+    let at = stamp(metrics::ROOM_MESSAGES, event.at);
+    match &event.kind {
+        RoomEventKind::Posted(view) => send_message(domain, view, frames).await,
+        _ => frames.send(&Outgoing::RoomChange(event), at).await,
     }
 }
 

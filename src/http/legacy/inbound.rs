@@ -35,6 +35,26 @@ pub(crate) enum Command {
     Unsubscribe {
         channel: String,
     },
+    /// `edit_message`: a new body for one's own message (or, for an admin, anyone's).
+    Edit {
+        id: String,
+        text: String,
+    },
+    /// `delete_message`.
+    Delete {
+        id: String,
+    },
+    /// `react` (`add`) and `unreact`.
+    React {
+        message_id: String,
+        emoji: String,
+        add: bool,
+    },
+    /// `mark_read`: the room is read up to this message.
+    MarkRead {
+        room: String,
+        message_id: String,
+    },
 }
 
 /// A decoded frame, and the dialect it chooses when it is a socket's first room frame.
@@ -137,6 +157,29 @@ pub(crate) fn decode(frame: &Value) -> Result<Inbound, Undecodable> {
         "get_online_status" => (
             Command::OnlineStatus {
                 user_ids: f.ids("user_ids")?,
+            },
+            None,
+        ),
+        "edit_message" => (
+            Command::Edit {
+                id: f.id("id")?,
+                text: f.text("text")?,
+            },
+            None,
+        ),
+        "delete_message" => (Command::Delete { id: f.id("id")? }, None),
+        "react" | "unreact" => (
+            Command::React {
+                message_id: f.id("message_id")?,
+                emoji: f.text("emoji")?,
+                add: kind == "react",
+            },
+            None,
+        ),
+        "mark_read" => (
+            Command::MarkRead {
+                room: f.id("room")?,
+                message_id: f.id("message_id")?,
             },
             None,
         ),

@@ -23,6 +23,7 @@ use serde_json::{Map, Value};
 
 use super::socket::{EventStamp, Outbox};
 use crate::auth::AuthUser;
+use crate::domain::changes::RoomEventView;
 use crate::domain::contacts::{ContactPresence, PresenceChange};
 use crate::domain::feeds::TypingView;
 use crate::domain::leaderboard::RankedEntry;
@@ -139,6 +140,9 @@ pub(crate) enum Outgoing<'a> {
         text: &'a str,
         members: &'a [String],
     },
+    /// A change to a room the socket follows other than a new message: an edit, a delete,
+    /// reactions, a read receipt.
+    RoomChange(&'a RoomEventView),
     Typing(&'a TypingView),
     Presence(&'a ContactPresence),
     Notification(&'a Notice),
@@ -166,6 +170,7 @@ impl Outgoing<'_> {
     fn at(&self) -> DateTime<Utc> {
         match self {
             Outgoing::Message(m) => m.message.created_at,
+            Outgoing::RoomChange(e) => e.at,
             Outgoing::Typing(t) => t.at,
             Outgoing::Presence(p) => p.at,
             Outgoing::Channel(e) => e.at,

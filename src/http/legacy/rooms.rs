@@ -4,6 +4,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{iso, notification_data, object, sender_id, sender_name, Outgoing, PresenceChange};
+use crate::domain::changes::{RoomEventKind, RoomEventView};
 
 /// A frame before the `rooms` dialect's `data` mirror.
 pub(super) enum Shape {
@@ -75,6 +76,7 @@ pub(super) fn frame(event: &Outgoing<'_>) -> Option<Shape> {
             ("room", (*room).into()),
             ("members", (*members).into()),
         ])),
+        Outgoing::RoomChange(e) => return change_frame(e),
         Outgoing::Typing(t) => Shape::Flat(object([
             ("type", "typing".into()),
             ("user_id", t.user.id.clone().into()),
@@ -115,4 +117,67 @@ pub(super) fn frame(event: &Outgoing<'_>) -> Option<Shape> {
         // Rendered before any dialect's table (its own shape everywhere).
         Outgoing::Channel(_) => return None,
     })
+}
+
+/// A room's change as its flat frame: `message_edited`, `message_deleted`, `reactions`, `read`,
+/// each with the room and its position on the room's sequence; `None` for a new message (sent
+/// as `message` or `system`).
+fn change_frame(e: &RoomEventView) -> Option<Shape> {
+    let room = ("room", Value::from(e.room_id.clone()));
+    let position = ("position", Value::from(e.position.to_string()));
+    Some(Shape::Flat(match &e.kind {
+        RoomEventKind::Posted(_) => return None,
+        RoomEventKind::Edited(m) => object([
+            ("type", "message_edited".into()),
+            room,
+            position,
+            ("id", m.message.id.to_string().into()),
+            ("from", sender_id(m)),
+            ("username", sender_name(m)),
+            ("text", m.message.body.clone().into()),
+            (
+                "edited_at",
+                m.message.edited_at.map_or(Value::Null, |at| iso(at).into()),
+            ),
+        ]),
+        RoomEventKind::Deleted { message_id } => object([
+            ("type", "message_deleted".into()),
+            room,
+            position,
+            ("message_id", message_id.to_string().into()),
+            ("deleted_at", iso(e.at).into()),
+        ]),
+        RoomEventKind::Reactions {
+            message_id,
+            reactions,
+        } => object([
+            ("type", "reactions".into()),
+            room,
+            position,
+            ("message_id", message_id.to_string().into()),
+            (
+                "reactions",
+                reactions
+                    .iter()
+                    .map(|r| {
+                        json!({
+                            "emoji": r.emoji,
+                            "count": r.count,
+                            "viewer_reacted": r.viewer_reacted,
+                        })
+                    })
+                    .collect::<Vec<_>>()
+                    .into(),
+            ),
+        ]),
+        RoomEventKind::Read(r) => object([
+            ("type", "read".into()),
+            room,
+            position,
+            ("user_id", r.user.id.clone().into()),
+            ("username", r.user.username.clone().into()),
+            ("message_id", r.message_id.to_string().into()),
+            ("at", iso(r.at).into()),
+        ]),
+    }))
 }

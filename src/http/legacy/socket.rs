@@ -361,6 +361,24 @@ impl LegacySocket {
             Command::OnlineStatus { user_ids } => self.online_status(&user_ids).await,
             Command::Subscribe { channel } => self.subscribe(&channel, link).await,
             Command::Unsubscribe { channel } => self.unsubscribe(&channel).await,
+            // Their effects reach the room's sockets, this one included, as room frames.
+            Command::Edit { id, text } => domain
+                .edit_message(&self.viewer, &id, &text)
+                .await
+                .map(drop),
+            Command::Delete { id } => domain.delete_message(&self.viewer, &id).await.map(drop),
+            Command::React {
+                message_id,
+                emoji,
+                add,
+            } => domain
+                .react(&self.viewer, &message_id, &emoji, add)
+                .await
+                .map(drop),
+            Command::MarkRead { room, message_id } => domain
+                .mark_read(&self.viewer, &room, &message_id)
+                .await
+                .map(drop),
         };
         if let Err(e) = done {
             self.frames.error(e.code(), &e.to_string()).await;
@@ -397,9 +415,9 @@ impl LegacySocket {
         // Read from just before the announcement, so this socket gets it too.
         let after = joined
             .announcement
-            .map(|a| (a.message.id - 1).max(0).to_string());
+            .map(|a| (a.message.seq - 1).max(0).to_string());
         let messages = domain
-            .message_feed(&self.viewer, room, after.as_deref())
+            .room_event_feed(&self.viewer, room, after.as_deref())
             .await?;
         let typing = domain.typing_feed(&self.viewer, room).await?;
         let frames = self.frames.clone();

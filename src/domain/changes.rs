@@ -1,0 +1,975 @@
+//! What happens to a room's messages after they are sent: edits and deletes (by the author or
+//! an admin; a deleted message stays as a tombstone), reactions, and read receipts with unread
+//! counts.
+//!
+//! Each change is one transaction that takes the room's next position (the counter its
+//! messages are numbered by: its row lock orders the room's writes), records the change at that
+//! position in `room_changes`, commits, and only then publishes it on the room's topic. So every
+//! change to a room is on the room's one sequence, and a subscriber that resumes after a
+//! position reads everything after it from the database, in order (`Domain::room_event_feed`).
+//!
+//! Read receipts are stored at once (so `unreadCount` is always current), but announced to the
+//! room at most once per user and room per `RECEIPT_INTERVAL`: a receipt inside that interval
+//! is folded into the one announced at its end, which carries where the user has read to then.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    sea_query::{Expr, OnConflict},
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait, TransactionTrait,
+};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::limits::Action;
+use super::messages::validate_body;
+use super::records::{bump_seq, next_seq, parse_message_id, validate_room_id, MessageView};
+pub use super::records::{ReactionView, ReceiptView, RoomEventKind, RoomEventView};
+use super::wire::{card, posted, publish_change};
+use super::{require_user, Domain, DomainError, DomainResult};
+use crate::auth::{AuthUser, Viewer};
+use crate::db::{message, reaction, read_receipt, room, room_change, room_member, user};
+use crate::hub::event::{Change, ReactionCount};
+
+/// The longest reaction, in bytes of UTF-8 (one emoji, skin tone and joiners included).
+pub const MAX_EMOJI_BYTES: usize = 16;
+/// Distinct emoji one message may carry: a new one beyond that is refused.
+pub const MAX_EMOJIS_PER_MESSAGE: u64 = 20;
+/// Emoji one user may put on one message.
+pub const MAX_REACTIONS_PER_USER: u64 = 10;
+/// A user's read receipts reach a room at most once per this interval.
+pub const RECEIPT_INTERVAL: Duration = Duration::from_secs(1);
+/// Rooms with at most this many members list every member's receipt; larger rooms give counts.
+pub const RECEIPTS_PER_MEMBER_MAX: u64 = 50;
+/// Positions `readCounts` lists at most (the most recent).
+pub const READ_COUNTS_MAX: u64 = 50;
+
+/// `room_changes.kind`.
+const EDITED: &str = "edited";
+const DELETED: &str = "deleted";
+const REACTIONS: &str = "reactions";
+const READ: &str = "read";
+
+/// A change as `room_changes.payload` keeps it: what it was at the time, for a resume.
+#[derive(Default, Serialize, Deserialize)]
+struct Payload {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    edited_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deleted_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    reactions: Vec<(String, i64)>,
+}
+
+/// A single emoji: one pictograph (with its presentation selector and skin tone), a sequence of
+/// them joined by zero-width joiners, a flag (two regional indicators or a tag sequence), or a
+/// keycap; at most `MAX_EMOJI_BYTES` bytes. Text, shortcodes (`:smile:`) and several emoji are
+/// refused.
+pub fn validate_emoji(emoji: &str) -> DomainResult<&str> {
+    let refuse = || {
+        DomainError::bad_input(format!(
+            "emoji must be a single emoji of at most {MAX_EMOJI_BYTES} bytes"
+        ))
+    };
+    if emoji.is_empty() || emoji.len() > MAX_EMOJI_BYTES {
+        return Err(refuse());
+    }
+    let chars: Vec<char> = emoji.chars().collect();
+    let ok = is_flag(&chars) || is_keycap(&chars) || is_tag_flag(&chars) || is_zwj_sequence(&chars);
+    if ok {
+        Ok(emoji)
+    } else {
+        Err(refuse())
+    }
+}
+
+fn is_regional(c: char) -> bool {
+    ('\u{1F1E6}'..='\u{1F1FF}').contains(&c)
+}
+
+fn is_modifier(c: char) -> bool {
+    ('\u{1F3FB}'..='\u{1F3FF}').contains(&c)
+}
+
+const VS16: char = '\u{FE0F}';
+const ZWJ: char = '\u{200D}';
+
+fn is_pictographic(c: char) -> bool {
+    if is_regional(c) || is_modifier(c) {
+        return false;
+    }
+    matches!(c as u32,
+        0x00A9 | 0x00AE | 0x203C | 0x2049 | 0x2122 | 0x2139 | 0x2194..=0x2199 | 0x21A9..=0x21AA
+        | 0x231A..=0x231B | 0x2328 | 0x23CF | 0x23E9..=0x23F3 | 0x23F8..=0x23FA | 0x24C2
+        | 0x25AA..=0x25AB | 0x25B6 | 0x25C0 | 0x25FB..=0x25FE | 0x2600..=0x27BF
+        | 0x2934..=0x2935 | 0x2B05..=0x2B07 | 0x2B1B..=0x2B1C | 0x2B50 | 0x2B55 | 0x3030
+        | 0x303D | 0x3297 | 0x3299 | 0x1F000..=0x1FAFF)
+}
+
+fn is_flag(chars: &[char]) -> bool {
+    matches!(chars, [a, b] if is_regional(*a) && is_regional(*b))
+}
+
+fn is_keycap(chars: &[char]) -> bool {
+    let base = |c: &char| c.is_ascii_digit() || *c == '#' || *c == '*';
+    match chars {
+        [b, '\u{20E3}'] | [b, VS16, '\u{20E3}'] => base(b),
+        _ => false,
+    }
+}
+
+fn is_tag_flag(chars: &[char]) -> bool {
+    match chars {
+        ['\u{1F3F4}', tags @ .., '\u{E007F}'] => {
+            !tags.is_empty() && tags.iter().all(|c| ('\u{E0020}'..='\u{E007E}').contains(c))
+        }
+        _ => false,
+    }
+}
+
+/// Pictographs, each with an optional VS16 and skin tone, joined by ZWJ.
+fn is_zwj_sequence(chars: &[char]) -> bool {
+    let mut rest = chars;
+    loop {
+        let [first, tail @ ..] = rest else {
+            return false;
+        };
+        if !is_pictographic(*first) {
+            return false;
+        }
+        rest = tail;
+        if let [VS16, tail @ ..] = rest {
+            rest = tail;
+        }
+        if let [m, tail @ ..] = rest {
+            if is_modifier(*m) {
+                rest = tail;
+            }
+        }
+        match rest {
+            [] => return true,
+            [ZWJ, tail @ ..] => rest = tail,
+            _ => return false,
+        }
+    }
+}
+
+/// When a user's read receipts may next reach a room, per user and room, on this instance.
+pub(super) struct ReceiptDebounce {
+    slots: Mutex<HashMap<(String, String), ReceiptSlot>>,
+    /// Ends the timers of receipts waiting for their turn.
+    shutdown: CancellationToken,
+}
+
+struct ReceiptSlot {
+    /// When the last receipt event went out.
+    last: Instant,
+    /// A receipt waits for the end of the interval.
+    pending: bool,
+}
+
+/// What to do with a receipt just stored.
+enum Turn {
+    /// Announce it now.
+    Now,
+    /// Announce where the user has read to at this instant.
+    At(Instant),
+    /// An announcement is already due: it will carry this one.
+    Folded,
+}
+
+/// Slots kept before the ones that neither wait nor are recent are swept.
+const RECEIPT_SLOTS_SWEEP: usize = 4096;
+
+impl ReceiptDebounce {
+    pub(super) fn new(shutdown: CancellationToken) -> Self {
+        Self {
+            slots: Mutex::new(HashMap::new()),
+            shutdown,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), ReceiptSlot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn turn(&self, room_id: &str, user_id: &str) -> Turn {
+        let now = Instant::now();
+        let mut slots = self.lock();
+        if slots.len() >= RECEIPT_SLOTS_SWEEP {
+            slots.retain(|_, s| s.pending || now.duration_since(s.last) < RECEIPT_INTERVAL);
+        }
+        let key = (room_id.to_owned(), user_id.to_owned());
+        match slots.get_mut(&key) {
+            None => {
+                slots.insert(
+                    key,
+                    ReceiptSlot {
+                        last: now,
+                        pending: false,
+                    },
+                );
+                Turn::Now
+            }
+            Some(slot) if slot.pending => Turn::Folded,
+            Some(slot) if now.duration_since(slot.last) >= RECEIPT_INTERVAL => {
+                slot.last = now;
+                Turn::Now
+            }
+            Some(slot) => {
+                slot.pending = true;
+                Turn::At(slot.last + RECEIPT_INTERVAL)
+            }
+        }
+    }
+
+    /// The deferred announcement goes out now.
+    fn fired(&self, room_id: &str, user_id: &str) {
+        if let Some(slot) = self
+            .lock()
+            .get_mut(&(room_id.to_owned(), user_id.to_owned()))
+        {
+            slot.pending = false;
+            slot.last = Instant::now();
+        }
+    }
+}
+
+impl Domain {
+    /// A message the viewer may change: NOT_FOUND when there is none, FORBIDDEN unless the
+    /// viewer is an admin or its author and still a member of its room.
+    async fn own_message(&self, user: &AuthUser, id: i64) -> DomainResult<message::Model> {
+        let message = message::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("message {id} not found")))?;
+        if user.is_admin() {
+            return Ok(message);
+        }
+        if message.sender_id.as_deref() != Some(user.id.as_str()) {
+            return Err(DomainError::Forbidden(
+                "only its author or an admin may change a message".into(),
+            ));
+        }
+        if !self.is_member(&message.room_id, &user.id).await? {
+            return Err(DomainError::Forbidden(format!(
+                "not a member of room {}",
+                message.room_id
+            )));
+        }
+        Ok(message)
+    }
+
+    /// Replaces a message's body (validated as when sending). The author or an admin; a
+    /// deleted message cannot be edited (BAD_USER_INPUT), nor a SYSTEM one.
+    pub async fn edit_message(
+        &self,
+        viewer: &Viewer,
+        id: &str,
+        body: &str,
+    ) -> DomainResult<MessageView> {
+        let user = require_user(viewer)?;
+        let id = parse_message_id(id)?;
+        let message = self.own_message(user, id).await?;
+        let body = validate_body(body)?;
+        if message.deleted_at.is_some() {
+            return Err(DomainError::bad_input(format!(
+                "message {id} was deleted: it cannot be edited"
+            )));
+        }
+        if message.sender_id.is_none() {
+            return Err(DomainError::bad_input("SYSTEM messages cannot be edited"));
+        }
+        self.limits.check(&user.id, Action::Edit).await?;
+        let now = Utc::now();
+        let txn = self.db.begin().await?;
+        let seq = next_seq(&txn, &message.room_id).await?;
+        let updated = message::Entity::update_many()
+            .col_expr(message::Column::Body, Expr::value(body.to_owned()))
+            .col_expr(message::Column::EditedAt, Expr::value(Some(now)))
+            .filter(message::Column::Id.eq(id))
+            .filter(message::Column::DeletedAt.is_null())
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        if updated == 0 {
+            txn.rollback().await?;
+            return Err(DomainError::bad_input(format!(
+                "message {id} was deleted: it cannot be edited"
+            )));
+        }
+        let payload = Payload {
+            body: Some(body.to_owned()),
+            edited_at: Some(now),
+            ..Default::default()
+        };
+        insert_change(
+            &txn,
+            &message.room_id,
+            seq,
+            EDITED,
+            id,
+            &user.id,
+            &payload,
+            now,
+        )
+        .await?;
+        let row = message::Entity::find_by_id(id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("message {id} not found")))?;
+        txn.commit().await?;
+        let view = self.with_sender(row).await?;
+        publish_change(
+            &self.hub,
+            &view.message.room_id,
+            seq,
+            now,
+            Change::Edited {
+                message: posted(&view.message),
+                sender: view.sender.as_ref().map(card),
+            },
+        );
+        Ok(view)
+    }
+
+    /// Deletes a message: it stays as a tombstone, its body "" and `deletedAt` set, its
+    /// reactions gone. The author or an admin; deleting it again changes nothing.
+    pub async fn delete_message(&self, viewer: &Viewer, id: &str) -> DomainResult<MessageView> {
+        let user = require_user(viewer)?;
+        let id = parse_message_id(id)?;
+        let message = self.own_message(user, id).await?;
+        if message.deleted_at.is_some() {
+            return self.with_sender(message).await;
+        }
+        self.limits.check(&user.id, Action::Edit).await?;
+        let now = Utc::now();
+        let txn = self.db.begin().await?;
+        let seq = next_seq(&txn, &message.room_id).await?;
+        let updated = message::Entity::update_many()
+            .col_expr(message::Column::Body, Expr::value(String::new()))
+            .col_expr(message::Column::DeletedAt, Expr::value(Some(now)))
+            .filter(message::Column::Id.eq(id))
+            .filter(message::Column::DeletedAt.is_null())
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        let row = message::Entity::find_by_id(id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("message {id} not found")))?;
+        if updated == 0 {
+            // Deleted meanwhile: that delete was the change.
+            txn.rollback().await?;
+            return self.with_sender(row).await;
+        }
+        reaction::Entity::delete_many()
+            .filter(reaction::Column::MessageId.eq(id))
+            .exec(&txn)
+            .await?;
+        let payload = Payload {
+            deleted_at: Some(now),
+            ..Default::default()
+        };
+        insert_change(
+            &txn,
+            &message.room_id,
+            seq,
+            DELETED,
+            id,
+            &user.id,
+            &payload,
+            now,
+        )
+        .await?;
+        txn.commit().await?;
+        publish_change(
+            &self.hub,
+            &row.room_id,
+            seq,
+            now,
+            Change::Deleted { message_id: id },
+        );
+        self.with_sender(row).await
+    }
+
+    /// Adds (`add`) or removes the viewer's `emoji` on a message of a room they belong to.
+    /// Adding one already there or removing one that is not changes nothing and announces
+    /// nothing.
+    pub async fn react(
+        &self,
+        viewer: &Viewer,
+        message_id: &str,
+        emoji: &str,
+        add: bool,
+    ) -> DomainResult<MessageView> {
+        let user = require_user(viewer)?;
+        let id = parse_message_id(message_id)?;
+        let emoji = validate_emoji(emoji.trim())?;
+        let message = message::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("message {id} not found")))?;
+        self.require_member(viewer, &message.room_id).await?;
+        if message.deleted_at.is_some() {
+            return Err(DomainError::bad_input(format!(
+                "message {id} was deleted: it takes no reactions"
+            )));
+        }
+        self.limits.check(&user.id, Action::Reaction).await?;
+        let now = Utc::now();
+        let txn = self.db.begin().await?;
+        // The room's lock first: the budgets below are counted under it.
+        let seq = next_seq(&txn, &message.room_id).await?;
+        let changed = if add {
+            self.check_reaction_budgets(&txn, id, &user.id, emoji)
+                .await?;
+            let row = reaction::ActiveModel {
+                message_id: Set(id),
+                user_id: Set(user.id.clone()),
+                emoji: Set(emoji.to_owned()),
+                created_at: Set(now),
+            };
+            reaction::Entity::insert(row)
+                .on_conflict(
+                    OnConflict::columns([
+                        reaction::Column::MessageId,
+                        reaction::Column::UserId,
+                        reaction::Column::Emoji,
+                    ])
+                    .do_nothing()
+                    .to_owned(),
+                )
+                .exec_without_returning(&txn)
+                .await?
+                > 0
+        } else {
+            reaction::Entity::delete_many()
+                .filter(reaction::Column::MessageId.eq(id))
+                .filter(reaction::Column::UserId.eq(user.id.as_str()))
+                .filter(reaction::Column::Emoji.eq(emoji))
+                .exec(&txn)
+                .await?
+                .rows_affected
+                > 0
+        };
+        if !changed {
+            // Nothing happened: the position taken goes back with the transaction.
+            txn.rollback().await?;
+            return self.with_sender(message).await;
+        }
+        let counts = reaction_counts(&txn, id).await?;
+        let payload = Payload {
+            reactions: counts.clone(),
+            ..Default::default()
+        };
+        insert_change(
+            &txn,
+            &message.room_id,
+            seq,
+            REACTIONS,
+            id,
+            &user.id,
+            &payload,
+            now,
+        )
+        .await?;
+        txn.commit().await?;
+        publish_change(
+            &self.hub,
+            &message.room_id,
+            seq,
+            now,
+            Change::Reactions {
+                message_id: id,
+                reactions: counts
+                    .into_iter()
+                    .map(|(emoji, count)| ReactionCount { emoji, count })
+                    .collect(),
+            },
+        );
+        self.with_sender(message).await
+    }
+
+    /// The reaction budgets: distinct emoji on a message, emoji of one user on it.
+    async fn check_reaction_budgets(
+        &self,
+        txn: &impl ConnectionTrait,
+        message_id: i64,
+        user_id: &str,
+        emoji: &str,
+    ) -> DomainResult<()> {
+        let counts = reaction_counts(txn, message_id).await?;
+        if !counts.iter().any(|(e, _)| e == emoji) && counts.len() as u64 >= MAX_EMOJIS_PER_MESSAGE
+        {
+            crate::metrics::reaction_refused("emojis");
+            return Err(DomainError::bad_input(format!(
+                "a message carries at most {MAX_EMOJIS_PER_MESSAGE} different emoji"
+            )));
+        }
+        let mine = reaction::Entity::find()
+            .filter(reaction::Column::MessageId.eq(message_id))
+            .filter(reaction::Column::UserId.eq(user_id))
+            .count(txn)
+            .await?;
+        if mine >= MAX_REACTIONS_PER_USER {
+            crate::metrics::reaction_refused("user");
+            return Err(DomainError::bad_input(format!(
+                "at most {MAX_REACTIONS_PER_USER} reactions per user on one message"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A message's reactions as the viewer sees them, most used first.
+    pub async fn reactions_of(
+        &self,
+        viewer: &Viewer,
+        message_id: i64,
+    ) -> DomainResult<Vec<ReactionView>> {
+        let counts = reaction_counts(&self.db, message_id).await?;
+        if counts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mine = self.viewer_emojis(viewer, message_id).await?;
+        Ok(counts
+            .into_iter()
+            .map(|(emoji, count)| ReactionView {
+                viewer_reacted: mine.contains(&emoji),
+                emoji,
+                count,
+            })
+            .collect())
+    }
+
+    /// The emoji the viewer put on a message.
+    pub(super) async fn viewer_emojis(
+        &self,
+        viewer: &Viewer,
+        message_id: i64,
+    ) -> DomainResult<Vec<String>> {
+        let Some(user) = viewer.user() else {
+            return Ok(Vec::new());
+        };
+        Ok(reaction::Entity::find()
+            .select_only()
+            .column(reaction::Column::Emoji)
+            .filter(reaction::Column::MessageId.eq(message_id))
+            .filter(reaction::Column::UserId.eq(user.id.as_str()))
+            .into_tuple::<String>()
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Marks a room read by the viewer up to a message of it. Receipts only move forward; the
+    /// room hears of it at most once per user per `RECEIPT_INTERVAL`.
+    pub async fn mark_read(
+        self: &Arc<Self>,
+        viewer: &Viewer,
+        room_id: &str,
+        message_id: &str,
+    ) -> DomainResult<room::Model> {
+        let user = require_user(viewer)?;
+        validate_room_id(room_id)?;
+        let id = parse_message_id(message_id)?;
+        let room = self.require_member(viewer, room_id).await?;
+        self.limits.check(&user.id, Action::Receipt).await?;
+        let in_room = message::Entity::find_by_id(id)
+            .filter(message::Column::RoomId.eq(room_id))
+            .count(&self.db)
+            .await?;
+        if in_room == 0 {
+            return Err(DomainError::NotFound(format!(
+                "message {id} not found in room {room_id}"
+            )));
+        }
+        let now = Utc::now();
+        let moved = read_receipt::Entity::update_many()
+            .col_expr(read_receipt::Column::MessageId, Expr::value(id))
+            .col_expr(read_receipt::Column::ReadAt, Expr::value(now))
+            .filter(read_receipt::Column::RoomId.eq(room_id))
+            .filter(read_receipt::Column::UserId.eq(user.id.as_str()))
+            .filter(read_receipt::Column::MessageId.lt(id))
+            .exec(&self.db)
+            .await?
+            .rows_affected
+            > 0;
+        let moved = moved || {
+            let row = read_receipt::ActiveModel {
+                room_id: Set(room_id.to_owned()),
+                user_id: Set(user.id.clone()),
+                message_id: Set(id),
+                read_at: Set(now),
+            };
+            read_receipt::Entity::insert(row)
+                .on_conflict(
+                    OnConflict::columns([
+                        read_receipt::Column::RoomId,
+                        read_receipt::Column::UserId,
+                    ])
+                    .do_nothing()
+                    .to_owned(),
+                )
+                .exec_without_returning(&self.db)
+                .await?
+                > 0
+        };
+        if !moved {
+            crate::metrics::read_receipt("unchanged");
+            return Ok(room);
+        }
+        match self.receipts.turn(room_id, &user.id) {
+            Turn::Now => {
+                crate::metrics::read_receipt("announced");
+                self.announce_receipt(room_id, &user.id).await?;
+            }
+            Turn::Folded => crate::metrics::read_receipt("deferred"),
+            Turn::At(due) => {
+                crate::metrics::read_receipt("deferred");
+                let domain = self.clone();
+                let (room_id, user_id) = (room_id.to_owned(), user.id.clone());
+                let shutdown = self.receipts.shutdown.clone();
+                // Owned by the shutdown token; it lives one interval at most.
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    domain.receipts.fired(&room_id, &user_id);
+                    if let Err(e) = domain.announce_receipt(&room_id, &user_id).await {
+                        tracing::warn!(error = %e, room = %room_id, "could not announce a read receipt");
+                    }
+                });
+            }
+        }
+        Ok(room)
+    }
+
+    /// Numbers the user's receipt as it stands on the room's sequence and publishes it. Nothing
+    /// when they left the room meanwhile.
+    async fn announce_receipt(&self, room_id: &str, user_id: &str) -> DomainResult<()> {
+        let txn = self.db.begin().await?;
+        let Some(seq) = bump_seq(&txn, room_id, Some(user_id)).await? else {
+            txn.rollback().await?;
+            return Ok(());
+        };
+        let Some(receipt) =
+            read_receipt::Entity::find_by_id((room_id.to_owned(), user_id.to_owned()))
+                .one(&txn)
+                .await?
+        else {
+            txn.rollback().await?;
+            return Ok(());
+        };
+        let now = Utc::now();
+        insert_change(
+            &txn,
+            room_id,
+            seq,
+            READ,
+            receipt.message_id,
+            user_id,
+            &Payload::default(),
+            now,
+        )
+        .await?;
+        let reader = user::Entity::find_by_id(user_id).one(&txn).await?;
+        txn.commit().await?;
+        if let Some(reader) = reader {
+            publish_change(
+                &self.hub,
+                room_id,
+                seq,
+                now,
+                Change::Read {
+                    user: card(&reader),
+                    message_id: receipt.message_id,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Messages from others in the room after the viewer's read receipt, deleted ones aside;
+    /// 0 for rooms the viewer does not belong to.
+    pub async fn unread_count(&self, viewer: &Viewer, room_id: &str) -> DomainResult<u64> {
+        let Some(user) = viewer.user() else {
+            return Ok(0);
+        };
+        if !self.is_member(room_id, &user.id).await? {
+            return Ok(0);
+        }
+        let read = read_receipt::Entity::find_by_id((room_id.to_owned(), user.id.clone()))
+            .one(&self.db)
+            .await?
+            .map_or(0, |r| r.message_id);
+        Ok(message::Entity::find()
+            .filter(message::Column::RoomId.eq(room_id))
+            .filter(message::Column::Id.gt(read))
+            .filter(message::Column::Kind.eq("USER"))
+            .filter(message::Column::DeletedAt.is_null())
+            .filter(message::Column::SenderId.ne(user.id.as_str()))
+            .count(&self.db)
+            .await?)
+    }
+
+    /// Every member's receipt, most advanced first, in rooms of at most
+    /// `RECEIPTS_PER_MEMBER_MAX` members the viewer belongs to (admins: any); empty otherwise
+    /// (larger rooms give `read_counts`).
+    pub async fn read_receipts(
+        &self,
+        viewer: &Viewer,
+        room_id: &str,
+    ) -> DomainResult<Vec<ReceiptView>> {
+        if !self.may_read(viewer, room_id).await?
+            || self.member_count(room_id).await? > RECEIPTS_PER_MEMBER_MAX
+        {
+            return Ok(Vec::new());
+        }
+        let rows = read_receipt::Entity::find()
+            .filter(read_receipt::Column::RoomId.eq(room_id))
+            .filter(read_receipt::Column::UserId.in_subquery(members_of(room_id)))
+            .order_by_desc(read_receipt::Column::MessageId)
+            .order_by_asc(read_receipt::Column::UserId)
+            .limit(RECEIPTS_PER_MEMBER_MAX)
+            .all(&self.db)
+            .await?;
+        let ids: Vec<String> = rows.iter().map(|r| r.user_id.clone()).collect();
+        let users = self.users_by_ids(&ids).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let user = users.iter().find(|u| u.id == r.user_id)?.clone();
+                Some(ReceiptView {
+                    user,
+                    message_id: r.message_id,
+                    at: r.read_at,
+                })
+            })
+            .collect())
+    }
+
+    /// How many members have read exactly up to each message, for the `READ_COUNTS_MAX` most
+    /// recent such messages (any room size): `(message id, members)`, newest first.
+    pub async fn read_counts(
+        &self,
+        viewer: &Viewer,
+        room_id: &str,
+    ) -> DomainResult<Vec<(i64, i64)>> {
+        if !self.may_read(viewer, room_id).await? {
+            return Ok(Vec::new());
+        }
+        Ok(read_receipt::Entity::find()
+            .select_only()
+            .column(read_receipt::Column::MessageId)
+            .column_as(read_receipt::Column::UserId.count(), "readers")
+            .filter(read_receipt::Column::RoomId.eq(room_id))
+            .filter(read_receipt::Column::UserId.in_subquery(members_of(room_id)))
+            .group_by(read_receipt::Column::MessageId)
+            .order_by_desc(read_receipt::Column::MessageId)
+            .limit(READ_COUNTS_MAX)
+            .into_tuple::<(i64, i64)>()
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Whether the viewer reads the room (a member, or an admin).
+    pub(super) async fn may_read(&self, viewer: &Viewer, room_id: &str) -> DomainResult<bool> {
+        let Some(user) = viewer.user() else {
+            return Ok(false);
+        };
+        Ok(user.is_admin() || self.is_member(room_id, &user.id).await?)
+    }
+
+    /// The room's changes other than messages after position `after`, in order, at most
+    /// `limit`, as events (reactions without the viewer's part).
+    pub(super) async fn changes_after(
+        &self,
+        room_id: &str,
+        after: i64,
+        limit: u64,
+    ) -> DomainResult<Vec<RoomEventView>> {
+        let rows = room_change::Entity::find()
+            .filter(room_change::Column::RoomId.eq(room_id))
+            .filter(room_change::Column::Seq.gt(after))
+            .order_by_asc(room_change::Column::Seq)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        let mut message_ids: Vec<i64> = rows
+            .iter()
+            .filter(|r| r.kind == EDITED)
+            .map(|r| r.message_id)
+            .collect();
+        message_ids.sort_unstable();
+        message_ids.dedup();
+        let messages = if message_ids.is_empty() {
+            Vec::new()
+        } else {
+            let found = message::Entity::find()
+                .filter(message::Column::Id.is_in(message_ids))
+                .all(&self.db)
+                .await?;
+            self.with_senders(found).await?
+        };
+        let mut reader_ids: Vec<String> = rows
+            .iter()
+            .filter(|r| r.kind == READ)
+            .filter_map(|r| r.user_id.clone())
+            .collect();
+        reader_ids.sort();
+        reader_ids.dedup();
+        let readers = self.users_by_ids(&reader_ids).await?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            let payload: Payload = serde_json::from_str(&row.payload).map_err(|e| {
+                DomainError::Internal(anyhow::anyhow!("room change {} unreadable: {e}", row.id))
+            })?;
+            let kind = match row.kind.as_str() {
+                EDITED => {
+                    let Some(mut view) = messages
+                        .iter()
+                        .find(|v| v.message.id == row.message_id)
+                        .cloned()
+                    else {
+                        continue;
+                    };
+                    // The message as this edit left it.
+                    view.message.body = payload.body.unwrap_or_default();
+                    view.message.edited_at = payload.edited_at;
+                    view.message.deleted_at = None;
+                    RoomEventKind::Edited(view)
+                }
+                DELETED => RoomEventKind::Deleted {
+                    message_id: row.message_id,
+                },
+                REACTIONS => RoomEventKind::Reactions {
+                    message_id: row.message_id,
+                    reactions: payload
+                        .reactions
+                        .into_iter()
+                        .map(|(emoji, count)| ReactionView {
+                            emoji,
+                            count,
+                            viewer_reacted: false,
+                        })
+                        .collect(),
+                },
+                READ => {
+                    let Some(user) = row
+                        .user_id
+                        .as_ref()
+                        .and_then(|id| readers.iter().find(|u| &u.id == id))
+                    else {
+                        continue;
+                    };
+                    RoomEventKind::Read(ReceiptView {
+                        user: user.clone(),
+                        message_id: row.message_id,
+                        at: row.created_at,
+                    })
+                }
+                _ => continue,
+            };
+            events.push(RoomEventView {
+                position: row.seq,
+                room_id: row.room_id,
+                at: row.created_at,
+                kind,
+            });
+        }
+        Ok(events)
+    }
+}
+
+/// A room's members, as a subquery.
+fn members_of(room_id: &str) -> sea_orm::sea_query::SelectStatement {
+    room_member::Entity::find()
+        .select_only()
+        .column(room_member::Column::UserId)
+        .filter(room_member::Column::RoomId.eq(room_id))
+        .into_query()
+}
+
+/// A message's counts per emoji, most used first (then by emoji).
+async fn reaction_counts(
+    conn: &impl ConnectionTrait,
+    message_id: i64,
+) -> DomainResult<Vec<(String, i64)>> {
+    let mut counts: Vec<(String, i64)> = reaction::Entity::find()
+        .select_only()
+        .column(reaction::Column::Emoji)
+        .column_as(reaction::Column::UserId.count(), "n")
+        .filter(reaction::Column::MessageId.eq(message_id))
+        .group_by(reaction::Column::Emoji)
+        .into_tuple::<(String, i64)>()
+        .all(conn)
+        .await?;
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Ok(counts)
+}
+
+/// Records a change at position `seq` of its room, inside the caller's transaction.
+#[allow(clippy::too_many_arguments)]
+async fn insert_change(
+    txn: &impl ConnectionTrait,
+    room_id: &str,
+    seq: i64,
+    kind: &str,
+    message_id: i64,
+    user_id: &str,
+    payload: &Payload,
+    at: DateTime<Utc>,
+) -> DomainResult<()> {
+    let payload = serde_json::to_string(payload)
+        .map_err(|e| DomainError::Internal(anyhow::anyhow!("room change payload: {e}")))?;
+    let row = room_change::ActiveModel {
+        room_id: Set(room_id.to_owned()),
+        seq: Set(seq),
+        kind: Set(kind.to_owned()),
+        message_id: Set(message_id),
+        user_id: Set(Some(user_id.to_owned())),
+        payload: Set(payload),
+        created_at: Set(at),
+        ..Default::default()
+    };
+    room_change::Entity::insert(row)
+        .exec_without_returning(txn)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_emoji;
+
+    #[test]
+    fn one_emoji_is_accepted_and_text_or_several_are_not() {
+        for ok in ["👍", "❤️", "👍🏽", "👩‍💻", "🇫🇷", "1️⃣", "☕"] {
+            assert!(validate_emoji(ok).is_ok(), "{ok:?} is one emoji");
+        }
+        for bad in [
+            "",
+            "a",
+            ":smile:",
+            "👍👍",
+            "👍 ",
+            "<b>",
+            "\"",
+            "🇫",
+            "👨‍👩‍👧‍👦👍",
+            "‍",
+            "👍‍",
+        ] {
+            assert!(validate_emoji(bad).is_err(), "{bad:?} is not one emoji");
+        }
+    }
+}

@@ -1,0 +1,877 @@
+//! The chat people expect: edits and deletes, reactions, read receipts and unread counts,
+//! search, and `roomEvents`, which numbers every change to a room on the room's one sequence.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const EVENTS: &str = "subscription($r: ID!, $a: ID) { roomEvents(roomId: $r, after: $a) { \
+    __typename position roomId at \
+    ... on MessagePosted { message { id body kind } } \
+    ... on MessageEdited { message { id body editedAt } } \
+    ... on MessageDeleted { messageId } \
+    ... on ReactionsChanged { messageId reactions { emoji count viewerReacted } } \
+    ... on ReadReceiptMoved { receipt { user { username } messageId at } } } }";
+
+const EDIT: &str =
+    "mutation($id: ID!, $b: String!) { editMessage(id: $id, body: $b) { id body editedAt deletedAt } }";
+const DELETE: &str = "mutation($id: ID!) { deleteMessage(id: $id) { id body editedAt deletedAt } }";
+const REACT: &str = "mutation($id: ID!, $e: String!) { react(messageId: $id, emoji: $e) { id reactions { emoji count viewerReacted } } }";
+const UNREACT: &str = "mutation($id: ID!, $e: String!) { unreact(messageId: $id, emoji: $e) { id reactions { emoji count viewerReacted } } }";
+const MARK: &str =
+    "mutation($r: ID!, $id: ID!) { markRead(roomId: $r, messageId: $id) { id unreadCount } }";
+const ROOM: &str = "query($r: ID!) { room(id: $r) { unreadCount readReceipts { user { username } messageId at } readCounts { messageId readers } } }";
+const SEARCH: &str = "query($q: String!, $r: ID, $f: Int, $o: Int) { searchMessages(query: $q, roomId: $r, first: $f, offset: $o) { id body roomId } }";
+const MESSAGES: &str =
+    "subscription($r: ID!, $a: ID) { messageAdded(roomId: $r, after: $a) { id body } }";
+
+fn id_of(message: &Value) -> String {
+    message["id"].as_str().expect("an id").to_owned()
+}
+
+async fn next_event(ws: &mut GqlSocket, id: &str) -> Value {
+    ws.data(id).await["roomEvents"].clone()
+}
+
+fn position(event: &Value) -> i64 {
+    event["position"]
+        .as_str()
+        .expect("a position")
+        .parse()
+        .expect("a decimal position")
+}
+
+/// Reads events until the one at `position`, returning them all.
+async fn events_until(ws: &mut GqlSocket, id: &str, last: i64) -> Vec<Value> {
+    let mut events = Vec::new();
+    loop {
+        let event = next_event(ws, id).await;
+        let at = position(&event);
+        events.push(event);
+        if at >= last {
+            return events;
+        }
+    }
+}
+
+#[tokio::test]
+async fn edits_and_deletes_by_the_author_or_an_admin_show_in_history_and_live() {
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let alice = register(&server, "alice").await;
+        let bob = register(&server, "bob").await;
+        let admin = cli_token("root", "admin");
+        join(&server, &alice, "lobby").await;
+        join(&server, &bob, "lobby").await;
+        let hello = id_of(&send(&server, &alice, "lobby", "hello").await);
+
+        let mut ws = GqlSocket::user(&server, &bob).await;
+        ws.subscribe("e", EVENTS, json!({ "r": "lobby", "a": "0" }))
+            .await;
+        let replayed = events_until(&mut ws, "e", 3).await;
+        let kinds: Vec<_> = replayed.iter().map(|e| e["__typename"].clone()).collect();
+        assert_eq!(kinds, ["MessagePosted"; 3], "{}", backend.name());
+        assert_eq!(replayed[2]["message"]["body"], "hello");
+
+        // Someone else's message: FORBIDDEN, for an edit and a delete.
+        let edit = json!({ "id": hello, "b": "bob was here" });
+        assert_eq!(server.err_code(Some(&bob), EDIT, edit).await, "FORBIDDEN");
+        assert_eq!(
+            server
+                .err_code(Some(&bob), DELETE, json!({ "id": hello }))
+                .await,
+            "FORBIDDEN"
+        );
+        // The same validation as sending; an unknown message is NOT_FOUND.
+        for body in ["".to_owned(), "  ".to_owned(), "é".repeat(5001)] {
+            assert_eq!(
+                server
+                    .err_code(Some(&alice), EDIT, json!({ "id": hello, "b": body }))
+                    .await,
+                "BAD_USER_INPUT"
+            );
+        }
+        assert_eq!(
+            server
+                .err_code(Some(&alice), EDIT, json!({ "id": "999999", "b": "x" }))
+                .await,
+            "NOT_FOUND"
+        );
+        assert_eq!(
+            server
+                .err_code(Some(&alice), EDIT, json!({ "id": "x'; --", "b": "x" }))
+                .await,
+            "BAD_USER_INPUT"
+        );
+
+        let edited = server
+            .ok(
+                Some(&alice),
+                EDIT,
+                json!({ "id": hello, "b": "  hello, edited " }),
+            )
+            .await["editMessage"]
+            .clone();
+        assert_eq!(edited["body"], "hello, edited");
+        assert!(edited["editedAt"].is_string());
+        assert!(edited["deletedAt"].is_null());
+        let event = next_event(&mut ws, "e").await;
+        assert_eq!(event["__typename"], "MessageEdited");
+        assert_eq!(position(&event), 4, "the next position of the room");
+        assert_eq!(event["message"]["body"], "hello, edited");
+
+        // An admin deletes anyone's message: a tombstone.
+        let deleted = server
+            .ok(Some(&admin), DELETE, json!({ "id": hello }))
+            .await["deleteMessage"]
+            .clone();
+        assert_eq!(deleted["body"], "");
+        assert!(deleted["deletedAt"].is_string());
+        let event = next_event(&mut ws, "e").await;
+        assert_eq!(event["__typename"], "MessageDeleted");
+        assert_eq!(event["messageId"], hello.as_str());
+        assert_eq!(position(&event), 5);
+
+        // A deleted message cannot be edited; deleting it again changes nothing.
+        assert_eq!(
+            server
+                .err_code(Some(&alice), EDIT, json!({ "id": hello, "b": "back" }))
+                .await,
+            "BAD_USER_INPUT"
+        );
+        let again = server
+            .ok(Some(&alice), DELETE, json!({ "id": hello }))
+            .await["deleteMessage"]
+            .clone();
+        assert_eq!(again["deletedAt"], deleted["deletedAt"]);
+        ws.expect_silence(Duration::from_millis(300)).await;
+
+        let history = server
+            .ok(
+                Some(&bob),
+                "query { messages(roomId: \"lobby\") { id body editedAt deletedAt } }",
+                json!({}),
+            )
+            .await["messages"]
+            .clone();
+        let tombstone = history
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|m| m["id"] == hello.as_str())
+            .expect("the tombstone stays in history")
+            .clone();
+        assert_eq!(tombstone["body"], "");
+        assert!(tombstone["editedAt"].is_string());
+        assert!(tombstone["deletedAt"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn reactions_count_per_emoji_and_say_whether_the_viewer_reacted() {
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let alice = register(&server, "alice").await;
+        let bob = register(&server, "bob").await;
+        let carol = register(&server, "carol").await;
+        join(&server, &alice, "lobby").await;
+        join(&server, &bob, "lobby").await;
+        let m = id_of(&send(&server, &alice, "lobby", "react to me").await);
+        let mut ws = GqlSocket::user(&server, &bob).await;
+        ws.subscribe("e", EVENTS, json!({ "r": "lobby", "a": "3" }))
+            .await;
+
+        server
+            .ok(Some(&alice), REACT, json!({ "id": m, "e": "👍" }))
+            .await;
+        let event = next_event(&mut ws, "e").await;
+        assert_eq!(
+            event["__typename"],
+            "ReactionsChanged",
+            "{}",
+            backend.name()
+        );
+        assert_eq!(
+            event["reactions"],
+            json!([{ "emoji": "👍", "count": 1, "viewerReacted": false }])
+        );
+        server
+            .ok(Some(&bob), REACT, json!({ "id": m, "e": "👍" }))
+            .await;
+        let event = next_event(&mut ws, "e").await;
+        assert_eq!(
+            event["reactions"],
+            json!([{ "emoji": "👍", "count": 2, "viewerReacted": true }]),
+            "the subscriber is among those who reacted"
+        );
+        let mine = server
+            .ok(Some(&bob), REACT, json!({ "id": m, "e": "❤️" }))
+            .await["react"]["reactions"]
+            .clone();
+        assert_eq!(
+            mine,
+            json!([
+                { "emoji": "👍", "count": 2, "viewerReacted": true },
+                { "emoji": "❤️", "count": 1, "viewerReacted": true },
+            ])
+        );
+        next_event(&mut ws, "e").await;
+        // Reacting again with the same emoji changes nothing and tells nobody.
+        server
+            .ok(Some(&alice), REACT, json!({ "id": m, "e": "👍" }))
+            .await;
+        ws.expect_silence(Duration::from_millis(300)).await;
+
+        let after = server
+            .ok(Some(&bob), UNREACT, json!({ "id": m, "e": "👍" }))
+            .await["unreact"]["reactions"]
+            .clone();
+        assert_eq!(
+            after,
+            json!([
+                { "emoji": "❤️", "count": 1, "viewerReacted": true },
+                { "emoji": "👍", "count": 1, "viewerReacted": false },
+            ])
+        );
+        let event = next_event(&mut ws, "e").await;
+        assert_eq!(event["reactions"][1]["count"], 1);
+
+        // Alice's view of the same message, from history.
+        let history = server
+            .ok(
+                Some(&alice),
+                "query { messages(roomId: \"lobby\") { id reactions { emoji count viewerReacted } } }",
+                json!({}),
+            )
+            .await["messages"]
+            .clone();
+        let seen = history
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|x| x["id"] == m.as_str())
+            .expect("the message")["reactions"]
+            .clone();
+        assert_eq!(
+            seen,
+            json!([
+                { "emoji": "❤️", "count": 1, "viewerReacted": false },
+                { "emoji": "👍", "count": 1, "viewerReacted": true },
+            ])
+        );
+
+        // One emoji of at most 16 bytes: anything else is BAD_USER_INPUT.
+        for emoji in [
+            "",
+            "a",
+            ":smile:",
+            "👍👍",
+            "<script>",
+            "👨‍👩‍👧‍👦",
+            "'; DROP TABLE reactions; --",
+        ] {
+            assert_eq!(
+                server
+                    .err_code(Some(&bob), REACT, json!({ "id": m, "e": emoji }))
+                    .await,
+                "BAD_USER_INPUT",
+                "{emoji:?}"
+            );
+        }
+        // Not a member of the room: FORBIDDEN. No such message: NOT_FOUND.
+        assert_eq!(
+            server
+                .err_code(Some(&carol), REACT, json!({ "id": m, "e": "👍" }))
+                .await,
+            "FORBIDDEN"
+        );
+        assert_eq!(
+            server
+                .err_code(Some(&bob), REACT, json!({ "id": "424242", "e": "👍" }))
+                .await,
+            "NOT_FOUND"
+        );
+    }
+}
+
+#[tokio::test]
+async fn read_receipts_move_forward_unread_counts_follow_and_the_room_hears_once_a_second() {
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let alice = register(&server, "alice").await;
+        let bob = register(&server, "bob").await;
+        join(&server, &alice, "lobby").await;
+        join(&server, &bob, "lobby").await;
+        join(&server, &bob, "other").await;
+        let ids: Vec<String> = [1, 2, 3, 4].into_iter().map(|n| format!("m{n}")).collect();
+        let mut sent = Vec::new();
+        for body in &ids {
+            sent.push(id_of(&send(&server, &alice, "lobby", body).await));
+        }
+        let unread = |token: String| {
+            let server = &server;
+            async move { server.ok(Some(&token), ROOM, json!({ "r": "lobby" })).await["room"].clone() }
+        };
+        assert_eq!(
+            unread(bob.clone()).await["unreadCount"],
+            4,
+            "{}",
+            backend.name()
+        );
+        assert_eq!(
+            unread(alice.clone()).await["unreadCount"],
+            0,
+            "one's own messages and announcements are not unread"
+        );
+
+        let mut ws = GqlSocket::user(&server, &alice).await;
+        ws.subscribe("e", EVENTS, json!({ "r": "lobby", "a": "6" }))
+            .await;
+        let marked = server
+            .ok(Some(&bob), MARK, json!({ "r": "lobby", "id": sent[1] }))
+            .await["markRead"]
+            .clone();
+        assert_eq!(marked["unreadCount"], 2);
+        let event = next_event(&mut ws, "e").await;
+        assert_eq!(event["__typename"], "ReadReceiptMoved");
+        assert_eq!(event["receipt"]["user"]["username"], "bob");
+        assert_eq!(event["receipt"]["messageId"], sent[1].as_str());
+        let first_at = std::time::Instant::now();
+
+        // Two more within the second: stored at once, announced once, at its end, with the
+        // latest.
+        server
+            .ok(Some(&bob), MARK, json!({ "r": "lobby", "id": sent[2] }))
+            .await;
+        let marked = server
+            .ok(Some(&bob), MARK, json!({ "r": "lobby", "id": sent[3] }))
+            .await["markRead"]
+            .clone();
+        assert_eq!(marked["unreadCount"], 0, "stored at once");
+        let event = next_event(&mut ws, "e").await;
+        assert!(
+            first_at.elapsed() >= Duration::from_millis(900),
+            "the second receipt event came {:?} after the first",
+            first_at.elapsed()
+        );
+        assert_eq!(event["receipt"]["messageId"], sent[3].as_str());
+        ws.expect_silence(Duration::from_millis(1300)).await;
+
+        // Receipts only move forward: an older message changes nothing and tells nobody.
+        let marked = server
+            .ok(Some(&bob), MARK, json!({ "r": "lobby", "id": sent[0] }))
+            .await["markRead"]
+            .clone();
+        assert_eq!(marked["unreadCount"], 0);
+        ws.expect_silence(Duration::from_millis(300)).await;
+
+        let room = unread(alice.clone()).await;
+        assert_eq!(
+            room["readReceipts"],
+            json!([{ "user": { "username": "bob" }, "messageId": sent[3], "at": room["readReceipts"][0]["at"] }])
+        );
+        assert_eq!(
+            room["readCounts"],
+            json!([{ "messageId": sent[3], "readers": 1 }])
+        );
+
+        // A message of another room, or none: NOT_FOUND; a room one does not belong to:
+        // FORBIDDEN.
+        let elsewhere = id_of(&send(&server, &bob, "other", "elsewhere").await);
+        assert_eq!(
+            server
+                .err_code(Some(&bob), MARK, json!({ "r": "lobby", "id": elsewhere }))
+                .await,
+            "NOT_FOUND"
+        );
+        assert_eq!(
+            server
+                .err_code(Some(&alice), MARK, json!({ "r": "other", "id": elsewhere }))
+                .await,
+            "FORBIDDEN"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_resume_after_a_disconnect_gets_every_kind_of_change_in_order_once() {
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let alice = register(&server, "alice").await;
+        let bob = register(&server, "bob").await;
+        join(&server, &alice, "lobby").await;
+        join(&server, &bob, "lobby").await;
+        let first = id_of(&send(&server, &alice, "lobby", "first").await);
+
+        let mut ws = GqlSocket::user(&server, &bob).await;
+        ws.subscribe("e", EVENTS, json!({ "r": "lobby", "a": "0" }))
+            .await;
+        let seen = events_until(&mut ws, "e", 3).await;
+        let last_seen = position(seen.last().expect("events"));
+        ws.close().await;
+
+        // While bob is away: every kind of change.
+        let second = id_of(&send(&server, &alice, "lobby", "second").await);
+        server
+            .ok(
+                Some(&alice),
+                EDIT,
+                json!({ "id": first, "b": "first, edited" }),
+            )
+            .await;
+        server
+            .ok(Some(&alice), REACT, json!({ "id": second, "e": "🎉" }))
+            .await;
+        server
+            .ok(Some(&alice), MARK, json!({ "r": "lobby", "id": second }))
+            .await;
+        server
+            .ok(Some(&alice), DELETE, json!({ "id": second }))
+            .await;
+
+        let mut ws = GqlSocket::user(&server, &bob).await;
+        ws.subscribe(
+            "e",
+            EVENTS,
+            json!({ "r": "lobby", "a": last_seen.to_string() }),
+        )
+        .await;
+        let resumed = events_until(&mut ws, "e", last_seen + 5).await;
+        let kinds: Vec<_> = resumed
+            .iter()
+            .map(|e| e["__typename"].as_str().expect("a type").to_owned())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "MessagePosted",
+                "MessageEdited",
+                "ReactionsChanged",
+                "ReadReceiptMoved",
+                "MessageDeleted"
+            ],
+            "{}",
+            backend.name()
+        );
+        let positions: Vec<i64> = resumed.iter().map(position).collect();
+        assert_eq!(
+            positions,
+            (last_seen + 1..=last_seen + 5).collect::<Vec<_>>(),
+            "no gap, no duplicate"
+        );
+        assert_eq!(resumed[1]["message"]["body"], "first, edited");
+        assert_eq!(
+            resumed[2]["reactions"],
+            json!([{ "emoji": "🎉", "count": 1, "viewerReacted": false }])
+        );
+        assert_eq!(resumed[3]["receipt"]["messageId"], second.as_str());
+        assert_eq!(resumed[4]["messageId"], second.as_str());
+
+        // Then live, on the same sequence.
+        send(&server, &alice, "lobby", "third").await;
+        let live = next_event(&mut ws, "e").await;
+        assert_eq!(position(&live), last_seen + 6);
+        assert_eq!(live["message"]["body"], "third");
+        ws.expect_silence(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn message_added_clients_see_messages_only_and_in_turn_between_changes() {
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let alice = register(&server, "alice").await;
+        join(&server, &alice, "lobby").await;
+        let first = id_of(&send(&server, &alice, "lobby", "one").await);
+        let mut ws = GqlSocket::user(&server, &alice).await;
+        ws.subscribe("m", MESSAGES, json!({ "r": "lobby", "a": first }))
+            .await;
+        server
+            .ok(Some(&alice), EDIT, json!({ "id": first, "b": "uno" }))
+            .await;
+        server
+            .ok(Some(&alice), REACT, json!({ "id": first, "e": "👍" }))
+            .await;
+        send(&server, &alice, "lobby", "two").await;
+        assert_eq!(
+            ws.data("m").await["messageAdded"]["body"],
+            "two",
+            "{}",
+            backend.name()
+        );
+        ws.expect_silence(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn changes_cross_instances_and_a_redis_outage_loses_none() {
+    for backend in backends() {
+        let mut redis = TestRedis::start();
+        let (a, b, _db) = bridged_pair(&backend, &redis, &[]).await;
+        let alice = cli_token("alice", "user");
+        let bob = cli_token("bob", "user");
+        join(&a, &alice, "lobby").await;
+        join(&b, &bob, "lobby").await;
+        let m = id_of(&send(&b, &bob, "lobby", "hello").await);
+
+        let mut on_a = GqlSocket::user(&a, &alice).await;
+        on_a.subscribe("e", EVENTS, json!({ "r": "lobby", "a": "3" }))
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        b.ok(Some(&bob), EDIT, json!({ "id": m, "b": "hello from b" }))
+            .await;
+        let event = next_event(&mut on_a, "e").await;
+        assert_eq!(event["__typename"], "MessageEdited", "{}", backend.name());
+        assert_eq!(event["message"]["body"], "hello from b");
+
+        redis.kill();
+        eventually(
+            Duration::from_secs(10),
+            "health reports Redis down",
+            || async { health(&b).await["redis"] == "down" },
+        )
+        .await;
+        b.ok(Some(&bob), REACT, json!({ "id": m, "e": "👍" })).await;
+        b.ok(Some(&bob), DELETE, json!({ "id": m })).await;
+        on_a.expect_silence(Duration::from_millis(300)).await;
+        redis.restart();
+        eventually(Duration::from_secs(15), "the bridge reconnects", || async {
+            health(&a).await["redis"] == "ok" && health(&b).await["redis"] == "ok"
+        })
+        .await;
+        let caught_up = [
+            next_event(&mut on_a, "e").await,
+            next_event(&mut on_a, "e").await,
+        ];
+        assert_eq!(caught_up[0]["__typename"], "ReactionsChanged");
+        assert_eq!(caught_up[1]["__typename"], "MessageDeleted");
+        assert_eq!(position(&caught_up[1]), position(&event) + 2);
+        b.ok(Some(&bob), MARK, json!({ "r": "lobby", "id": m }))
+            .await;
+        let read = next_event(&mut on_a, "e").await;
+        assert_eq!(read["__typename"], "ReadReceiptMoved");
+        assert_eq!(position(&read), position(&event) + 3);
+    }
+}
+
+#[tokio::test]
+async fn search_finds_every_word_best_first_in_rooms_the_viewer_reads() {
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let alice = register(&server, "alice").await;
+        let bob = register(&server, "bob").await;
+        join(&server, &alice, "lobby").await;
+        join(&server, &bob, "lobby").await;
+        join(&server, &bob, "secret").await;
+        let both = id_of(&send(&server, &alice, "lobby", "the quick brown fox").await);
+        let fox = id_of(&send(&server, &alice, "lobby", "fox fox fox, said the fox").await);
+        send(&server, &alice, "lobby", "a lazy dog").await;
+        send(&server, &bob, "secret", "the fox hides in the secret room").await;
+        let gone = id_of(&send(&server, &alice, "lobby", "a deleted fox").await);
+        server.ok(Some(&alice), DELETE, json!({ "id": gone })).await;
+
+        let found = |token: String, vars: Value| {
+            let server = &server;
+            async move {
+                server.ok(Some(&token), SEARCH, vars).await["searchMessages"]
+                    .as_array()
+                    .expect("a list")
+                    .iter()
+                    .map(|m| m["id"].as_str().expect("an id").to_owned())
+                    .collect::<Vec<_>>()
+            }
+        };
+        // Best match first: the message that says "fox" four times.
+        assert_eq!(
+            found(alice.clone(), json!({ "q": "FOX" })).await,
+            [fox.clone(), both.clone()],
+            "{}",
+            backend.name()
+        );
+        // Every word must match.
+        assert_eq!(
+            found(alice.clone(), json!({ "q": "quick fox" })).await,
+            std::slice::from_ref(&both)
+        );
+        // Bob reads the secret room too; alice may not search it.
+        assert_eq!(found(bob.clone(), json!({ "q": "fox" })).await.len(), 3);
+        assert_eq!(
+            server
+                .err_code(Some(&alice), SEARCH, json!({ "q": "fox", "r": "secret" }))
+                .await,
+            "FORBIDDEN"
+        );
+        // Pages.
+        assert_eq!(
+            found(alice.clone(), json!({ "q": "fox", "f": 1, "o": 1 })).await,
+            std::slice::from_ref(&both)
+        );
+        assert_eq!(
+            server
+                .err_code(Some(&alice), SEARCH, json!({ "q": "fox", "f": 51 }))
+                .await,
+            "BAD_USER_INPUT"
+        );
+        // An edit is found by its new words.
+        server
+            .ok(
+                Some(&alice),
+                EDIT,
+                json!({ "id": both, "b": "the slow green turtle" }),
+            )
+            .await;
+        assert_eq!(
+            found(alice.clone(), json!({ "q": "turtle" })).await,
+            std::slice::from_ref(&both)
+        );
+        assert_eq!(
+            found(alice.clone(), json!({ "q": "quick" })).await,
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            server.err_code(None, SEARCH, json!({ "q": "fox" })).await,
+            "UNAUTHENTICATED"
+        );
+    }
+}
+
+#[tokio::test]
+async fn hostile_search_strings_search_safely_or_are_refused_never_internal() {
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let alice = register(&server, "alice").await;
+        join(&server, &alice, "lobby").await;
+        let fox = id_of(&send(&server, &alice, "lobby", "fox AND \"hound\" NEAR the den").await);
+        // Query syntax of either backend is taken as plain words.
+        for q in [
+            "fox OR",
+            "\"fox",
+            "fox\"",
+            "body:fox",
+            "fox*",
+            "NEAR(fox hound)",
+            "fox & !hound | den",
+            "fox' OR '1'='1",
+            "-fox ^den",
+            "{fox}",
+            "fox) --",
+        ] {
+            let data = server.gql(Some(&alice), SEARCH, json!({ "q": q })).await;
+            assert!(data.get("errors").is_none(), "{q:?}: {data}");
+            let ids: Vec<_> = data["data"]["searchMessages"]
+                .as_array()
+                .expect("a list")
+                .iter()
+                .map(|m| m["id"].clone())
+                .collect();
+            assert!(
+                ids.is_empty() || ids == [json!(fox)],
+                "{q:?} on {}: {ids:?}",
+                backend.name()
+            );
+        }
+        // No words, or far too long: a clear BAD_USER_INPUT.
+        for q in [
+            "".to_owned(),
+            "\"\"".to_owned(),
+            "* : ( ) ^".to_owned(),
+            "x".repeat(10_000),
+            "fox ".repeat(2_500),
+        ] {
+            let code = server
+                .err_code(Some(&alice), SEARCH, json!({ "q": q }))
+                .await;
+            assert_eq!(code, "BAD_USER_INPUT", "{}", backend.name());
+        }
+    }
+}
+
+#[tokio::test]
+async fn legacy_sockets_get_the_changes_as_their_own_frames() {
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let alice = register(&server, "alice").await;
+        let bob = register(&server, "bob").await;
+        join(&server, &alice, "lobby").await;
+        let mut legacy = LegacyClient::user(&server, &bob).await;
+        legacy
+            .send(json!({ "type": "join_room", "room": "lobby" }))
+            .await;
+        legacy.next_of("joined_room").await;
+        legacy.next_of("system").await;
+        let m = id_of(&send(&server, &alice, "lobby", "hi bob").await);
+        legacy.next_of("message").await;
+
+        server
+            .ok(Some(&alice), EDIT, json!({ "id": m, "b": "hi, bob" }))
+            .await;
+        let edited = legacy.next_of("message_edited").await;
+        assert_eq!(edited["room"], "lobby", "{}", backend.name());
+        assert_eq!(edited["id"], m.as_str());
+        assert_eq!(edited["text"], "hi, bob");
+        assert_eq!(edited["username"], "alice");
+        assert!(edited["edited_at"].is_string());
+        assert_eq!(edited["data"]["text"], "hi, bob", "mirrored in data");
+
+        server
+            .ok(Some(&bob), REACT, json!({ "id": m, "e": "👋" }))
+            .await;
+        let reactions = legacy.next_of("reactions").await;
+        assert_eq!(reactions["message_id"], m.as_str());
+        assert_eq!(
+            reactions["reactions"],
+            json!([{ "emoji": "👋", "count": 1, "viewer_reacted": true }])
+        );
+        assert_eq!(reactions["data"]["reactions"], reactions["reactions"]);
+
+        server
+            .ok(Some(&alice), MARK, json!({ "r": "lobby", "id": m }))
+            .await;
+        let read = legacy.next_of("read").await;
+        assert_eq!(read["room"], "lobby");
+        assert!(read["user_id"].is_string());
+        assert_eq!(read["username"], "alice");
+        assert_eq!(read["message_id"], m.as_str());
+        assert_eq!(read["data"]["message_id"], m.as_str());
+
+        server.ok(Some(&alice), DELETE, json!({ "id": m })).await;
+        let deleted = legacy.next_of("message_deleted").await;
+        assert_eq!(deleted["room"], "lobby");
+        assert_eq!(deleted["message_id"], m.as_str());
+        assert!(deleted["data"]["deleted_at"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn legacy_sockets_edit_delete_react_and_mark_read_under_the_same_rules() {
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let alice = register(&server, "alice").await;
+        let bob = register(&server, "bob").await;
+        join(&server, &bob, "lobby").await;
+        let theirs = id_of(&send(&server, &bob, "lobby", "bob's").await);
+        let mut legacy = LegacyClient::user(&server, &alice).await;
+        legacy
+            .send(json!({ "type": "join_room", "room": "lobby" }))
+            .await;
+        legacy.next_of("joined_room").await;
+        legacy
+            .send(json!({ "type": "message", "room": "lobby", "text": "mine" }))
+            .await;
+        let mine = legacy.next_of("message").await["id"]
+            .as_str()
+            .expect("an id")
+            .to_owned();
+
+        legacy
+            .send(json!({ "type": "edit_message", "id": mine, "text": "mine, edited" }))
+            .await;
+        let edited = legacy.next_of("message_edited").await;
+        assert_eq!(edited["text"], "mine, edited", "{}", backend.name());
+        legacy
+            .send(json!({ "type": "react", "message_id": theirs, "emoji": "👍" }))
+            .await;
+        let reactions = legacy.next_of("reactions").await;
+        assert_eq!(reactions["reactions"][0]["viewer_reacted"], true);
+        legacy
+            .send(json!({ "type": "mark_read", "room": "lobby", "message_id": mine }))
+            .await;
+        assert_eq!(legacy.next_of("read").await["message_id"], mine.as_str());
+        legacy
+            .send(json!({ "type": "delete_message", "id": mine }))
+            .await;
+        assert_eq!(
+            legacy.next_of("message_deleted").await["message_id"],
+            mine.as_str()
+        );
+
+        // The same refusals as GraphQL, as error frames; the socket stays open.
+        for (frame, code) in [
+            (
+                json!({ "type": "edit_message", "id": theirs, "text": "hijack" }),
+                "FORBIDDEN",
+            ),
+            (
+                json!({ "type": "delete_message", "id": theirs }),
+                "FORBIDDEN",
+            ),
+            (
+                json!({ "type": "edit_message", "id": mine, "text": "undead" }),
+                "BAD_USER_INPUT",
+            ),
+            (
+                json!({ "type": "react", "message_id": theirs, "emoji": "nope" }),
+                "BAD_USER_INPUT",
+            ),
+            (
+                json!({ "type": "react", "message_id": theirs }),
+                "BAD_USER_INPUT",
+            ),
+        ] {
+            legacy.send(frame.clone()).await;
+            assert_eq!(legacy.next_of("error").await["code"], code, "{frame}");
+        }
+        legacy.sync().await;
+    }
+}
+
+#[tokio::test]
+async fn edits_reactions_and_receipts_have_rate_limits_of_their_own() {
+    let db = TestDb::new(&Backend::Sqlite).await;
+    let server = TestServer::start(
+        &db,
+        &[
+            ("TIDINGS_RATE_EDITS", "1/1h"),
+            ("TIDINGS_BURST_EDITS", "1"),
+            ("TIDINGS_RATE_REACTIONS", "1/1h"),
+            ("TIDINGS_BURST_REACTIONS", "1"),
+            ("TIDINGS_RATE_RECEIPTS", "1/1h"),
+            ("TIDINGS_BURST_RECEIPTS", "1"),
+        ],
+    );
+    let alice = register(&server, "alice").await;
+    join(&server, &alice, "lobby").await;
+    let m = id_of(&send(&server, &alice, "lobby", "limited").await);
+    server
+        .ok(Some(&alice), EDIT, json!({ "id": m, "b": "once" }))
+        .await;
+    assert_eq!(
+        server
+            .err_code(Some(&alice), EDIT, json!({ "id": m, "b": "twice" }))
+            .await,
+        "RATE_LIMITED"
+    );
+    assert_eq!(
+        server
+            .err_code(Some(&alice), DELETE, json!({ "id": m }))
+            .await,
+        "RATE_LIMITED",
+        "deletes share the edits' bucket"
+    );
+    server
+        .ok(Some(&alice), REACT, json!({ "id": m, "e": "👍" }))
+        .await;
+    assert_eq!(
+        server
+            .err_code(Some(&alice), UNREACT, json!({ "id": m, "e": "👍" }))
+            .await,
+        "RATE_LIMITED"
+    );
+    server
+        .ok(Some(&alice), MARK, json!({ "r": "lobby", "id": m }))
+        .await;
+    assert_eq!(
+        server
+            .err_code(Some(&alice), MARK, json!({ "r": "lobby", "id": m }))
+            .await,
+        "RATE_LIMITED"
+    );
+    let text = metrics(&server).await;
+    for (action, refused) in [("edit", 2.0), ("reaction", 1.0), ("receipt", 1.0)] {
+        let series = format!("tidings_rate_limited_total{{action=\"{action}\"}}");
+        assert_eq!(sample(&text, &series), Some(refused), "{series}");
+    }
+}
