@@ -43,6 +43,8 @@ pub const RESERVED_TYPES: &[&str] = &[
     "user_left",
     "presence",
     "leaderboard_update",
+    "auth_ok",
+    "token_expiring",
 ];
 
 /// Channels one subscription may follow at once.

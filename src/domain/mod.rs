@@ -15,6 +15,7 @@ pub mod presence;
 pub mod records;
 pub mod rooms;
 mod sends;
+pub mod sessions;
 pub mod typing;
 pub mod users;
 pub(crate) mod wire;
