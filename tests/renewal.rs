@@ -176,6 +176,9 @@ async fn a_token_revoked_on_one_instance_renews_and_refreshes_on_none() {
         let old = cli_token("alice", "user");
         let me = server_me(&second, &old).await;
         assert_eq!(me, "alice");
+        // A socket on the second instance, which hears of no disconnect order (no Redis here):
+        // only the revocation the database keeps stands between it and a fresh token.
+        let mut stale = GqlSocket::user(&second, &old).await;
 
         first
             .ok(
@@ -195,6 +198,10 @@ async fn a_token_revoked_on_one_instance_renews_and_refreshes_on_none() {
             let code = server.err_code(Some(&old), REFRESH, json!({})).await;
             assert_eq!(code, "UNAUTHENTICATED");
         }
+        stale.subscribe("refresh", REFRESH, json!({})).await;
+        assert_eq!(stale.error_code("refresh").await, "UNAUTHENTICATED");
+        let refused = authenticate(&mut stale, "auth", &old).await;
+        assert_eq!(error_code(&refused), "UNAUTHENTICATED", "{refused}");
         let closed = alice.closed().await;
         assert_eq!(closed.code, 4403, "the fresh token's timer still runs");
         assert!(opened.elapsed() < Duration::from_secs(5));
