@@ -419,3 +419,48 @@ async fn ws_sockets_without_renewal_close_at_expiry_after_their_warning() {
         (4001, "token expired")
     );
 }
+
+#[tokio::test]
+async fn a_ws_socket_renewed_with_fewer_rights_stops_what_they_no_longer_allow() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let root = cli_token("root", "admin");
+    let demoted = cli_token("alice", "user");
+    let mut alice = LegacyClient::user(&server, &cli_token("alice", "admin")).await;
+    let publish = "mutation($c: String!, $t: String!) { publish(channel: $c, type: $t) { id } }";
+    // An admin's socket follows the admins' channel, its role's own.
+    server
+        .ok(
+            Some(&root),
+            publish,
+            json!({ "c": "role:admin", "t": "for.admins" }),
+        )
+        .await;
+    alice.next_of("for.admins").await;
+
+    alice
+        .send(json!({ "type": "auth", "token": demoted }))
+        .await;
+    alice.next_of("auth_ok").await;
+    let stopped = alice.next_of("error").await;
+    assert_eq!(stopped["code"], "FORBIDDEN", "{stopped}");
+    alice.sync().await;
+    server
+        .ok(
+            Some(&root),
+            publish,
+            json!({ "c": "role:admin", "t": "for.admins" }),
+        )
+        .await;
+    // Its new role's channel is followed instead.
+    server
+        .ok(
+            Some(&root),
+            publish,
+            json!({ "c": "role:user", "t": "for.users" }),
+        )
+        .await;
+    alice.next_of("for.users").await;
+    alice
+        .expect_none_of("for.admins", Duration::from_millis(500))
+        .await;
+}
