@@ -23,6 +23,8 @@ const TOKEN_REJECTED = 4403;
 const RENEW_LEAD_MS = 60_000;
 /** After a failed renewal, try again this much later (while the token lasts). */
 const RENEW_RETRY_MS = 10_000;
+/** Browsers fire a longer `setTimeout` at once: a longer wait is taken in steps of this. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 const REFRESH = `mutation { refreshToken { token } }`;
 const AUTHENTICATE = `mutation($token: String!) { authenticate(token: $token) { expiresAt } }`;
@@ -108,7 +110,10 @@ export class LiveConnection {
     if (Number.isNaN(expires)) return;
     const left = expires - Date.now();
     const wait = Math.max(0, left - Math.min(RENEW_LEAD_MS, left / 2));
-    this.renewTimer = setTimeout(() => this.renew(expires), wait);
+    this.renewTimer =
+      wait > MAX_TIMER_MS
+        ? setTimeout(() => this.scheduleRenewal(expiresAt), MAX_TIMER_MS)
+        : setTimeout(() => this.renew(expires), wait);
   }
 
   /**
