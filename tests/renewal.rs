@@ -146,9 +146,13 @@ async fn an_expired_or_invalid_token_is_refused_and_the_old_timer_still_runs() {
     // Expired well past the tolerated clock skew.
     let expired = hs256(json!({ "sub": "alice", "name": "alice", "role": "user",
         "iat": now() - 3600, "exp": now() - 60 }));
+    // Expired within it: a sign-in would take it, a renewal must not.
+    let just_expired = hs256(json!({ "sub": "alice", "name": "alice", "role": "user",
+        "iat": now() - 3600, "exp": now() - 1 }));
     let forged = hs256(json!({ "sub": "alice", "exp": now() + 3600 })).replace('.', ".x");
     for (id, token) in [
         ("expired", expired.as_str()),
+        ("just-expired", &just_expired),
         ("forged", &forged),
         ("empty", ""),
     ] {

@@ -116,6 +116,11 @@ impl Domain {
             .tokens
             .verify(token)
             .map_err(|e| refused(format!("the new token is refused: {e}")))?;
+        // Within the clock skew tolerated at sign-in, a token already past its `exp` would
+        // close the connection at once: a renewal must extend it.
+        if claims.exp <= Utc::now().timestamp() {
+            return Err(refused("the new token is refused: token expired".into()));
+        }
         if claims.sub != me.id {
             crate::metrics::token_renewal("forbidden");
             return Err(DomainError::Forbidden(
