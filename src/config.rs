@@ -65,6 +65,11 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_TOKEN_TTL", default_value = "24h", value_parser = parse_duration)]
     pub token_ttl: Duration,
 
+    /// How long before its token expires a `/ws` socket is told so (`token_expiring`), so that
+    /// it renews in time (`{"type":"auth"}`).
+    #[arg(long, env = "TIDINGS_TOKEN_WARNING", default_value = "60s", value_parser = parse_duration)]
+    pub token_warning: Duration,
+
     /// `off` turns off per-user rate and connection limits (for load tests only).
     #[arg(long, env = "TIDINGS_RATE_LIMITS", default_value = "on", value_parser = ["on", "off"])]
     pub rate_limits: String,
@@ -330,6 +335,7 @@ impl Config {
             jwt_issuer: None,
             jwt_audience: None,
             token_ttl: Duration::from_secs(24 * 3600),
+            token_warning: Duration::from_secs(60),
             rate_limits: "on".into(),
             rate_messages: "10/10s".into(),
             burst_messages: 20,

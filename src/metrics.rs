@@ -72,6 +72,11 @@ pub const REDIS_UP: &str = "tidings_redis_up";
 /// `busy` (every password check slot stayed taken).
 pub const SIGN_IN_REFUSED: &str = "tidings_sign_in_refused_total";
 const SIGN_IN_LIMITS: [&str; 3] = ["address", "username", "busy"];
+/// `authenticate` calls on live connections, by `outcome`: `renewed` (the connection now uses
+/// the new token), `refused` (no connection, an anonymous one, or an invalid, expired or
+/// revoked token: nothing changed), `forbidden` (another user's token: nothing changed).
+pub const TOKEN_RENEWALS: &str = "tidings_token_renewals_total";
+const RENEWAL_OUTCOMES: [&str; 3] = ["renewed", "refused", "forbidden"];
 /// GraphQL requests refused by a budget, by `reason`: `batch` (too many operations in one
 /// POST), `cost` (depth, complexity, aliases: `TOO_COMPLEX`), `page` (a page size, or a list of
 /// ids, over its maximum), `timeout` (the request's time budget ran out), `body` (an HTTP body
@@ -281,6 +286,10 @@ fn describe() {
         "Sign-ins (login, register) refused, by the limit they hit"
     );
     describe_counter!(
+        TOKEN_RENEWALS,
+        "Token renewals on live connections (authenticate), by outcome"
+    );
+    describe_counter!(
         GRAPHQL_REFUSED,
         "GraphQL requests refused by a budget (batch size, cost, page size, time, body size), by reason"
     );
@@ -317,6 +326,9 @@ fn register_at_zero() {
     gauge!(COHORT_MEMBERS).set(0.0);
     for limit in SIGN_IN_LIMITS {
         counter!(SIGN_IN_REFUSED, "limit" => limit).absolute(0);
+    }
+    for outcome in RENEWAL_OUTCOMES {
+        counter!(TOKEN_RENEWALS, "outcome" => outcome).absolute(0);
     }
     gauge!(REDIS_UP).set(if REDIS_CONNECTED.load(Ordering::Relaxed) {
         1.0
@@ -417,6 +429,11 @@ pub fn rate_limited(action: &'static str) {
 /// A sign-in was refused by `limit` (`address`, `username` or `busy`).
 pub fn sign_in_refused(limit: &'static str) {
     counter!(SIGN_IN_REFUSED, "limit" => limit).increment(1);
+}
+
+/// An `authenticate` call ended with `outcome` (`renewed`, `refused`, `forbidden`).
+pub fn token_renewal(outcome: &'static str) {
+    counter!(TOKEN_RENEWALS, "outcome" => outcome).increment(1);
 }
 
 /// A cohort started its shared execution.

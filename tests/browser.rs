@@ -100,6 +100,14 @@ async fn the_chat_reconnects_after_a_server_restart_and_shows_what_was_missed() 
     });
 }
 
+#[tokio::test]
+async fn the_chat_renews_its_token_on_its_socket_and_keeps_receiving_past_its_expiry() {
+    let _browser = ONE_BROWSER.lock().await;
+    let db = TestDb::new(&Backend::Sqlite).await;
+    let server = TestServer::start(&db, &[]);
+    run_scenario("renewal", &server.base, |_| None);
+}
+
 /// Runs `node tests/browser/run.mjs <scenario>` against `base`. A line `@@tidings COMMAND` from
 /// the script goes to `control`, whose answer is written to the script's standard input.
 fn run_scenario(scenario: &str, base: &str, mut control: impl FnMut(&str) -> Option<String>) {
@@ -122,6 +130,8 @@ fn run_scenario(scenario: &str, base: &str, mut control: impl FnMut(&str) -> Opt
         .env("TIDINGS_URL", base)
         .env("ALICE_TOKEN", cli_token("alice", "user"))
         .env("BOB_TOKEN", cli_token("bob", "user"))
+        // Signs the chat in for two minutes in the `renewal` scenario.
+        .env("ALICE_SHORT_TOKEN", cli_token_ttl("alice", "user", "2m"))
         .env("SCREENSHOT_DIR", screenshot_dir())
         .env("CHROMIUM", CHROMIUM)
         // A fresh database per test: the fixed room names cannot clash.

@@ -38,6 +38,8 @@ async fn npm_graphql_clients_interoperate() {
         .env("TIDINGS_URL", &server.base)
         .env("ALICE_TOKEN", &alice)
         .env("BOB_TOKEN", &bob)
+        // The token renewal tests mint short-lived tokens of alice's.
+        .env("TIDINGS_JWT_SECRET", SECRET)
         // A fresh database per run: the fixed room names cannot clash.
         .env_remove("ROOM_SUFFIX")
         .stdin(Stdio::null())

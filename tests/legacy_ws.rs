@@ -77,12 +77,18 @@ async fn the_first_frame_welcomes_the_user_with_the_online_count() {
     let (server, _db) = server(&Backend::Sqlite).await;
     let _bob = GqlSocket::user(&server, &cli_token("bob", "user")).await;
     let mut alice = LegacyClient::open(&server, &ws(&cli_token("alice", "user"))).await;
-    let fields =
-        json!({ "message": "Connected successfully", "user_id": "alice", "online_count": 2 });
+    let welcome = alice.next().await;
+    // The token's expiry, so the client knows when to renew (`auth`).
+    let expires_at = welcome["expires_at"].as_str().unwrap_or_default();
+    let at = chrono::DateTime::parse_from_rfc3339(expires_at).expect("an ISO 8601 expiry");
+    let left = at.timestamp() - chrono::Utc::now().timestamp();
+    assert!((3590..=3600).contains(&left), "{welcome}");
+    let fields = json!({ "message": "Connected successfully", "user_id": "alice",
+        "online_count": 2, "expires_at": expires_at });
     assert_eq!(
-        alice.next().await,
+        welcome,
         json!({ "type": "system", "message": "Connected successfully", "user_id": "alice",
-                "online_count": 2, "data": fields })
+                "online_count": 2, "expires_at": expires_at, "data": fields })
     );
 }
 

@@ -115,6 +115,12 @@ impl TokenKeys {
         )?)
     }
 
+    /// Whether a token (verified) is one this server issues: HS256 with the shared secret.
+    /// Tokens of an external identity provider are signed with its key (RS256/ES256).
+    pub fn issued_here(token: &str) -> bool {
+        jsonwebtoken::decode_header(token).is_ok_and(|h| h.alg == Algorithm::HS256)
+    }
+
     /// Verifies a token's signature, expiry, issuer and audience.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;

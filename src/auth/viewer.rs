@@ -27,6 +27,11 @@ pub struct AuthUser {
     pub role: String,
     /// The token's `exp` (seconds since the epoch): live sockets close then.
     pub expires_at: i64,
+    /// The token's `iat` (seconds since the epoch): revocation voids tokens issued until then.
+    pub issued_at: i64,
+    /// The token is one this server issued (HS256, its own secret), not an external identity
+    /// provider's: only those are refreshed here.
+    pub issued_here: bool,
 }
 
 impl AuthUser {

@@ -47,6 +47,8 @@ pub const RESERVED_TYPES: &[&str] = &[
     "message_deleted",
     "reactions",
     "read",
+    "auth_ok",
+    "token_expiring",
 ];
 
 /// Channels one subscription may follow at once.

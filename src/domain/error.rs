@@ -8,6 +8,9 @@ pub enum DomainError {
     Unauthenticated,
     #[error("invalid username or password")]
     BadCredentials,
+    /// A token offered to renew or refresh a session was refused (invalid, expired, revoked).
+    #[error("{0}")]
+    TokenRefused(String),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -28,7 +31,9 @@ pub type DomainResult<T> = Result<T, DomainError>;
 impl DomainError {
     pub fn code(&self) -> &'static str {
         match self {
-            DomainError::Unauthenticated | DomainError::BadCredentials => "UNAUTHENTICATED",
+            DomainError::Unauthenticated
+            | DomainError::BadCredentials
+            | DomainError::TokenRefused(_) => "UNAUTHENTICATED",
             DomainError::Forbidden(_) => "FORBIDDEN",
             DomainError::NotFound(_) => "NOT_FOUND",
             DomainError::BadInput(_) => "BAD_USER_INPUT",

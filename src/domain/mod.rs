@@ -17,6 +17,7 @@ pub mod records;
 pub mod rooms;
 pub mod search;
 mod sends;
+pub mod sessions;
 pub mod typing;
 pub mod users;
 pub(crate) mod wire;

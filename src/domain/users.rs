@@ -14,7 +14,7 @@ use sea_orm::{
 use super::limits::Action;
 use super::{Domain, DomainError, DomainResult};
 use crate::auth::password::{self, PasswordError};
-use crate::auth::{AuthUser, Claims, ClientAddress, TokenError, Viewer};
+use crate::auth::{AuthUser, Claims, ClientAddress, TokenError, TokenKeys, Viewer};
 use crate::db::user;
 
 pub const ROLE_USER: &str = "user";
@@ -200,6 +200,8 @@ impl Domain {
             username: user.username.clone(),
             role,
             expires_at: claims.exp,
+            issued_at: claims.iat,
+            issued_here: TokenKeys::issued_here(token),
         });
         Ok(SignedIn { viewer, user })
     }

@@ -3,11 +3,12 @@ use async_graphql::{Context, Object, Result, ID};
 use super::errors::IntoGql;
 use super::types::{
     AuthPayload, ChannelEvent, LeaderboardEntry, Message, Presence, PresenceStatus, Room,
-    SendNotificationInput, User,
+    SendNotificationInput, Session, User,
 };
 use super::{domain, viewer, SocketConnection};
 use crate::auth::ClientAddress;
 use crate::domain::notifications::{Audience, Draft};
+use crate::domain::sessions::Credentials;
 use crate::domain::DomainError;
 
 pub struct Mutation;
@@ -42,6 +43,31 @@ impl Mutation {
     ) -> Result<AuthPayload> {
         let from = ctx.data_opt::<ClientAddress>().copied();
         let (token, user) = domain(ctx).login(&username, &password, from).await.gql()?;
+        Ok(AuthPayload {
+            token,
+            user: User(user),
+        })
+    }
+
+    /// Over a WebSocket: the connection now uses `token`, which must be valid and name the
+    /// same user (another user's is FORBIDDEN, and nothing changes). Its subscriptions go on
+    /// without a gap; one the new token no longer allows ends with FORBIDDEN; the connection
+    /// now closes when the new token expires. Over HTTP there is no connection to renew
+    /// (BAD_USER_INPUT).
+    async fn authenticate(&self, ctx: &Context<'_>, token: String) -> Result<Session> {
+        let credentials = ctx.data_opt::<Credentials>();
+        let session = domain(ctx)
+            .authenticate(credentials, token.trim())
+            .await
+            .gql()?;
+        Ok(Session(session))
+    }
+
+    /// A new token for the viewer's, which must be still valid and issued by this server (a
+    /// token from an external identity provider is renewed with that provider: FORBIDDEN).
+    /// On a WebSocket, pass it to `authenticate` to keep the connection.
+    async fn refresh_token(&self, ctx: &Context<'_>) -> Result<AuthPayload> {
+        let (token, user) = domain(ctx).refresh_token(viewer(ctx)).await.gql()?;
         Ok(AuthPayload {
             token,
             user: User(user),

@@ -8,9 +8,16 @@ use super::types::{
 };
 use super::{domain, viewer};
 use crate::domain::feeds::Delivery;
+use crate::domain::sessions::{Credentials, Followed};
 use crate::domain::DomainResult;
 
 pub struct Subscription;
+
+/// The credentials of the WebSocket connection a subscription runs on: when they are renewed,
+/// the domain checks the subscription's right again (`Domain::while_allowed`).
+fn credentials<'a>(ctx: &Context<'a>) -> Option<&'a Credentials> {
+    ctx.data_opt::<Credentials>()
+}
 
 /// Ends a stream after its first error (which is delivered).
 fn until_error<T: Send + 'static>(
@@ -42,6 +49,10 @@ impl Subscription {
             .message_deliveries(viewer(ctx), &room_id, after.as_ref().map(|a| a.as_str()))
             .await
             .gql()?;
+        let followed = Followed::Messages {
+            room_id: room_id.to_string(),
+        };
+        let feed = domain(ctx).while_allowed(credentials(ctx), followed, feed);
         // A shared execution's stream marks each member's departure in its place; a
         // subscriber's own ends with its first error.
         let items = feed.map(|item| {
@@ -75,9 +86,13 @@ impl Subscription {
         &self,
         ctx: &Context<'_>,
         room_id: ID,
-    ) -> Result<impl Stream<Item = TypingEvent>> {
+    ) -> Result<impl Stream<Item = Result<TypingEvent>>> {
         let feed = domain(ctx).typing_feed(viewer(ctx), &room_id).await.gql()?;
-        Ok(feed.map(TypingEvent))
+        let followed = Followed::Typing {
+            room_id: room_id.to_string(),
+        };
+        let feed = domain(ctx).while_allowed(credentials(ctx), followed, feed.map(Ok));
+        Ok(until_error(feed).map(|r| r.map(TypingEvent)))
     }
 
     /// Presence in a room (members only: it ends with FORBIDDEN when the viewer leaves the
@@ -91,6 +106,10 @@ impl Subscription {
             .presence_feed(viewer(ctx), room_id.as_ref().map(|r| r.as_str()))
             .await
             .gql()?;
+        let followed = Followed::Presence {
+            room_id: room_id.map(|r| r.to_string()),
+        };
+        let feed = domain(ctx).while_allowed(credentials(ctx), followed, feed);
         Ok(until_error(feed).map(|r| r.map(PresenceEvent)))
     }
 
@@ -100,6 +119,7 @@ impl Subscription {
         ctx: &Context<'_>,
     ) -> Result<impl Stream<Item = Result<Notification>>> {
         let feed = domain(ctx).notification_feed(viewer(ctx)).await.gql()?;
+        let feed = domain(ctx).while_allowed(credentials(ctx), Followed::Notifications, feed);
         Ok(until_error(feed).map(|r| r.map(Notification)))
     }
 
@@ -119,11 +139,13 @@ impl Subscription {
         &self,
         ctx: &Context<'_>,
         channels: Option<Vec<String>>,
-    ) -> Result<impl Stream<Item = ChannelEvent>> {
+    ) -> Result<impl Stream<Item = Result<ChannelEvent>>> {
         let feed = domain(ctx)
             .event_feed(viewer(ctx), channels.as_deref())
             .await
             .gql()?;
-        Ok(feed.map(ChannelEvent))
+        let followed = Followed::events(viewer(ctx), channels);
+        let feed = domain(ctx).while_allowed(credentials(ctx), followed, feed.map(Ok));
+        Ok(until_error(feed).map(|r| r.map(ChannelEvent)))
     }
 }

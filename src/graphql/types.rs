@@ -496,6 +496,23 @@ pub struct AuthPayload {
     pub user: User,
 }
 
+/// A WebSocket connection's credentials after `authenticate`.
+pub struct Session(pub crate::domain::sessions::Session);
+
+#[Object]
+impl Session {
+    /// The connection's user (a renewal never changes it).
+    async fn user(&self) -> User {
+        User(self.0.user.clone())
+    }
+
+    /// When the connection's token now expires: the connection closes then (4403) unless it
+    /// is renewed again.
+    async fn expires_at(&self) -> DateTime<Utc> {
+        self.0.expires_at
+    }
+}
+
 pub struct Presence(pub PresenceView);
 
 #[Object]

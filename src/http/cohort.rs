@@ -81,6 +81,8 @@ struct Member {
 
 struct Cohort {
     key: Key,
+    /// The root field, as error paths name it.
+    field: &'static str,
     members: Mutex<HashMap<u64, Member>>,
     /// Cancelled when the last member leaves: the execution stops (and its topics go).
     abandoned: CancellationToken,
@@ -175,6 +177,7 @@ impl Cohorts {
             None => {
                 let cohort = Arc::new(Cohort {
                     key: shareable.key.clone(),
+                    field: shareable.field,
                     members: Mutex::new(HashMap::new()),
                     abandoned: CancellationToken::new(),
                 });
@@ -295,5 +298,53 @@ impl Shareable {
     /// The root field, as error paths name it.
     pub(crate) fn field(&self) -> &'static str {
         self.field
+    }
+}
+
+/// A member's place, to check its right again when its connection's credentials are renewed.
+pub(crate) struct MemberSeat {
+    cohort: Arc<Cohort>,
+    id: u64,
+}
+
+impl Membership {
+    pub(crate) fn seat(&self) -> MemberSeat {
+        MemberSeat {
+            cohort: self.cohort.clone(),
+            id: self.id,
+        }
+    }
+}
+
+impl MemberSeat {
+    /// Checks the member's right to the cohort's grant under `viewer`, the connection's renewed
+    /// credentials, by the domain's rule (`Domain::sharing`, as on joining): a member still
+    /// allowed continues, ending where the new rights say; one no longer allowed gets its
+    /// refusal, then `complete`.
+    pub(crate) async fn recheck(&self, domain: &Domain, viewer: &Viewer) {
+        let checked = domain.sharing(viewer, &self.cohort.key.grant).await;
+        let ended = {
+            let mut members = self.cohort.lock();
+            match checked {
+                Ok(sharing) => {
+                    if let Some(member) = members.get_mut(&self.id) {
+                        member.ends_with = sharing.ends_with;
+                    }
+                    None
+                }
+                Err(e) => members.remove(&self.id).map(|member| (member, e)),
+            }
+        };
+        if let Some((member, error)) = ended {
+            let payload = json!({ "data": null, "errors": [{
+                "message": error.to_string(),
+                "path": [self.cohort.field],
+                "extensions": { "code": error.code() },
+            }] });
+            member
+                .outbox
+                .try_push(member.frame(&payload.to_string()), None);
+            (member.on_end)();
+        }
     }
 }

@@ -11,6 +11,7 @@ mod legacy;
 mod metrics;
 mod playground;
 mod presence;
+mod renewal;
 pub(crate) mod socket;
 pub(crate) mod stream;
 pub mod ws;

@@ -51,6 +51,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::renewal::{self, Renewals};
 use super::{client, AppState};
 use crate::auth::{bearer, Viewer};
 use crate::domain::channels::ANONYMOUS_FOLLOWS_MAX;
@@ -958,25 +959,25 @@ fn read_error(e: axum::Error) -> End {
     }
 }
 
-/// When the viewer's token expires (live sockets close then); never for anonymous viewers.
-pub(crate) fn token_expiry(viewer: Option<&Viewer>) -> Option<Instant> {
-    let user = viewer?.user()?;
-    let left = user.expires_at - Utc::now().timestamp();
-    Some(Instant::now() + Duration::from_secs(left.max(0) as u64))
-}
-
 /// A connection's one timer: the next of its deadlines (keep-alive ping, initialisation
-/// timeout, token expiry). One `Sleep`, moved as the deadlines change, instead of one per
-/// deadline in every idle connection.
+/// timeout, token expiry and the warning before it). One `Sleep`, moved as the deadlines
+/// change, instead of one per deadline in every idle connection.
 struct Deadlines {
     ping: Instant,
     init: Option<Instant>,
     expires: Option<Instant>,
+    warn: Option<Instant>,
 }
 
 impl Deadlines {
+    /// The token's deadlines for `viewer` (none for anonymous ones), as it signs in or renews.
+    fn token(&mut self, viewer: Option<&Viewer>, warning: Duration) {
+        self.expires = renewal::token_expiry(viewer);
+        self.warn = renewal::warning_before(self.expires, warning);
+    }
+
     fn next(&self) -> Instant {
-        [self.init, self.expires]
+        [self.init, self.expires, self.warn]
             .into_iter()
             .flatten()
             .fold(self.ping, Instant::min)
@@ -1034,6 +1035,22 @@ pub(crate) trait Protocol: Sized + Send + 'static {
     fn background(&mut self) -> impl Future<Output = ()> + Send {
         std::future::pending()
     }
+
+    /// The connection's credentials were renewed (`link.viewer()` is the new viewer): what it
+    /// follows is checked again under them.
+    fn renewed(&mut self, _link: &mut Link) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// The connection's token expires at `expires_at` (seconds since the epoch) in
+    /// `TIDINGS_TOKEN_WARNING` or less: protocols that say so tell the client.
+    fn token_expiring(
+        &mut self,
+        _link: &Link,
+        _expires_at: i64,
+    ) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// Why a sign-in was refused.
@@ -1071,6 +1088,8 @@ pub(crate) struct Link {
     _presence: Option<PresenceGuard>,
     /// Set once a user signed in: `Connections::disconnect_user` reaches the connection.
     _watch: Option<UserWatch>,
+    /// The connection's credentials, once signed in, and their renewals.
+    renewals: Renewals,
     /// The connection's place within the connection budgets.
     admission: Admission,
 }
@@ -1090,6 +1109,7 @@ impl Link {
             viewer: None,
             _presence: None,
             _watch: None,
+            renewals: Renewals::default(),
             admission,
         }
     }
@@ -1097,6 +1117,11 @@ impl Link {
     /// Who the connection is for, once signed in (anonymous included).
     pub(crate) fn viewer(&self) -> Option<&Viewer> {
         self.viewer.as_ref()
+    }
+
+    /// The connection's credentials, which operations on it renew; none before sign-in.
+    pub(crate) fn credentials(&self) -> Option<&crate::domain::sessions::Credentials> {
+        self.renewals.credentials()
     }
 
     /// How many things (GraphQL operations, `/ws` channels) the connection may follow at once
@@ -1145,7 +1170,10 @@ impl Link {
         let Some(token) = token else {
             return match only {
                 Some(_) => Err(Refused::Token("a token is required".into())),
-                None => Ok(self.viewer.insert(Viewer::Anonymous)),
+                None => {
+                    self.renewals = Renewals::start(&Viewer::Anonymous);
+                    Ok(self.viewer.insert(Viewer::Anonymous))
+                }
             };
         };
         let signed_in = match domain.sign_in(token).await {
@@ -1173,6 +1201,7 @@ impl Link {
         let connections = &self.state.connections;
         self._watch = Some(connections.watch_user(&signed_in.user.id, self.id, &self.out));
         self.admission.signed_in();
+        self.renewals = Renewals::start(&signed_in.viewer);
         Ok(self.viewer.insert(signed_in.viewer))
     }
 }
@@ -1283,8 +1312,10 @@ async fn read_loop<P: Protocol>(
         ping: now + config.ws_ping_interval,
         init: (link.viewer.is_none() && P::CLOSES.init_timeout.is_some())
             .then(|| now + config.ws_init_timeout),
-        expires: token_expiry(link.viewer.as_ref()),
+        expires: None,
+        warn: None,
     };
+    deadlines.token(link.viewer.as_ref(), config.token_warning);
     let timer = tokio::time::sleep_until(deadlines.next());
     tokio::pin!(timer);
     let shutdown = link.state.shutdown.clone();
@@ -1293,6 +1324,10 @@ async fn read_loop<P: Protocol>(
         tokio::select! {
             frame = stream.next() => {
                 last_heard = Instant::now();
+                // A renewal that came first applies to this frame.
+                if let Some(viewer) = link.renewals.take() {
+                    renewed(protocol, link, viewer, &mut deadlines).await;
+                }
                 let end = match frame {
                     None => Some(End::Gone),
                     // Boxed: the handlers' database calls make large futures, which would
@@ -1313,7 +1348,7 @@ async fn read_loop<P: Protocol>(
                 }
                 if deadlines.init.is_some() && link.viewer.is_some() {
                     deadlines.init = None;
-                    deadlines.expires = token_expiry(link.viewer.as_ref());
+                    deadlines.token(link.viewer.as_ref(), config.token_warning);
                 }
             }
             () = &mut timer => {
@@ -1325,6 +1360,13 @@ async fn read_loop<P: Protocol>(
                 }
                 if deadlines.expires.is_some_and(|at| at <= now) {
                     return End::Close(P::CLOSES.unauthorised.0, "token expired".into());
+                }
+                if deadlines.warn.is_some_and(|at| at <= now) {
+                    deadlines.warn = None;
+                    if let Some(user) = link.viewer.as_ref().and_then(Viewer::user) {
+                        let expires_at = user.expires_at;
+                        Box::pin(protocol.token_expiring(link, expires_at)).await;
+                    }
                 }
                 if deadlines.ping <= now {
                     deadlines.ping = now + config.ws_ping_interval;
@@ -1343,9 +1385,25 @@ async fn read_loop<P: Protocol>(
             }
             end = out.attention(P::CLOSES.unauthorised.0) => return end,
             () = protocol.background() => {}
+            viewer = link.renewals.changed() => {
+                renewed(protocol, link, viewer, &mut deadlines).await;
+            }
         }
         deadlines.arm(timer.as_mut());
     }
+}
+
+/// The connection's credentials were renewed: its expiry timer moves to the new token's, and
+/// its protocol checks again what it follows.
+async fn renewed<P: Protocol>(
+    protocol: &mut P,
+    link: &mut Link,
+    viewer: Viewer,
+    deadlines: &mut Deadlines,
+) {
+    link.viewer = Some(viewer);
+    deadlines.token(link.viewer.as_ref(), link.state.config.token_warning);
+    Box::pin(protocol.renewed(link)).await;
 }
 
 #[cfg(test)]

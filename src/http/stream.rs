@@ -863,7 +863,7 @@ impl StreamConnection {
         };
         let now = Instant::now();
         let mut ping = now + heartbeat;
-        let expires = socket::token_expiry(self.link.viewer());
+        let expires = super::renewal::token_expiry(self.link.viewer());
         // A reserved stream that is never opened ends after the time a socket has to sign in.
         let mut open_by = commands.as_ref().map(|_| now + config.ws_init_timeout);
         let shutdown = self.link.state.shutdown.clone();

@@ -19,9 +19,9 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::task::{AbortHandle, JoinSet};
 
-use super::cohort;
 use super::socket::{self, Closes, End, Link, Outbox, Refused, SubscriptionSlot};
 use super::AppState;
+use super::{cohort, renewal};
 use crate::auth::{bearer, ClientAddress, Viewer};
 use crate::graphql::errors::{is_request_error, stamp_codes};
 use crate::graphql::SocketConnection;
@@ -273,6 +273,24 @@ impl socket::Protocol for Connection {
             std::future::pending::<()>().await;
         }
     }
+
+    /// Subscriptions sharing an execution are checked again under the renewed credentials;
+    /// the others check themselves (`Domain::while_allowed`).
+    async fn renewed(&mut self, link: &mut Link) {
+        let members: Vec<_> = self
+            .lock_ops()
+            .0
+            .iter()
+            .filter_map(|(.., running, _)| match running {
+                Running::Member(membership) => Some(membership.seat()),
+                Running::Task(_) => None,
+            })
+            .collect();
+        let viewer = link.viewer().cloned().unwrap_or(Viewer::Anonymous);
+        for member in members {
+            member.recheck(&link.state.domain, &viewer).await;
+        }
+    }
 }
 
 /// Queues a control-plane frame; one that does not fit is dropped (the peer is not reading).
@@ -324,7 +342,7 @@ impl Connection {
             }
             return Some(refused.end::<Self>());
         }
-        send(&link.out, &json!({ "type": "connection_ack" }));
+        send(&link.out, &renewal::ack(link.viewer()));
         None
     }
 
@@ -369,6 +387,9 @@ impl Connection {
             None => {
                 let schema = link.state.schema.clone();
                 let mut request = request.data(viewer).data(SocketConnection(link.id));
+                if let Some(credentials) = link.credentials() {
+                    request = request.data(credentials.clone());
+                }
                 if let Some(client) = self.client {
                     request = request.data(client);
                 }

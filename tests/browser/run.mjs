@@ -2,7 +2,7 @@
 // server. tests/browser.rs starts the server, makes the tokens and runs one scenario of this
 // script per Rust test:
 //
-//   node tests/browser/run.mjs graphiql | chat | history | restart
+//   node tests/browser/run.mjs graphiql | chat | history | restart | renewal
 //
 // Every page records each request it makes (workers' and WebSockets included), and every
 // scenario ends by checking that none left 127.0.0.1: the pages must work offline.
@@ -35,6 +35,8 @@ const SCENARIO = process.argv[2];
 const BASE = required("TIDINGS_URL").replace(/\/+$/, "");
 const ALICE = required("ALICE_TOKEN");
 const BOB = required("BOB_TOKEN");
+// A short-lived token of alice's, for the `renewal` scenario.
+const ALICE_SHORT = process.env.ALICE_SHORT_TOKEN ?? "";
 const SUFFIX = process.env.ROOM_SUFFIX ?? "";
 const SCREENSHOTS = process.env.SCREENSHOT_DIR || "";
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
@@ -122,8 +124,8 @@ async function screenshot(page, name) {
 }
 
 /** A test whose failure leaves a screenshot of every open page (`failed-<page>.png`). */
-function pageTest(name, fn) {
-  test(name, { timeout: TEST_MS }, async () => {
+function pageTest(name, fn, timeout = TEST_MS) {
+  test(name, { timeout }, async () => {
     try {
       await fn();
     } catch (error) {
@@ -533,6 +535,51 @@ const scenarios = {
       assertNoPageErrors((e) => /ERR_CONNECTION_REFUSED|WebSocket connection to .* failed/.test(e));
     });
   },
+};
+
+/** A sample of `/metrics`, e.g. `tidings_connections{transport="graphql_ws"}`. */
+async function metric(series) {
+  const text = await (await fetch(`${BASE}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${series} `));
+  return line ? Number(line.slice(series.length + 1)) : NaN;
+}
+
+scenarios.renewal = () => {
+  const room = `renewal${SUFFIX}`;
+  const CONNECTIONS = 'tidings_connections{transport="graphql_ws"}';
+  const RENEWED = 'tidings_token_renewals_total{outcome="renewed"}';
+
+  // Past the first token's expiry (2 min), so this test is bounded by more than the others.
+  pageTest("the chat renews its token before it expires and keeps its one socket", async () => {
+    assert.ok(ALICE_SHORT, "ALICE_SHORT_TOKEN is not set");
+    const exp = JSON.parse(Buffer.from(ALICE_SHORT.split(".")[1], "base64url").toString()).exp;
+    await join(BOB, room);
+    const page = await open(`/?token=${encodeURIComponent(ALICE_SHORT)}&room=${room}`, "renewal");
+    const sockets = () => pages.find((p) => p.page === page).requests.filter((u) => u.startsWith("ws"));
+    await waitConnected(page);
+    await eventually("alice's one socket counted", () => metric(CONNECTIONS), (n) => n === 1);
+
+    await send(BOB, room, "before the expiry");
+    await eventually("a message before the expiry", () => messageBodies(page), (l) => l.some((t) => t.includes("before the expiry")));
+
+    // Until well past the first token's expiry, the page keeps its socket and the count holds.
+    const past = exp * 1000 + 5_000;
+    while (Date.now() < past) {
+      assert.equal(await metric(CONNECTIONS), 1, "the page's socket count moved");
+      await sleep(5_000);
+    }
+    assert.ok((await metric(RENEWED)) >= 1, "the page renewed its token on its socket");
+    await send(BOB, room, "after the expiry");
+    await eventually("a message after the first token's expiry", () => messageBodies(page), (l) => l.some((t) => t.includes("after the expiry")));
+    assert.equal(await byTestId(page, "connection-status").innerText(), "connected");
+    assert.equal(await metric(CONNECTIONS), 1);
+    assert.equal(sockets().length, 1, `the page opened one socket: ${sockets()}`);
+  }, 200_000);
+
+  test("nothing left 127.0.0.1, and no page reported an error", () => {
+    assertNothingLeftTheMachine();
+    assertNoPageErrors();
+  });
 };
 
 const scenario = scenarios[SCENARIO];

@@ -10,8 +10,11 @@
 //     BOB_TOKEN=$(tidings token --user bob) ROOM_SUFFIX=-$(date +%s) node tests/interop/run.mjs
 //
 // ROOM_SUFFIX keeps reruns against one server apart: the private room can only be created once.
+// With TIDINGS_JWT_SECRET (the server's HS256 secret) the token renewal tests mint short-lived
+// tokens of ALICE_TOKEN's user; without it they are skipped.
 
 import { before, test } from 'node:test';
+import { createHmac } from 'node:crypto';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -40,6 +43,7 @@ const WS_URL = `${BASE.replace(/^http/, 'ws')}/graphql`;
 const ALICE = required('ALICE_TOKEN');
 const BOB = required('BOB_TOKEN');
 const SUFFIX = process.env.ROOM_SUFFIX ?? '';
+const SECRET = process.env.TIDINGS_JWT_SECRET ?? '';
 const ROOM = `interop${SUFFIX}`;
 const PRIVATE_ROOM = `interop-private${SUFFIX}`;
 
@@ -58,7 +62,26 @@ const SEND_MESSAGE = `mutation($roomId: ID!, $body: String!) {
   sendMessage(roomId: $roomId, body: $body) { id body sender { username } }
 }`;
 
+const AUTHENTICATE = `mutation($token: String!) {
+  authenticate(token: $token) { expiresAt user { username } }
+}`;
+
 // --- helpers ---------------------------------------------------------------------------------
+
+/** A token with `like`'s claims, issued now and valid for `seconds`, signed with SECRET. */
+function mint(like, seconds) {
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const claims = JSON.parse(Buffer.from(like.split('.')[1], 'base64url').toString());
+  const iat = Math.floor(Date.now() / 1000);
+  const unsigned = `${part({ alg: 'HS256', typ: 'JWT' })}.${part({ ...claims, iat, exp: iat + seconds })}`;
+  const signature = createHmac('sha256', SECRET).update(unsigned).digest('base64url');
+  return `${unsigned}.${signature}`;
+}
+
+/** Sleeps until `at` (a `Date.now()` value). */
+function sleepUntil(at) {
+  return sleep(Math.max(0, at - Date.now()));
+}
 
 /** POST /graphql with a bearer token; returns `data` and fails on any GraphQL error. */
 async function http(token, query, variables = {}) {
@@ -515,4 +538,54 @@ test('graphql-http audit: every check of the GraphQL-over-HTTP spec passes at /g
     [],
     'every audit check must be ok (no errors, no warnings)',
   );
+test('graphql-ws: a connection renews its token with authenticate and keeps its subscription past the first expiry', { timeout: TEST_MS, skip: !SECRET && 'TIDINGS_JWT_SECRET is not set' }, async (t) => {
+  const started = Date.now();
+  const short = mint(ALICE, 5);
+  let closed = null;
+  const { client, connected } = wsClient(short, { on: { closed: (event) => { closed = event; } } });
+  t.after(() => client.dispose());
+  let ackPayload;
+  client.on('connected', (_socket, payload) => {
+    ackPayload = payload;
+  });
+  const feed = new Feed('alice messageAdded');
+  t.after(client.subscribe({ query: MESSAGE_ADDED, variables: { roomId: ROOM } }, feed.observer()));
+  await connected;
+  const firstExpiry = Date.parse(ackPayload?.expiresAt);
+  assert.ok(firstExpiry - started <= 5_000, `the ack tells the expiry: ${describe(ackPayload)}`);
+
+  // Renewed at 2 s over the same socket, through the client's own `subscribe`.
+  await sleepUntil(started + 2_000);
+  const renewal = new Feed('authenticate');
+  client.subscribe({ query: AUTHENTICATE, variables: { token: mint(ALICE, 3_600) } }, renewal.observer());
+  const { authenticate } = await renewal.data('the renewed session');
+  assert.equal(authenticate.user.username, users.alice);
+  assert.ok(Date.parse(authenticate.expiresAt) > Date.now() + 3_000_000, describe(authenticate));
+
+  // At 7 s, past the first token's expiry, a message reaches the subscription opened first.
+  await sleepUntil(started + 7_000);
+  const sent = await send(BOB, 'after the renewal');
+  const { messageAdded } = await feed.data('the message sent at 7 s');
+  assert.equal(messageAdded.id, sent.id);
+  await sleepUntil(started + 8_000);
+  assert.equal(closed, null, `the socket closed: ${describe(closed)}`);
+  assert.deepEqual(feed.drain(), [], 'nothing else, nothing twice');
+});
+
+test('graphql-ws: without renewal the same connection is closed with 4403 when its token expires', { timeout: TEST_MS, skip: !SECRET && 'TIDINGS_JWT_SECRET is not set' }, async (t) => {
+  const started = Date.now();
+  let onClosed;
+  const closed = new Promise((resolve) => {
+    onClosed = resolve;
+  });
+  const { client, connected } = wsClient(mint(ALICE, 5), { on: { closed: (event) => onClosed(event) } });
+  t.after(() => client.dispose());
+  const feed = new Feed('alice messageAdded');
+  t.after(client.subscribe({ query: MESSAGE_ADDED, variables: { roomId: ROOM } }, feed.observer()));
+  await connected;
+  const event = await withTimeout(closed, 'the close at expiry', 8_000);
+  const at = Date.now() - started;
+  assert.equal(event.code, 4403, `close code (reason: ${JSON.stringify(event.reason)})`);
+  assert.equal(event.reason, 'token expired');
+  assert.ok(at >= 3_500 && at <= 6_000, `closed at ${at} ms, expected at the 5 s expiry`);
 });

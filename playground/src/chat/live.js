@@ -5,6 +5,10 @@
 // and started again by the page when a new socket is acknowledged (`onConnected`). graphql-ws
 // would otherwise resend each subscription exactly as first sent, and a room's feed must
 // resume from the last message the page saw (`messageAdded(after:)`), not from where it began.
+//
+// The socket outlives its token: the server says when the token expires (the ack's
+// `expiresAt`), and before then the page gets a fresh one (`refreshToken`) and hands it to the
+// socket (`authenticate`), which goes on with every subscription instead of closing.
 import { createClient } from "graphql-ws";
 import { subscriptionUrl } from "../shared/session.js";
 
@@ -15,6 +19,15 @@ const PING_INTERVAL_MS = 10_000;
 const PONG_TIMEOUT_MS = 5_000;
 /** Closes that mean "this token will not do": the page asks the person to sign in again. */
 const TOKEN_REJECTED = 4403;
+/** Renew this long before the token expires (or halfway there, for a shorter token). */
+const RENEW_LEAD_MS = 60_000;
+/** After a failed renewal, try again this much later (while the token lasts). */
+const RENEW_RETRY_MS = 10_000;
+/** Browsers fire a longer `setTimeout` at once: a longer wait is taken in steps of this. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+const REFRESH = `mutation { refreshToken { token } }`;
+const AUTHENTICATE = `mutation($token: String!) { authenticate(token: $token) { expiresAt } }`;
 
 /** The delay before retry `n` (0-based): doubling from 0.5 s up to 15 s, with jitter. */
 export function backoffDelay(n) {
@@ -33,6 +46,7 @@ export class LiveConnection {
    * @param {() => void} options.onConnected a socket is live: (re)start subscriptions
    * @param {() => void} options.onDisconnected the socket closed: its subscriptions are gone
    * @param {(reason: string) => void} options.onRejected the server refused the token
+   * @param {(token: string) => void} options.onRenewed the socket now uses this fresh token
    */
   constructor(options) {
     this.options = options;
@@ -63,14 +77,16 @@ export class LiveConnection {
         connecting: (isRetry) => {
           if (isRetry) this.options.onStatus("reconnecting", "connecting…");
         },
-        connected: () => {
+        connected: (_socket, payload) => {
           this.connected = true;
+          this.scheduleRenewal(payload?.expiresAt);
           this.failures = 0;
           this.options.onStatus("connected", "");
           this.options.onConnected();
         },
         closed: (event) => {
           clearTimeout(pongTimer);
+          clearTimeout(this.renewTimer);
           const wasConnected = this.connected;
           this.connected = false;
           this.dropFeeds();
@@ -85,6 +101,38 @@ export class LiveConnection {
         },
       },
     });
+  }
+
+  /** Renews the token on this socket before `expiresAt` (ISO 8601), if the server gave one. */
+  scheduleRenewal(expiresAt) {
+    clearTimeout(this.renewTimer);
+    const expires = Date.parse(expiresAt ?? "");
+    if (Number.isNaN(expires)) return;
+    const left = expires - Date.now();
+    const wait = Math.max(0, left - Math.min(RENEW_LEAD_MS, left / 2));
+    this.renewTimer =
+      wait > MAX_TIMER_MS
+        ? setTimeout(() => this.scheduleRenewal(expiresAt), MAX_TIMER_MS)
+        : setTimeout(() => this.renew(expires), wait);
+  }
+
+  /**
+   * A fresh token for the current one, handed to the socket: its subscriptions go on. A token
+   * this server cannot refresh (an identity provider's) is left to expire: the page then asks
+   * the person to sign in again.
+   */
+  async renew(expires) {
+    try {
+      const { refreshToken } = await this.request(REFRESH, {});
+      const { authenticate } = await this.request(AUTHENTICATE, { token: refreshToken.token });
+      this.options.onRenewed(refreshToken.token);
+      this.scheduleRenewal(authenticate.expiresAt);
+    } catch (e) {
+      if (e?.extensions?.code === "FORBIDDEN" || !this.connected) return;
+      if (Date.now() + RENEW_RETRY_MS < expires) {
+        this.renewTimer = setTimeout(() => this.renew(expires), RENEW_RETRY_MS);
+      }
+    }
   }
 
   /** graphql-ws's `retryWait`: a backoff the person can cut short ("Retry now", going online). */
@@ -205,6 +253,7 @@ export class LiveConnection {
 
   close() {
     this.closedForGood = true;
+    clearTimeout(this.renewTimer);
     clearTimeout(this.restartTimer);
     window.removeEventListener("online", this.onOnline);
     this.dropFeeds();

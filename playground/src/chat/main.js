@@ -174,6 +174,12 @@ async function start(token, fromUrl) {
     onStatus: showConnection,
     onConnected: connected,
     onDisconnected: disconnected,
+    // A renewed session: requests over HTTP use the fresh token too, and a session the person
+    // signed into (not one given in the URL) is remembered with it.
+    onRenewed: (fresh) => {
+      state.token = fresh;
+      if (!state.tokenFromUrl) storeToken(fresh);
+    },
     onRejected: (reason) => {
       stop();
       if (!state.tokenFromUrl) storeToken("");

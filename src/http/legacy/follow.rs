@@ -68,6 +68,15 @@ impl Follows {
             .count()
     }
 
+    /// What the socket follows now.
+    pub(crate) fn followed(&self) -> Vec<Follow> {
+        self.tasks
+            .iter()
+            .filter(|(_, task)| !task.is_finished())
+            .map(|(follow, _)| follow.clone())
+            .collect()
+    }
+
     /// Stops following and waits until the task is gone, so it writes nothing more.
     pub(crate) async fn stop(&mut self, follow: &Follow) {
         if let Some(task) = self.tasks.remove(follow) {

@@ -55,6 +55,10 @@ pub(crate) enum Command {
         room: String,
         message_id: String,
     },
+    /// Renew the socket's credentials with a fresh token of the same user.
+    Auth {
+        token: String,
+    },
 }
 
 /// A decoded frame, and the dialect it chooses when it is a socket's first room frame.
@@ -82,6 +86,12 @@ pub(crate) fn decode(frame: &Value) -> Result<Inbound, Undecodable> {
     };
     let f = Fields { kind, fields };
     let (command, chooses) = match kind {
+        "auth" => (
+            Command::Auth {
+                token: f.text("token")?,
+            },
+            None,
+        ),
         "join_room" => (
             Command::Join {
                 room: f.id("room")?,

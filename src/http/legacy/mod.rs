@@ -163,6 +163,14 @@ pub(crate) enum Outgoing<'a> {
         message: &'a str,
     },
     Pong,
+    /// The answer to `auth`: the socket now uses the new token, which expires then.
+    AuthOk {
+        expires_at: i64,
+    },
+    /// The socket's token expires soon (`TIDINGS_TOKEN_WARNING` before): renew with `auth`.
+    TokenExpiring {
+        expires_at: i64,
+    },
 }
 
 impl Outgoing<'_> {
@@ -182,6 +190,11 @@ impl Outgoing<'_> {
 /// ISO 8601 in UTC with milliseconds, as the legacy clients parse it.
 pub(crate) fn iso(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A token's `exp` (seconds since the epoch) as the legacy frames write times.
+fn iso_exp(exp: i64) -> String {
+    iso(crate::domain::sessions::expiry_time(exp))
 }
 
 /// The frame for `event` in `dialect` on a socket for `purpose`; `None` when the dialect sends

@@ -3,7 +3,9 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{iso, notification_data, object, sender_id, sender_name, Outgoing, PresenceChange};
+use super::{
+    iso, iso_exp, notification_data, object, sender_id, sender_name, Outgoing, PresenceChange,
+};
 use crate::domain::changes::{RoomEventKind, RoomEventView};
 
 /// A frame before the `rooms` dialect's `data` mirror.
@@ -55,6 +57,10 @@ pub(super) fn frame(event: &Outgoing<'_>) -> Option<Shape> {
             ("message", "Connected successfully".into()),
             ("user_id", user.map_or(Value::Null, |u| u.id.clone().into())),
             ("online_count", (*online_count).into()),
+            (
+                "expires_at",
+                user.map_or(Value::Null, |u| iso_exp(u.expires_at).into()),
+            ),
         ])),
         Outgoing::Joined { room } => wrapped("joined_room", json!({ "room": room })),
         Outgoing::Message(m) => Shape::Flat(object([
@@ -110,6 +116,14 @@ pub(super) fn frame(event: &Outgoing<'_>) -> Option<Shape> {
             ("code", (*code).into()),
         ])),
         Outgoing::Pong => Shape::Exact(object([("type", "pong".into())])),
+        Outgoing::AuthOk { expires_at } => Shape::Exact(object([
+            ("type", "auth_ok".into()),
+            ("expires_at", iso_exp(*expires_at).into()),
+        ])),
+        Outgoing::TokenExpiring { expires_at } => Shape::Exact(object([
+            ("type", "token_expiring".into()),
+            ("expires_at", iso_exp(*expires_at).into()),
+        ])),
         Outgoing::Subscribed { channel } => wrapped("subscribed", json!({ "channel": channel })),
         Outgoing::Unsubscribed { channel } => {
             wrapped("unsubscribed", json!({ "channel": channel }))

@@ -28,6 +28,7 @@ use crate::auth::Viewer;
 use crate::domain::channels::Channel;
 use crate::domain::contacts::ContactRooms;
 use crate::domain::presence::PresenceStatus;
+use crate::domain::sessions::Followed;
 use crate::domain::typing::ConnectionId;
 use crate::domain::{Domain, DomainError, DomainResult};
 use crate::http::socket::{self, Closes, End, Link, Refused};
@@ -220,6 +221,52 @@ impl socket::Protocol for LegacySocket {
         }
         None
     }
+
+    /// The socket's credentials were renewed: what it follows is checked again under them
+    /// (`Domain::may_follow`); what they no longer allow stops with a FORBIDDEN `error` frame,
+    /// and the user's own channels for a new role are followed.
+    async fn renewed(&mut self, link: &mut Link) {
+        let Some(viewer) = link.viewer().cloned() else {
+            return;
+        };
+        let before = std::mem::replace(&mut self.viewer, viewer);
+        if before.user().map(|u| &u.role) == self.viewer.user().map(|u| &u.role) {
+            return;
+        }
+        for follow in self.follows.followed() {
+            let followed = match &follow {
+                Follow::Room(room_id) => Followed::Messages {
+                    room_id: room_id.clone(),
+                },
+                Follow::Channel(name) => Followed::Events {
+                    channels: Some(vec![name.clone()]),
+                },
+                Follow::Notifications | Follow::Presence | Follow::Leaderboard => continue,
+            };
+            if let Err(e) = self.domain.may_follow(&self.viewer, &followed).await {
+                self.follows.stop(&follow).await;
+                self.frames.error(e.code(), &e.to_string()).await;
+            }
+        }
+        if self.purpose == Purpose::Chat {
+            if let Some(user) = self.viewer.user() {
+                for channel in Channel::own(user) {
+                    let follow = Follow::Channel(channel.name());
+                    if !self.follows.is_active(&follow) {
+                        let feed = self.domain.channel_feed(&self.viewer, &channel);
+                        let follower = follow::channel(feed, self.frames.clone());
+                        self.follows.start(follow, follower);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn token_expiring(&mut self, _link: &Link, expires_at: i64) {
+        self.frames
+            .send(&Outgoing::TokenExpiring { expires_at }, None)
+            .await;
+    }
 }
 
 impl LegacySocket {
@@ -379,6 +426,7 @@ impl LegacySocket {
                 .mark_read(&self.viewer, &room, &message_id)
                 .await
                 .map(drop),
+            Command::Auth { token } => self.authenticate(&token, link).await,
         };
         if let Err(e) = done {
             self.frames.error(e.code(), &e.to_string()).await;
@@ -468,6 +516,20 @@ impl LegacySocket {
         }
         self.frames
             .send(&Outgoing::Subscribed { channel: name }, None)
+            .await;
+        Ok(())
+    }
+
+    /// Renews the socket's credentials with `token` (the domain checks it names the same user),
+    /// answering `auth_ok`; a refusal is an `error` frame and changes nothing.
+    async fn authenticate(&mut self, token: &str, link: &Link) -> DomainResult<()> {
+        let session = self
+            .domain
+            .authenticate(link.credentials(), token.trim())
+            .await?;
+        let expires_at = session.expires_at.timestamp();
+        self.frames
+            .send(&Outgoing::AuthOk { expires_at }, None)
             .await;
         Ok(())
     }
