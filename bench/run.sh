@@ -307,4 +307,7 @@ for scenario in $SCENARIOS; do
   esac
 done
 
-"$BIN/tidings-bench" chart "$OUT"/fanout-*.json --out "$OUT/fanout.svg"
+# The chart, when this run made fan-out reports.
+if compgen -G "$OUT/fanout-*.json" >/dev/null; then
+  "$BIN/tidings-bench" chart "$OUT"/fanout-*.json --out "$OUT/fanout.svg"
+fi
