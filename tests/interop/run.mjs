@@ -538,6 +538,8 @@ test('graphql-http audit: every check of the GraphQL-over-HTTP spec passes at /g
     [],
     'every audit check must be ok (no errors, no warnings)',
   );
+});
+
 test('graphql-ws: a connection renews its token with authenticate and keeps its subscription past the first expiry', { timeout: TEST_MS, skip: !SECRET && 'TIDINGS_JWT_SECRET is not set' }, async (t) => {
   const started = Date.now();
   const short = mint(ALICE, 5);
