@@ -22,6 +22,18 @@ fn header(response: &reqwest::Response, name: &str) -> String {
         .to_owned()
 }
 
+/// `POST /graphql` with the `Accept` Apollo's `HttpLink` sends for a subscription.
+async fn multipart_post(server: &TestServer, token: &str, body: Value) -> reqwest::Response {
+    http()
+        .post(server.url("/graphql"))
+        .bearer_auth(token)
+        .header("accept", MULTIPART_ACCEPT)
+        .json(&body)
+        .send()
+        .await
+        .expect("POST /graphql")
+}
+
 /// `POST /graphql` asking for an event stream.
 async fn sse_post(server: &TestServer, token: Option<&str>, query: &str, vars: Value) -> Stream {
     let mut request = http()
@@ -150,14 +162,12 @@ async fn a_multipart_subscription_streams_payload_parts_and_heartbeats() {
     let alice = cli_token("alice", "user");
     join(&server, &alice, "lobby").await;
     let after = last_message_id(&server, &alice, "lobby").await;
-    let response = http()
-        .post(server.url("/graphql"))
-        .bearer_auth(&alice)
-        .header("accept", MULTIPART_ACCEPT)
-        .json(&json!({ "query": MESSAGE_ADDED, "variables": { "r": "lobby", "a": after } }))
-        .send()
-        .await
-        .expect("POST /graphql");
+    let response = multipart_post(
+        &server,
+        &alice,
+        json!({ "query": MESSAGE_ADDED, "variables": { "r": "lobby", "a": after } }),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     let content_type = header(&response, "content-type");
     assert!(
@@ -178,27 +188,18 @@ async fn a_multipart_subscription_streams_payload_parts_and_heartbeats() {
     assert!(started.elapsed() < Duration::from_secs(7));
 
     // A query with the same Accept is answered as plain JSON, as Apollo expects.
-    let response = http()
-        .post(server.url("/graphql"))
-        .bearer_auth(&alice)
-        .header("accept", MULTIPART_ACCEPT)
-        .json(&json!({ "query": "{ me { id } }" }))
-        .send()
-        .await
-        .expect("POST /graphql");
+    let response = multipart_post(&server, &alice, json!({ "query": "{ me { id } }" })).await;
     assert!(header(&response, "content-type").starts_with("application/json"));
     let body: Value = response.json().await.expect("JSON");
     assert_eq!(body["data"]["me"]["id"], "alice");
 
     // A subscription that does not validate is answered as JSON too, before any stream.
-    let response = http()
-        .post(server.url("/graphql"))
-        .bearer_auth(&alice)
-        .header("accept", MULTIPART_ACCEPT)
-        .json(&json!({ "query": "subscription { messageAdded(roomId: \"lobby\") { nope } }" }))
-        .send()
-        .await
-        .expect("POST /graphql");
+    let response = multipart_post(
+        &server,
+        &alice,
+        json!({ "query": "subscription { messageAdded(roomId: \"lobby\") { nope } }" }),
+    )
+    .await;
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.expect("JSON");
     assert_eq!(
@@ -479,14 +480,7 @@ async fn a_token_expiry_or_an_admins_disconnect_ends_the_stream_with_an_error() 
     assert_eq!(expiring.event("the end").await, None);
 
     let bob = cli_token("bob", "user");
-    let response = http()
-        .post(server.url("/graphql"))
-        .bearer_auth(&bob)
-        .header("accept", MULTIPART_ACCEPT)
-        .json(&json!({ "query": channel }))
-        .send()
-        .await
-        .expect("POST");
+    let response = multipart_post(&server, &bob, json!({ "query": channel })).await;
     let mut kicked = Stream::new(response);
     let admin = cli_token("root", "admin");
     server
@@ -513,14 +507,7 @@ async fn streams_and_sockets_share_one_execution_and_are_counted_by_transport() 
     let mut socket = GqlSocket::user(&server, &alice).await;
     socket.subscribe("s", channel, json!({})).await;
     let mut sse = sse_post(&server, Some(&alice), channel, json!({})).await;
-    let response = http()
-        .post(server.url("/graphql"))
-        .bearer_auth(&alice)
-        .header("accept", MULTIPART_ACCEPT)
-        .json(&json!({ "query": channel }))
-        .send()
-        .await
-        .expect("POST");
+    let response = multipart_post(&server, &alice, json!({ "query": channel })).await;
     let mut multipart = Stream::new(response);
     eventually(WAIT, "three members of one cohort", || async {
         sample(&metrics(&server).await, "tidings_cohort_members") == Some(3.0)

@@ -37,6 +37,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::cohort;
+use super::error::request_error;
 use super::socket::{self, BodyStyle, End, Link, Outbox, Refused, SocketWriter, SubscriptionSlot};
 use super::AppState;
 use crate::auth::{bearer, ClientAddress, Viewer};
@@ -188,20 +189,6 @@ pub fn operation_kind(request: &Request) -> Option<async_graphql::parser::types:
     }
 }
 
-/// A JSON error response with a code, as graphql-sse and the spec answer refused requests.
-pub(crate) fn refused(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json; charset=utf-8"),
-        )],
-        body.to_string(),
-    )
-        .into_response()
-}
-
 /// The bearer token of an HTTP request, if any; `Err` for a malformed `Authorization`.
 #[allow(clippy::result_large_err)]
 fn bearer_token(headers: &HeaderMap) -> Result<Option<String>, Response> {
@@ -214,7 +201,7 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<String>, Response> {
         .and_then(bearer)
         .map(|t| Some(t.to_owned()))
         .ok_or_else(|| {
-            refused(
+            request_error(
                 StatusCode::UNAUTHORIZED,
                 "UNAUTHENTICATED",
                 "Authorization must be 'Bearer <token>'",
@@ -254,13 +241,17 @@ async fn open(
     let mut link = Link::new(state.clone(), &ticket, out, admission);
     match link.sign_in(token.as_deref(), None).await {
         Ok(_) => Ok((link, writer, body, ticket)),
-        Err(Refused::Token(why)) => Err(refused(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", &why)),
-        Err(Refused::TooMany) => Err(refused(
+        Err(Refused::Token(why)) => Err(request_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            &why,
+        )),
+        Err(Refused::TooMany) => Err(request_error(
             StatusCode::TOO_MANY_REQUESTS,
             "RATE_LIMITED",
             "too many connections for this user",
         )),
-        Err(Refused::Internal) => Err(refused(
+        Err(Refused::Internal) => Err(request_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "INTERNAL",
             "could not sign in",
@@ -416,14 +407,14 @@ pub async fn stream_endpoint(
         // have it back if no stream holds it now.
         (&Method::PUT, Some(token)) => {
             if !valid_stream_token(&token) {
-                return refused(
+                return request_error(
                     StatusCode::BAD_REQUEST,
                     "BAD_USER_INPUT",
                     "malformed stream token",
                 );
             }
             if state.streams.get(&token).is_some() {
-                return refused(
+                return request_error(
                     StatusCode::CONFLICT,
                     "BAD_USER_INPUT",
                     "stream already reserved",
@@ -438,7 +429,11 @@ pub async fn stream_endpoint(
                     None => match request_from_params(&query) {
                         Ok(request) => request,
                         Err(message) => {
-                            return refused(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &message)
+                            return request_error(
+                                StatusCode::BAD_REQUEST,
+                                "BAD_USER_INPUT",
+                                &message,
+                            )
                         }
                     },
                 };
@@ -447,25 +442,25 @@ pub async fn stream_endpoint(
                 }
                 distinct(state, headers, client, request, Wants::EventStream).await
             }
-            _ => refused(
+            _ => request_error(
                 StatusCode::NOT_ACCEPTABLE,
                 "BAD_USER_INPUT",
                 "a stream is asked for with Accept: text/event-stream, or reserved with PUT",
             ),
         },
-        (&Method::DELETE, None) => refused(
+        (&Method::DELETE, None) => request_error(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
             "name the stream with the X-GraphQL-Event-Stream-Token header",
         ),
         (_, Some(token)) => {
             let Some(reserved) = state.streams.get(&token) else {
-                return refused(StatusCode::NOT_FOUND, "NOT_FOUND", "no such stream");
+                return request_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such stream");
             };
             match method {
                 Method::GET => {
                     if wants != Wants::EventStream {
-                        return refused(
+                        return request_error(
                             StatusCode::NOT_ACCEPTABLE,
                             "BAD_USER_INPUT",
                             "a stream is opened with Accept: text/event-stream",
@@ -478,7 +473,7 @@ pub async fn stream_endpoint(
                         .take();
                     match body {
                         Some(body) => streaming(body, "text/event-stream; charset=utf-8"),
-                        None => refused(
+                        None => request_error(
                             StatusCode::CONFLICT,
                             "BAD_USER_INPUT",
                             "stream already open",
@@ -487,7 +482,7 @@ pub async fn stream_endpoint(
                 }
                 Method::POST => {
                     let Some(request) = body else {
-                        return refused(
+                        return request_error(
                             StatusCode::BAD_REQUEST,
                             "BAD_USER_INPUT",
                             "POST the operation as JSON",
@@ -502,7 +497,7 @@ pub async fn stream_endpoint(
                         })
                         .filter(|id| !id.is_empty());
                     let Some(id) = id else {
-                        return refused(
+                        return request_error(
                             StatusCode::BAD_REQUEST,
                             "BAD_USER_INPUT",
                             "extensions.operationId is missing",
@@ -515,15 +510,15 @@ pub async fn stream_endpoint(
                         reply,
                     };
                     if reserved.commands.send(command).await.is_err() {
-                        return refused(StatusCode::NOT_FOUND, "NOT_FOUND", "no such stream");
+                        return request_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such stream");
                     }
                     answer.await.unwrap_or_else(|_| {
-                        refused(StatusCode::NOT_FOUND, "NOT_FOUND", "no such stream")
+                        request_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such stream")
                     })
                 }
                 Method::DELETE => {
                     let Some(id) = query.get("operationId").filter(|id| !id.is_empty()) else {
-                        return refused(
+                        return request_error(
                             StatusCode::BAD_REQUEST,
                             "BAD_USER_INPUT",
                             "operationId is missing",
@@ -557,7 +552,7 @@ pub fn is_mutation(request: &Request) -> bool {
 
 /// A mutation over GET: 405, as GraphQL over HTTP says.
 pub fn mutation_over_get() -> Response {
-    let mut response = refused(
+    let mut response = request_error(
         StatusCode::METHOD_NOT_ALLOWED,
         "BAD_USER_INPUT",
         "mutations are not allowed over GET: use POST",
@@ -590,7 +585,7 @@ async fn reserve(
         let mut streams = state.streams.lock();
         if streams.contains_key(&token) {
             // Reserved meanwhile by a request with the same token.
-            return refused(
+            return request_error(
                 StatusCode::CONFLICT,
                 "BAD_USER_INPUT",
                 "stream already reserved",
@@ -653,15 +648,7 @@ enum StartRefused {
 /// A request error, answered as JSON with 400.
 fn invalid(response: async_graphql::Response) -> Response {
     let body = json!({ "errors": response.errors });
-    (
-        StatusCode::BAD_REQUEST,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json; charset=utf-8"),
-        )],
-        body.to_string(),
-    )
-        .into_response()
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
 }
 
 /// How a stream's operation runs.
@@ -819,7 +806,7 @@ impl StreamConnection {
     /// A single-connection `POST`: starts the operation (202), or refuses it.
     async fn on_start(&mut self, id: String, request: Request) -> Response {
         if self.ops.iter().any(|op| op.id == id) {
-            return refused(
+            return request_error(
                 StatusCode::CONFLICT,
                 "BAD_USER_INPUT",
                 "an operation with this id is running",
@@ -830,7 +817,7 @@ impl StreamConnection {
             .follows_budget(self.link.state.config.max_subscriptions);
         if self.ops.len() >= max {
             crate::metrics::subscription_refused("socket");
-            return refused(
+            return request_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "RATE_LIMITED",
                 &format!("at most {max} operations at once on one stream"),
@@ -841,7 +828,7 @@ impl StreamConnection {
         match self.start(id.clone(), Framing::sse_single(&id), request, true) {
             Ok(()) => StatusCode::ACCEPTED.into_response(),
             Err(StartRefused::Budget(message)) => {
-                refused(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", &message)
+                request_error(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", &message)
             }
             Err(StartRefused::Invalid(response)) => *response,
         }
