@@ -230,31 +230,7 @@ pub async fn take_streams(
 async fn write_stream(mut stream: TcpStream, response: Response<Body>, slow_after: Duration) {
     let (parts, body) = response.into_parts();
     let mut body = body.into_data_stream();
-    let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(parts.status.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or_default()
-            .as_bytes(),
-    );
-    head.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || name == header::CONNECTION
-        {
-            continue;
-        }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
+    let head = response_head(parts);
     if !write(&mut stream, &head, slow_after).await {
         return;
     }
@@ -284,6 +260,37 @@ async fn write_stream(mut stream: TcpStream, response: Response<Body>, slow_afte
     if write(&mut stream, b"0\r\n\r\n", slow_after).await {
         let _ = stream.shutdown().await;
     }
+}
+
+/// The response's status line and headers, for a chunked body on a connection that closes
+/// after it. Takes the parts so that their headers are not kept while the stream lasts.
+fn response_head(parts: axum::http::response::Parts) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+        {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
+    head
 }
 
 /// One chunk of a chunked body: its length in hex, the data, CRLF.
