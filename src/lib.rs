@@ -124,8 +124,7 @@ impl App {
         let schema = graphql::build_schema(Some(domain.clone()), config.introspection);
         let connections = Arc::new(http::ws::Connections::default());
         http::follow_orders(&domain, connections.clone(), shutdown.clone());
-        Ok(Self {
-            state: AppState {
+        let state = AppState {
                 schema,
                 domain,
                 config: Arc::new(config),
@@ -134,7 +133,10 @@ impl App {
                 cohorts: Arc::default(),
                 streams: Arc::default(),
                 bridge,
-            },
+        };
+        http::report_every_second(&state, state.shutdown.clone());
+        Ok(Self {
+            state,
             bridge_shutdown,
         })
     }

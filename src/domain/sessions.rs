@@ -66,6 +66,8 @@ pub enum Followed {
     Notifications,
     Leaderboard,
     Events { channels: Option<Vec<String>> },
+    /// The operator console's figures (admins).
+    ServerStats,
 }
 
 impl Followed {
@@ -195,6 +197,7 @@ impl Domain {
                 .map(drop),
             Followed::Notifications => require_user(viewer).map(drop),
             Followed::Leaderboard => Ok(()),
+            Followed::ServerStats => super::require_admin(viewer).map(drop),
             Followed::Events { channels } => self
                 .resolve_channels(viewer, channels.as_deref())
                 .await
