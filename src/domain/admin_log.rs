@@ -201,7 +201,7 @@ impl Domain {
             .presence
             .online()
             .into_iter()
-            .map(|p| p.user.id)
+            .map(|p| p.user.id.clone())
             .collect();
         let mut online_per_room: HashMap<String, i64> = HashMap::new();
         for chunk in online.chunks(ONLINE_CHUNK) {
