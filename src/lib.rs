@@ -125,14 +125,14 @@ impl App {
         let connections = Arc::new(http::ws::Connections::default());
         http::follow_orders(&domain, connections.clone(), shutdown.clone());
         let state = AppState {
-                schema,
-                domain,
-                config: Arc::new(config),
-                shutdown,
-                connections,
-                cohorts: Arc::default(),
-                streams: Arc::default(),
-                bridge,
+            schema,
+            domain,
+            config: Arc::new(config),
+            shutdown,
+            connections,
+            cohorts: Arc::default(),
+            streams: Arc::default(),
+            bridge,
         };
         http::report_every_second(&state, state.shutdown.clone());
         Ok(Self {

@@ -675,18 +675,28 @@ fn parse(text: &str) -> Reading {
                 (k == key).then(|| v.trim_matches('"').to_owned())
             })
         };
-        let add = |list: &mut Vec<(String, u64)>, key: String, n: u64| {
-            match list.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, v)) => *v += n,
-                None => list.push((key, n)),
-            }
+        let add = |list: &mut Vec<(String, u64)>, key: String, n: u64| match list
+            .iter_mut()
+            .find(|(k, _)| *k == key)
+        {
+            Some((_, v)) => *v += n,
+            None => list.push((key, n)),
         };
         match name {
-            CONNECTIONS => add(&mut r.connections, label("transport").unwrap_or_default(), count),
-            SUBSCRIPTIONS => add(&mut r.subscriptions, label("kind").unwrap_or_default(), count),
+            CONNECTIONS => add(
+                &mut r.connections,
+                label("transport").unwrap_or_default(),
+                count,
+            ),
+            SUBSCRIPTIONS => add(
+                &mut r.subscriptions,
+                label("kind").unwrap_or_default(),
+                count,
+            ),
             COHORT_MEMBERS => r.cohort_members = count,
-            EVENTS_PUBLISHED => r.published += count,
-            EVENTS_DELIVERED => r.delivered += count,
+            // The console's own figures are not the deployment's traffic.
+            EVENTS_PUBLISHED if label("kind").as_deref() != Some(STATS) => r.published += count,
+            EVENTS_DELIVERED if label("kind").as_deref() != Some(STATS) => r.delivered += count,
             SLOW_CONSUMERS => r.slow_consumers += count,
             CONNECTIONS_REFUSED => add(
                 &mut r.refusals,
@@ -744,6 +754,7 @@ mod sampler_tests {
         tidings_connections{transport=\"legacy_ws\"} 1\n\
         tidings_events_published_total{kind=\"room_messages\"} 10\n\
         tidings_events_delivered_total{kind=\"room_messages\"} 30\n\
+        tidings_events_published_total{kind=\"stats\"} 7\n\
         tidings_connections_refused_total{reason=\"server_full\"} 2\n\
         tidings_delivery_latency_seconds_bucket{transport=\"graphql_ws\",kind=\"room_messages\",le=\"0.001\"} 50\n\
         tidings_delivery_latency_seconds_bucket{transport=\"graphql_ws\",kind=\"room_messages\",le=\"0.01\"} 99\n\

@@ -170,9 +170,10 @@ async fn every_instance_reports_over_redis_and_one_that_stops_is_marked_and_left
         .to_owned();
     b.stop();
     let s = stats_until(&mut admin, "B is marked stale", |s| {
-        s["instances"]
-            .as_array()
-            .is_some_and(|l| l.iter().any(|i| i["instance"] == b_id && i["stale"] == true))
+        s["instances"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|i| i["instance"] == b_id && i["stale"] == true)
+        })
     })
     .await;
     assert_eq!(figure(&s["total"]["connections"], "graphql_ws"), 3);
@@ -285,7 +286,10 @@ async fn the_admin_actions_are_logged_and_a_disconnect_closes_the_users_sockets_
         assert_eq!(older["adminActions"], json!([{ "action": "publish" }]));
         let metrics = metrics(&a).await;
         assert_eq!(
-            sample(&metrics, "tidings_admin_actions_total{action=\"disconnect\"}"),
+            sample(
+                &metrics,
+                "tidings_admin_actions_total{action=\"disconnect\"}"
+            ),
             Some(1.0)
         );
     }
@@ -311,7 +315,11 @@ async fn the_log_refuses_pages_out_of_bounds() {
     }
     // `last: null` is the default page.
     let ok = server
-        .ok(Some(&admin), "{ adminActions(last: null) { id } }", json!({}))
+        .ok(
+            Some(&admin),
+            "{ adminActions(last: null) { id } }",
+            json!({}),
+        )
         .await;
     assert_eq!(ok["adminActions"], json!([]));
 }
@@ -340,7 +348,8 @@ async fn room_loads_rank_rooms_by_members_online_and_by_messages_in_the_last_min
             send(&server, &alice, "chatty", &format!("hello {i}")).await;
         }
         send(&server, &bob, "busy", "one").await;
-        let query = "{ roomLoads(first: 2) { byMembersOnline { roomId membersOnline messagesLastMinute } \
+        let query =
+            "{ roomLoads(first: 2) { byMembersOnline { roomId membersOnline messagesLastMinute } \
                      byMessages { roomId title membersOnline messagesLastMinute } } }";
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         let loads = loop {

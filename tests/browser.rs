@@ -133,7 +133,10 @@ async fn the_console_shows_every_instance_and_their_sum_and_disconnects_a_user_o
             "admin",
             &a.base,
             &[
-                ("OTHER_URL", other.as_ref().map(|b| b.base.clone()).unwrap_or_default()),
+                (
+                    "OTHER_URL",
+                    other.as_ref().map(|b| b.base.clone()).unwrap_or_default(),
+                ),
                 ("ADMIN_TOKEN", admin),
             ],
             |command| match command {

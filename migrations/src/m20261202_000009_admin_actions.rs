@@ -42,8 +42,16 @@ impl MigrationTrait for Migration {
                         .string_len(128)
                         .not_null(),
                 )
-                .col(ColumnDef::new(AdminActions::Action).string_len(32).not_null())
-                .col(ColumnDef::new(AdminActions::Target).string_len(160).not_null())
+                .col(
+                    ColumnDef::new(AdminActions::Action)
+                        .string_len(32)
+                        .not_null(),
+                )
+                .col(
+                    ColumnDef::new(AdminActions::Target)
+                        .string_len(160)
+                        .not_null(),
+                )
                 .col(ColumnDef::new(AdminActions::Detail).text().null())
                 .col(
                     ColumnDef::new(AdminActions::CreatedAt)

@@ -60,12 +60,20 @@ pub fn expiry_time(exp: i64) -> DateTime<Utc> {
 /// What a stream follows, so that its right can be checked again under new credentials.
 #[derive(Clone, Debug)]
 pub enum Followed {
-    Messages { room_id: String },
-    Typing { room_id: String },
-    Presence { room_id: Option<String> },
+    Messages {
+        room_id: String,
+    },
+    Typing {
+        room_id: String,
+    },
+    Presence {
+        room_id: Option<String>,
+    },
     Notifications,
     Leaderboard,
-    Events { channels: Option<Vec<String>> },
+    Events {
+        channels: Option<Vec<String>>,
+    },
     /// The operator console's figures (admins).
     ServerStats,
 }

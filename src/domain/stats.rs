@@ -226,8 +226,14 @@ mod tests {
         let now = Utc::now();
         let mut known = HashMap::new();
         remember(&mut known, report("a", now, 2));
-        remember(&mut known, report("b", now - chrono::Duration::seconds(1), 3));
-        remember(&mut known, report("c", now - chrono::Duration::seconds(10), 100));
+        remember(
+            &mut known,
+            report("b", now - chrono::Duration::seconds(1), 3),
+        );
+        remember(
+            &mut known,
+            report("c", now - chrono::Duration::seconds(10), 100),
+        );
         let v = view(&mut known, now);
         let stale: Vec<(&str, bool)> = v
             .instances
@@ -246,8 +252,14 @@ mod tests {
         let now = Utc::now();
         let mut known = HashMap::new();
         remember(&mut known, report("a", now, 2));
-        remember(&mut known, report("a", now - chrono::Duration::seconds(2), 9));
-        remember(&mut known, report("z", now - chrono::Duration::seconds(600), 1));
+        remember(
+            &mut known,
+            report("a", now - chrono::Duration::seconds(2), 9),
+        );
+        remember(
+            &mut known,
+            report("z", now - chrono::Duration::seconds(600), 1),
+        );
         let v = view(&mut known, now);
         assert_eq!(v.instances.len(), 1);
         assert_eq!(v.total.connections[0].value, 2);
@@ -260,7 +272,11 @@ mod tests {
         for i in 0..MAX_INSTANCES + 10 {
             remember(
                 &mut known,
-                report(&format!("i{i}"), now + chrono::Duration::milliseconds(i as i64), 1),
+                report(
+                    &format!("i{i}"),
+                    now + chrono::Duration::milliseconds(i as i64),
+                    1,
+                ),
             );
         }
         assert_eq!(known.len(), MAX_INSTANCES);

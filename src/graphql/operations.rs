@@ -9,7 +9,9 @@ use super::{domain, viewer};
 use crate::db::admin_action;
 use crate::domain::admin_log::RoomLoad as DomainRoomLoad;
 use crate::domain::stats::{InstanceView, ServerStatsView};
-use crate::hub::event::{Figure as WireFigure, InstanceStats as WireStats, SocketLoad as WireSocket};
+use crate::hub::event::{
+    Figure as WireFigure, InstanceStats as WireStats, SocketLoad as WireSocket,
+};
 
 /// Every instance's figures, and their sum, as of `at`.
 pub struct ServerStats(pub ServerStatsView);
@@ -112,7 +114,8 @@ impl InstanceStats {
         count(self.stats.cohort_members)
     }
 
-    /// Events published on the instance's hub since it started.
+    /// Events published on the instance's hub since it started (the console's own figures
+    /// are not counted, here or in the rates).
     async fn events_published(&self) -> i64 {
         count(self.stats.events_published)
     }
@@ -299,7 +302,11 @@ impl OperationsQuery {
     ) -> Result<RoomLoads> {
         let loads = domain(ctx).room_loads(viewer(ctx), first).await.gql()?;
         Ok(RoomLoads {
-            by_members_online: loads.by_members_online.into_iter().map(Into::into).collect(),
+            by_members_online: loads
+                .by_members_online
+                .into_iter()
+                .map(Into::into)
+                .collect(),
             by_messages: loads.by_messages.into_iter().map(Into::into).collect(),
         })
     }

@@ -142,8 +142,7 @@ impl Subscription {
         ctx: &Context<'_>,
     ) -> Result<impl Stream<Item = Result<ServerStats>>> {
         let feed = domain(ctx).server_stats_feed(viewer(ctx)).gql()?;
-        let feed =
-            domain(ctx).while_allowed(credentials(ctx), Followed::ServerStats, feed.map(Ok));
+        let feed = domain(ctx).while_allowed(credentials(ctx), Followed::ServerStats, feed.map(Ok));
         Ok(until_error(feed).map(|r| r.map(ServerStats)))
     }
 

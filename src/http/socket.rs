@@ -1231,12 +1231,8 @@ impl Link {
             }
         }
         let connections = &self.state.connections;
-        self._watch = Some(connections.watch_user(
-            &signed_in.user.id,
-            self.id,
-            self.transport,
-            &self.out,
-        ));
+        self._watch =
+            Some(connections.watch_user(&signed_in.user.id, self.id, self.transport, &self.out));
         self.admission.signed_in();
         self.renewals = Renewals::start(&signed_in.viewer);
         Ok(self.viewer.insert(signed_in.viewer))

@@ -637,7 +637,11 @@ scenarios.admin = () => {
   });
 
   pageTest("the console shows each instance and their sum, and a disconnect closes the user's sockets on both", async () => {
+    // Some traffic for the tables and the charts.
+    await join(ALICE, `lobby${SUFFIX}`);
+    await join(BOB, `lobby${SUFFIX}`);
     const page = await open(`/admin?token=${encodeURIComponent(ADMIN)}`, "admin");
+    for (let i = 0; i < 3; i++) await send(ALICE, `lobby${SUFFIX}`, `hello ${i}`);
     // Both instances, each as its own /metrics counts itself, and the sum.
     const shown = await eventually(
       "two instances reporting, with the sockets the harness holds",
@@ -676,7 +680,16 @@ scenarios.admin = () => {
       (rows) => rows.length === 3,
     );
     assert.equal(new Set(sockets.map((r) => r.split("\t")[0])).size, 2, `on two instances: ${sockets}`);
-    await screenshot(page, "admin");
+    await eventually(
+      "the lobby among the busiest rooms",
+      () => byTestId(page, "rooms-by-messages").innerText(),
+      (t) => t.includes(`lobby${SUFFIX}`),
+    );
+    if (SCREENSHOTS) {
+      await sleep(3_000); // a few seconds on the charts
+      mkdirSync(SCREENSHOTS, { recursive: true });
+      await page.screenshot({ path: joinPath(SCREENSHOTS, "admin.png"), fullPage: true });
+    }
 
     // Disconnect alice, confirmed in a dialog.
     assert.equal(await byTestId(page, "disconnect-user").inputValue(), "alice");

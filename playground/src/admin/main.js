@@ -68,7 +68,7 @@ function h(tag, attrs = {}, ...children) {
     else if (k === "className") el.className = v;
     else el.setAttribute(k, v === true ? "" : String(v));
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -207,11 +207,14 @@ function instanceCard(s) {
   );
 }
 
-function chart(label, testId, series) {
+/** Canvases drawn once the page is in the document. */
+const toDraw = [];
+
+function chart(label, testId, series, unit) {
   const canvas = h("canvas", { "data-testid": testId, width: 600, height: 160 });
-  requestAnimationFrame(() => draw(canvas, series));
-  const last = series.map((s) => `${s.name} ${fmtRate(s.points.at(-1) ?? 0)}/s`).join(" · ");
-  return h("figure", { className: "ad-panel ad-chart" }, h("h2", {}, label), canvas, h("figcaption", { className: "ad-legend" }, `${last} · last ${HISTORY_SECONDS / 60} minutes`));
+  toDraw.push([canvas, series]);
+  const last = series.map((s) => `${s.name} ${unit(s.points.at(-1) ?? 0)}`).join(" · ");
+  return h("figure", { className: "ad-panel ad-chart" }, h("h2", {}, label), canvas, h("figcaption", { className: "ad-legend" }, `${last} · up to the last ${HISTORY_SECONDS / 60} minutes`));
 }
 
 function draw(canvas, series) {
@@ -233,12 +236,14 @@ function draw(canvas, series) {
   ctx.fillStyle = style.getPropertyValue("--tp-muted") || "#666";
   ctx.font = "11px system-ui, sans-serif";
   ctx.fillText(fmtRate(max), 4, 14);
+  // The width spans what the page has seen, up to five minutes (at least half a minute).
+  const span = Math.max(30, ...series.map((s) => s.points.length - 1));
   for (const s of series) {
     ctx.strokeStyle = s.color;
     ctx.lineWidth = 2;
     ctx.beginPath();
     s.points.forEach((v, i) => {
-      const x = width - (s.points.length - 1 - i) * (width / (HISTORY_SECONDS - 1));
+      const x = width - (s.points.length - 1 - i) * (width / span);
       const y = height - 5 - (v / max) * (height - 10);
       if (i === 0) ctx.moveTo(x, y);
       else ctx.lineTo(x, y);
@@ -345,7 +350,11 @@ function confirmAction(text) {
   });
 }
 
+/** The last action's outcome, kept across the page's renders. */
+let outcome = { text: "", error: false };
+
 function say(text, error = false) {
+  outcome = { text, error };
   const el = document.querySelector("[data-testid=action-result]");
   if (el) {
     el.textContent = text;
@@ -447,7 +456,11 @@ function actionsSection() {
     "section",
     { className: "ad-panel" },
     h("div", { className: "ad-actions" }, disconnect, publish, notify),
-    h("p", { className: "ad-status", "data-testid": "action-result", "aria-live": "polite" }),
+    h(
+      "p",
+      { className: outcome.error ? "ad-status ad-error" : "ad-status", "data-testid": "action-result", "aria-live": "polite" },
+      outcome.text,
+    ),
   );
 }
 
@@ -481,6 +494,7 @@ function render() {
   const focused = document.activeElement?.dataset?.testid;
   const kept = [...document.querySelectorAll(".ad-actions input, .ad-actions textarea, .ad-actions select")].map((el) => [el.dataset.testid, el.value]);
   const claims = tokenClaims(token);
+  toDraw.length = 0;
   const main = h("main", { className: "ad-main" });
   if (!claims || claims.role !== "admin" || refused) {
     main.append(
@@ -501,20 +515,31 @@ function render() {
         h(
           "div",
           { className: "ad-charts" },
-          chart("Events per second (all instances)", "events-chart", [
-            { name: "published", color: "#0969da", points: pick("published") },
-            { name: "delivered", color: "#1a7f37", points: pick("delivered") },
-          ]),
-          chart("Delivery latency (worst instance, ms)", "latency-chart", [
-            { name: "p50", color: "#8250df", points: pick("p50") },
-            { name: "p99", color: "#cf222e", points: pick("p99") },
-          ]),
+          chart(
+            "Events per second (all instances)",
+            "events-chart",
+            [
+              { name: "published", color: "#0969da", points: pick("published") },
+              { name: "delivered", color: "#1a7f37", points: pick("delivered") },
+            ],
+            (n) => `${fmtRate(n)}/s`,
+          ),
+          chart(
+            "Delivery latency (worst instance)",
+            "latency-chart",
+            [
+              { name: "p50", color: "#8250df", points: pick("p50") },
+              { name: "p99", color: "#cf222e", points: pick("p99") },
+            ],
+            fmtMs,
+          ),
         ),
       );
     }
     main.append(tablesSection(), actionsSection(), logSection());
   }
   root.replaceChildren(bar(), main);
+  for (const [canvas, series] of toDraw.splice(0)) draw(canvas, series);
   for (const [id, value] of kept) {
     const el = root.querySelector(`[data-testid="${id}"]`);
     if (el && id !== "disconnect-user") el.value = value;
