@@ -119,7 +119,7 @@ async fn the_console_shows_every_instance_and_their_sum_and_disconnects_a_user_o
     ];
     let (a, b, _db) = bridged_pair(&Backend::Sqlite, &redis, &quiet).await;
     let alice = cli_token("alice", "user");
-    let mut alices = vec![
+    let mut alices = [
         GqlSocket::user(&a, &alice).await,
         GqlSocket::user(&a, &alice).await,
         GqlSocket::user(&b, &alice).await,

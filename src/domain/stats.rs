@@ -151,7 +151,7 @@ fn sum(parts: &[&InstanceStats], now: DateTime<Utc>) -> InstanceStats {
         }
     };
     let mut sockets: Vec<_> = parts.iter().flat_map(|s| s.sockets.clone()).collect();
-    sockets.sort_by(|a, b| b.queued.cmp(&a.queued));
+    sockets.sort_by_key(|s| std::cmp::Reverse(s.queued));
     sockets.truncate(crate::hub::event::MAX_REPORTED_SOCKETS);
     InstanceStats {
         instance: "total".into(),

@@ -87,7 +87,7 @@ pub struct Connections {
     next_id: AtomicU64,
     closed: Notify,
     /// Each signed-in user's connections here, by connection id.
-    by_user: Mutex<HashMap<String, Vec<(u64, Transport, Outbox)>>>,
+    by_user: Mutex<HashMap<String, Vec<UserConnection>>>,
     /// Sockets admitted and not yet closed, opening ones included: what
     /// `TIDINGS_MAX_CONNECTIONS` caps.
     admitted: AtomicUsize,
@@ -98,6 +98,9 @@ pub struct Connections {
     /// `/ws` channels): what `TIDINGS_MAX_SUBSCRIPTIONS_PER_USER` caps.
     subscriptions: Mutex<HashMap<String, usize>>,
 }
+
+/// A signed-in user's connection here: its id, its transport, and its queue.
+type UserConnection = (u64, Transport, Outbox);
 
 /// How long a refused client is asked to wait before it tries again.
 const RETRY_AFTER_SECONDS: u64 = 5;
@@ -275,9 +278,7 @@ impl Connections {
         }
     }
 
-    fn lock_users(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(u64, Transport, Outbox)>>> {
+    fn lock_users(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<UserConnection>>> {
         self.by_user.lock().unwrap_or_else(|p| p.into_inner())
     }
 
