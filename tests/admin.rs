@@ -407,3 +407,39 @@ async fn the_console_page_is_served_from_the_binary_with_the_same_policy_as_the_
         assert_eq!(status, 200, "{asset}");
     }
 }
+
+#[tokio::test]
+async fn server_stats_end_with_forbidden_when_the_connection_renews_without_the_admin_role() {
+    let db = TestDb::new(&Backend::Sqlite).await;
+    let server = TestServer::start(&db, &[]);
+    let mut admin = GqlSocket::user(&server, &cli_token("root", "admin")).await;
+    admin.subscribe("s", STATS, json!({})).await;
+    admin.data("s").await;
+    admin
+        .subscribe(
+            "r",
+            "mutation($t: String!) { authenticate(token: $t) { expiresAt } }",
+            json!({ "t": cli_token("root", "user") }),
+        )
+        .await;
+    admin.data("r").await;
+    // Snapshots already on their way may come first; then the stream ends.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "serverStats went on after the admin role was dropped"
+        );
+        let f = admin.frame_for("s").await;
+        if f["type"] == "next" && f["payload"].get("errors").is_none() {
+            continue;
+        }
+        let errors = if f["type"] == "error" {
+            f["payload"].clone()
+        } else {
+            f["payload"]["errors"].clone()
+        };
+        assert_eq!(errors[0]["extensions"]["code"], "FORBIDDEN", "{f}");
+        break;
+    }
+}
