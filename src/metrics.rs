@@ -742,6 +742,10 @@ fn parse(text: &str) -> Reading {
     }
     r.latency
         .sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    // In name order: the recorder's own order varies from one reading to the next.
+    for list in [&mut r.connections, &mut r.subscriptions, &mut r.refusals] {
+        list.sort();
+    }
     r
 }
 
@@ -750,8 +754,8 @@ mod sampler_tests {
     use super::*;
 
     const TEXT: &str = "# TYPE tidings_connections gauge\n\
-        tidings_connections{transport=\"graphql_ws\"} 3\n\
         tidings_connections{transport=\"legacy_ws\"} 1\n\
+        tidings_connections{transport=\"graphql_ws\"} 3\n\
         tidings_events_published_total{kind=\"room_messages\"} 10\n\
         tidings_events_delivered_total{kind=\"room_messages\"} 30\n\
         tidings_events_published_total{kind=\"stats\"} 7\n\
@@ -765,7 +769,8 @@ mod sampler_tests {
         let r = parse(TEXT);
         assert_eq!(
             r.connections,
-            vec![("graphql_ws".to_owned(), 3), ("legacy_ws".to_owned(), 1)]
+            vec![("graphql_ws".to_owned(), 3), ("legacy_ws".to_owned(), 1)],
+            "in name order"
         );
         assert_eq!((r.published, r.delivered), (10, 30));
         assert_eq!(r.refusals, vec![("connections:server_full".to_owned(), 2)]);

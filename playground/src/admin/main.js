@@ -322,7 +322,7 @@ function selectUser(id) {
   selectedUser = id;
   const target = document.querySelector("[data-testid=disconnect-user]");
   if (target) target.value = id;
-  render();
+  renderTables();
 }
 
 // --- actions -----------------------------------------------------------------------------------
@@ -489,13 +489,19 @@ function logSection() {
 let status = "";
 let refused = "";
 
+/**
+ * The parts that change while the page is open, each redrawn on its own: the figures every
+ * second, the tables when their data comes. The action forms are made once per sign-in, so
+ * what a person is typing is never redrawn under them.
+ */
+let parts = null;
+
+/** The whole page: after a sign-in, a sign-out or a refusal. */
 function render() {
   const root = document.getElementById("admin-root");
-  const focused = document.activeElement?.dataset?.testid;
-  const kept = [...document.querySelectorAll(".ad-actions input, .ad-actions textarea, .ad-actions select")].map((el) => [el.dataset.testid, el.value]);
   const claims = tokenClaims(token);
-  toDraw.length = 0;
   const main = h("main", { className: "ad-main" });
+  parts = null;
   if (!claims || claims.role !== "admin" || refused) {
     main.append(
       h(
@@ -507,45 +513,56 @@ function render() {
       ),
     );
   } else {
-    main.append(h("p", { className: "ad-status", "data-testid": "stats-status" }, status));
-    if (latest) {
-      main.append(h("div", { className: "ad-instances", "data-testid": "instances" }, instanceCard(latest.total), latest.instances.map(instanceCard)));
-      const pick = (k) => history.map((p) => p[k]);
-      main.append(
-        h(
-          "div",
-          { className: "ad-charts" },
-          chart(
-            "Events per second (all instances)",
-            "events-chart",
-            [
-              { name: "published", color: "#0969da", points: pick("published") },
-              { name: "delivered", color: "#1a7f37", points: pick("delivered") },
-            ],
-            (n) => `${fmtRate(n)}/s`,
-          ),
-          chart(
-            "Delivery latency (worst instance)",
-            "latency-chart",
-            [
-              { name: "p50", color: "#8250df", points: pick("p50") },
-              { name: "p99", color: "#cf222e", points: pick("p99") },
-            ],
-            fmtMs,
-          ),
-        ),
-      );
-    }
-    main.append(tablesSection(), actionsSection(), logSection());
+    parts = { live: h("div", { className: "ad-live" }), tables: h("div"), log: h("div") };
+    main.append(parts.live, parts.tables, actionsSection(), parts.log);
   }
   root.replaceChildren(bar(), main);
-  for (const [canvas, series] of toDraw.splice(0)) draw(canvas, series);
-  for (const [id, value] of kept) {
-    const el = root.querySelector(`[data-testid="${id}"]`);
-    if (el && id !== "disconnect-user") el.value = value;
-    else if (el && value) el.value = value;
+  renderLive();
+  renderTables();
+}
+
+/** The figures and the charts. */
+function renderLive() {
+  if (!parts) return;
+  toDraw.length = 0;
+  const live = [h("p", { className: "ad-status", "data-testid": "stats-status" }, status)];
+  if (latest) {
+    const pick = (k) => history.map((p) => p[k]);
+    live.push(
+      h("div", { className: "ad-instances", "data-testid": "instances" }, instanceCard(latest.total), latest.instances.map(instanceCard)),
+      h(
+        "div",
+        { className: "ad-charts" },
+        chart(
+          "Events per second (all instances)",
+          "events-chart",
+          [
+            { name: "published", color: "#0969da", points: pick("published") },
+            { name: "delivered", color: "#1a7f37", points: pick("delivered") },
+          ],
+          (n) => `${fmtRate(n)}/s`,
+        ),
+        chart(
+          "Delivery latency (worst instance)",
+          "latency-chart",
+          [
+            { name: "p50", color: "#8250df", points: pick("p50") },
+            { name: "p99", color: "#cf222e", points: pick("p99") },
+          ],
+          fmtMs,
+        ),
+      ),
+    );
   }
-  if (focused) root.querySelector(`[data-testid="${focused}"]`)?.focus();
+  parts.live.replaceChildren(...live);
+  for (const [canvas, series] of toDraw.splice(0)) draw(canvas, series);
+}
+
+/** The tables and the log of admin actions. */
+function renderTables() {
+  if (!parts) return;
+  parts.tables.replaceChildren(tablesSection());
+  parts.log.replaceChildren(logSection());
 }
 
 function onStats(stats) {
@@ -559,8 +576,8 @@ function onStats(stats) {
   while (history.length > HISTORY_SECONDS) history.shift();
   const live = stats.instances.filter((i) => !i.stale).length;
   status = `Live · ${live} of ${stats.instances.length} instance${stats.instances.length === 1 ? "" : "s"} reporting · ${new Date(stats.at).toLocaleTimeString("en-GB")}`;
-  // Keep typing undisturbed: the figures re-render, a form being filled keeps its values.
-  render();
+  renderLive();
+  renderTables();
 }
 
 async function refreshTables() {
@@ -569,7 +586,7 @@ async function refreshTables() {
   } catch (e) {
     status = String(e.message ?? e);
   }
-  render();
+  renderTables();
 }
 
 function start() {
