@@ -7,6 +7,7 @@
 #   bench/run.sh                # everything (about 15 minutes on 2 cores)
 #   bench/run.sh fanout idle    # some scenarios: fanout latency idle idle50k chat redis writes storm abuse streams receipts
 #   bench/run.sh cluster        # 3 instances on a 3-shard Redis Cluster (not in the default set)
+#   bench/run.sh admin          # fan-out with the operator console closed and open (not in the default set)
 #
 # Results: bench/results/*.json (one report per run) and bench/results/fanout.svg.
 set -euo pipefail
@@ -309,6 +310,34 @@ for scenario in $SCENARIOS; do
         --subscribers 100 --rooms 100 --rate 0 --window 64 --publishers 4 --duration 10 \
         --label "writes-$backend" --json "$OUT/writes-$backend.json" || true
       stop "$SERVER_PID"
+    done ;;
+  admin) # what an open operator console costs the hot path: saturated fan-out to 1,000
+    # subscribers of one room with the console closed, then open (bench/node-ref/console.mjs:
+    # a serverStats subscriber and the console's table queries every 5 s), twice each, in one run
+    for round in 1 2; do
+      for console in closed open; do
+        port=$(free_port); serve tidings "$port"
+        watcher=""
+        if [ $console = open ]; then
+          admin_token=$("$BIN/tidings" token --user console --role admin)
+          node bench/node-ref/console.mjs "http://127.0.0.1:$port" "$admin_token" 120 \
+            >"$WORK/console-$port.log" 2>&1 &
+          watcher=$!; PIDS+=("$watcher")
+          sleep 2
+        fi
+        load --url "http://127.0.0.1:$port" --server-pid "$SERVER_PID" \
+          --subscribers 1000 --rate 0 --window 256 --duration 5 --drain 20 \
+          --connect-concurrency 200 --join-concurrency 64 \
+          --label "admin-console-$console-$round" --json "$OUT/admin-console-$console-$round.json" || true
+        if [ -n "$watcher" ]; then
+          kill -TERM "$watcher" 2>/dev/null || true; wait "$watcher" || echo "the console saw nothing" >&2
+          cat "$WORK/console-$port.log"
+        fi
+        stop "$SERVER_PID"
+      done
+    done
+    for f in "$OUT"/admin-console-*.json; do
+      printf '%s ' "$(basename "$f" .json)"; grep -oE '"deliveries_per_second": *[0-9.]+' "$f"
     done ;;
   receipts) # 1,000 members of one room subscribed to roomEvents, each marking it read once a
     # second (bench/src/receipts.rs): receipt events and deliveries per second, server CPU

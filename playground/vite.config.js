@@ -1,5 +1,6 @@
-// Builds the two pages the tidings binary embeds: the demo chat client (index.html, served at
-// `/`) and GraphiQL (playground.html, served at `/playground` and to browsers at `/graphql`).
+// Builds the pages the tidings binary embeds: the demo chat client (index.html, served at
+// `/`), GraphiQL (playground.html, served at `/playground` and to browsers at `/graphql`) and
+// the operator console (admin.html, served at `/admin`).
 //
 // The output is committed (dist/) and must be reproducible: `scripts/check-playground.sh`
 // rebuilds it and fails when it differs. File names carry content hashes only, so identical
@@ -45,6 +46,7 @@ export default defineConfig({
       input: {
         chat: resolve(root, "index.html"),
         playground: resolve(root, "playground.html"),
+        admin: resolve(root, "admin.html"),
       },
       output: { manualChunks: chunkOf },
     },

@@ -124,17 +124,19 @@ impl App {
         let schema = graphql::build_schema(Some(domain.clone()), config.introspection);
         let connections = Arc::new(http::ws::Connections::default());
         http::follow_orders(&domain, connections.clone(), shutdown.clone());
+        let state = AppState {
+            schema,
+            domain,
+            config: Arc::new(config),
+            shutdown,
+            connections,
+            cohorts: Arc::default(),
+            streams: Arc::default(),
+            bridge,
+        };
+        http::report_every_second(&state, state.shutdown.clone());
         Ok(Self {
-            state: AppState {
-                schema,
-                domain,
-                config: Arc::new(config),
-                shutdown,
-                connections,
-                cohorts: Arc::default(),
-                streams: Arc::default(),
-                bridge,
-            },
+            state,
             bridge_shutdown,
         })
     }

@@ -61,6 +61,9 @@ const RATE_ACTIONS: [&str; 6] = [
     "reaction",
     "receipt",
 ];
+/// Admin actions stored in the log, by `action` (`disconnect`, `publish`, `notify`).
+pub const ADMIN_ACTIONS: &str = "tidings_admin_actions_total";
+const ADMIN_ACTION_KINDS: [&str; 3] = ["disconnect", "publish", "notify"];
 /// Transactions of the message writer (each commits a batch of sends).
 pub const MESSAGE_BATCHES: &str = "tidings_message_batches_total";
 /// Sends those transactions carried; over `MESSAGE_BATCHES`, the mean batch.
@@ -151,7 +154,8 @@ pub const PRESENCE: &str = "presence";
 pub const LEADERBOARD: &str = "leaderboard";
 pub const CHANNEL: &str = "channel";
 pub const CONTROL: &str = "control";
-const TOPIC_KINDS: [&str; 7] = [
+pub const STATS: &str = "stats";
+const TOPIC_KINDS: [&str; 8] = [
     ROOM_MESSAGES,
     ROOM_TYPING,
     USER_NOTIFICATIONS,
@@ -159,6 +163,7 @@ const TOPIC_KINDS: [&str; 7] = [
     LEADERBOARD,
     CHANNEL,
     CONTROL,
+    STATS,
 ];
 
 pub fn topic_kind(topic: &Topic) -> &'static str {
@@ -170,6 +175,7 @@ pub fn topic_kind(topic: &Topic) -> &'static str {
         Topic::Leaderboard => LEADERBOARD,
         Topic::Channel(_) => CHANNEL,
         Topic::Control => CONTROL,
+        Topic::Stats => STATS,
     }
 }
 
@@ -272,6 +278,10 @@ fn describe() {
         CHANNEL_MISSED,
         "Channel events a slow subscriber missed, by channel kind"
     );
+    describe_counter!(
+        ADMIN_ACTIONS,
+        "Admin actions stored in the log, by action (disconnect, publish, notify)"
+    );
     describe_gauge!(REDIS_UP, "1 while the Redis bridge is connected, else 0");
     describe_counter!(
         MESSAGE_BATCHES,
@@ -324,6 +334,9 @@ fn register_at_zero() {
         counter!(GRAPHQL_REFUSED, "reason" => reason).absolute(0);
     }
     gauge!(COHORT_MEMBERS).set(0.0);
+    for action in ADMIN_ACTION_KINDS {
+        counter!(ADMIN_ACTIONS, "action" => action).absolute(0);
+    }
     for limit in SIGN_IN_LIMITS {
         counter!(SIGN_IN_REFUSED, "limit" => limit).absolute(0);
     }
@@ -506,4 +519,277 @@ pub fn connection_refused(reason: &'static str) {
 /// A subscription or channel was refused by the `budget` (see `SUBSCRIPTIONS_REFUSED`).
 pub fn subscription_refused(budget: &'static str) {
     counter!(SUBSCRIPTIONS_REFUSED, "budget" => budget).increment(1);
+}
+
+/// An admin action was stored in the log.
+pub fn admin_action(action: &'static str) {
+    counter!(ADMIN_ACTIONS, "action" => action).increment(1);
+}
+
+/// This instance's figures, read from the recorder once a second for the operator console:
+/// what the hot path already counts, read back, so the console adds no work where events are
+/// delivered. Rates and latency percentiles are over the time since the previous reading.
+#[derive(Default)]
+pub struct Sampler {
+    previous: Option<Reading>,
+}
+
+/// The recorder's counters and gauges at one moment, as the console reads them.
+#[derive(Clone, Debug, Default)]
+struct Reading {
+    at: Option<std::time::Instant>,
+    connections: Vec<(String, u64)>,
+    subscriptions: Vec<(String, u64)>,
+    cohort_members: u64,
+    published: u64,
+    delivered: u64,
+    slow_consumers: u64,
+    refusals: Vec<(String, u64)>,
+    /// Cumulative latency counts by upper bound (seconds), every series together.
+    latency: Vec<(f64, u64)>,
+}
+
+/// What a `Sampler` reads: counts now, and the rates since its previous reading.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sample {
+    pub connections: Vec<(String, u64)>,
+    pub subscriptions: Vec<(String, u64)>,
+    pub cohort_members: u64,
+    pub events_published: u64,
+    pub events_delivered: u64,
+    pub published_per_second: f64,
+    pub delivered_per_second: f64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub slow_consumers: u64,
+    pub refusals: Vec<(String, u64)>,
+    pub redis_up: bool,
+}
+
+impl Sampler {
+    /// Reads the figures now; `None` without a recorder of ours.
+    pub fn sample(&mut self) -> Option<Sample> {
+        let mut reading = parse(&render()?);
+        reading.at = Some(std::time::Instant::now());
+        let sample = self.compare(&reading);
+        self.previous = Some(reading);
+        Some(sample)
+    }
+
+    fn compare(&self, now: &Reading) -> Sample {
+        let (rates, latency) = match &self.previous {
+            Some(before) => {
+                let seconds = match (before.at, now.at) {
+                    (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
+                    _ => 1.0,
+                }
+                .max(1e-3);
+                let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / seconds;
+                let buckets: Vec<(f64, u64)> = now
+                    .latency
+                    .iter()
+                    .map(|(le, n)| {
+                        let had = before
+                            .latency
+                            .iter()
+                            .find(|(l, _)| l == le)
+                            .map_or(0, |(_, n)| *n);
+                        (*le, n.saturating_sub(had))
+                    })
+                    .collect();
+                (
+                    (
+                        rate(before.published, now.published),
+                        rate(before.delivered, now.delivered),
+                    ),
+                    buckets,
+                )
+            }
+            None => ((0.0, 0.0), Vec::new()),
+        };
+        Sample {
+            connections: now.connections.clone(),
+            subscriptions: now.subscriptions.clone(),
+            cohort_members: now.cohort_members,
+            events_published: now.published,
+            events_delivered: now.delivered,
+            published_per_second: rates.0,
+            delivered_per_second: rates.1,
+            latency_p50_ms: percentile(&latency, 0.50),
+            latency_p99_ms: percentile(&latency, 0.99),
+            slow_consumers: now.slow_consumers,
+            refusals: now.refusals.clone(),
+            redis_up: REDIS_CONNECTED.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The `q` quantile, in milliseconds, of cumulative bucket counts (upper bound in seconds,
+/// ascending), interpolated within its bucket; `None` when nothing was recorded.
+fn percentile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
+    let total = buckets.iter().map(|(_, n)| *n).max()?;
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut lower = (0.0, 0u64);
+    for &(le, n) in buckets {
+        if n as f64 >= rank {
+            if le.is_infinite() {
+                return Some(lower.0 * 1000.0);
+            }
+            let within = (n - lower.1).max(1) as f64;
+            let fraction = ((rank - lower.1 as f64) / within).clamp(0.0, 1.0);
+            return Some((lower.0 + (le - lower.0) * fraction) * 1000.0);
+        }
+        lower = (le, n);
+    }
+    Some(lower.0 * 1000.0)
+}
+
+/// Reads the series the console shows from the Prometheus text.
+fn parse(text: &str) -> Reading {
+    let mut r = Reading::default();
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let count = if value.is_finite() && value > 0.0 {
+            value.round() as u64
+        } else {
+            0
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let label = |key: &str| -> Option<String> {
+            labels.split("\",").find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                (k == key).then(|| v.trim_matches('"').to_owned())
+            })
+        };
+        let add = |list: &mut Vec<(String, u64)>, key: String, n: u64| match list
+            .iter_mut()
+            .find(|(k, _)| *k == key)
+        {
+            Some((_, v)) => *v += n,
+            None => list.push((key, n)),
+        };
+        match name {
+            CONNECTIONS => add(
+                &mut r.connections,
+                label("transport").unwrap_or_default(),
+                count,
+            ),
+            SUBSCRIPTIONS => add(
+                &mut r.subscriptions,
+                label("kind").unwrap_or_default(),
+                count,
+            ),
+            COHORT_MEMBERS => r.cohort_members = count,
+            // The console's own figures are not the deployment's traffic.
+            EVENTS_PUBLISHED if label("kind").as_deref() != Some(STATS) => r.published += count,
+            EVENTS_DELIVERED if label("kind").as_deref() != Some(STATS) => r.delivered += count,
+            SLOW_CONSUMERS => r.slow_consumers += count,
+            CONNECTIONS_REFUSED => add(
+                &mut r.refusals,
+                format!("connections:{}", label("reason").unwrap_or_default()),
+                count,
+            ),
+            SUBSCRIPTIONS_REFUSED => add(
+                &mut r.refusals,
+                format!("subscriptions:{}", label("budget").unwrap_or_default()),
+                count,
+            ),
+            RATE_LIMITED => add(
+                &mut r.refusals,
+                format!("rate:{}", label("action").unwrap_or_default()),
+                count,
+            ),
+            GRAPHQL_REFUSED => add(
+                &mut r.refusals,
+                format!("graphql:{}", label("reason").unwrap_or_default()),
+                count,
+            ),
+            SIGN_IN_REFUSED => add(
+                &mut r.refusals,
+                format!("sign_in:{}", label("limit").unwrap_or_default()),
+                count,
+            ),
+            _ if name.strip_suffix("_bucket") == Some(DELIVERY_LATENCY) => {
+                let le = match label("le").as_deref() {
+                    Some("+Inf") => f64::INFINITY,
+                    Some(le) => match le.parse::<f64>() {
+                        Ok(le) => le,
+                        Err(_) => continue,
+                    },
+                    None => continue,
+                };
+                match r.latency.iter_mut().find(|(l, _)| *l == le) {
+                    Some((_, n)) => *n += count,
+                    None => r.latency.push((le, count)),
+                }
+            }
+            _ => {}
+        }
+    }
+    r.latency
+        .sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    // In name order: the recorder's own order varies from one reading to the next.
+    for list in [&mut r.connections, &mut r.subscriptions, &mut r.refusals] {
+        list.sort();
+    }
+    r
+}
+
+#[cfg(test)]
+mod sampler_tests {
+    use super::*;
+
+    const TEXT: &str = "# TYPE tidings_connections gauge\n\
+        tidings_connections{transport=\"legacy_ws\"} 1\n\
+        tidings_connections{transport=\"graphql_ws\"} 3\n\
+        tidings_events_published_total{kind=\"room_messages\"} 10\n\
+        tidings_events_delivered_total{kind=\"room_messages\"} 30\n\
+        tidings_events_published_total{kind=\"stats\"} 7\n\
+        tidings_connections_refused_total{reason=\"server_full\"} 2\n\
+        tidings_delivery_latency_seconds_bucket{transport=\"graphql_ws\",kind=\"room_messages\",le=\"0.001\"} 50\n\
+        tidings_delivery_latency_seconds_bucket{transport=\"graphql_ws\",kind=\"room_messages\",le=\"0.01\"} 99\n\
+        tidings_delivery_latency_seconds_bucket{transport=\"graphql_ws\",kind=\"room_messages\",le=\"+Inf\"} 100\n";
+
+    #[test]
+    fn the_console_reads_counts_and_refusals_from_the_exposition() {
+        let r = parse(TEXT);
+        assert_eq!(
+            r.connections,
+            vec![("graphql_ws".to_owned(), 3), ("legacy_ws".to_owned(), 1)],
+            "in name order"
+        );
+        assert_eq!((r.published, r.delivered), (10, 30));
+        assert_eq!(r.refusals, vec![("connections:server_full".to_owned(), 2)]);
+        assert_eq!(r.latency.len(), 3);
+    }
+
+    #[test]
+    fn percentiles_come_from_the_buckets_filled_since_the_last_reading() {
+        let r = parse(TEXT);
+        let p50 = percentile(&r.latency, 0.5).expect("a p50");
+        assert!((p50 - 1.0).abs() < 1e-9, "{p50}");
+        let p99 = percentile(&r.latency, 0.99).expect("a p99");
+        assert!((p99 - 10.0).abs() < 1e-9, "{p99}");
+        assert_eq!(percentile(&[(0.001, 0), (f64::INFINITY, 0)], 0.5), None);
+        let sampler = Sampler {
+            previous: Some(r.clone()),
+        };
+        let same = sampler.compare(&r);
+        assert_eq!(same.latency_p50_ms, None, "nothing new was delivered");
+        assert_eq!(same.published_per_second, 0.0);
+    }
 }

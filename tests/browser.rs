@@ -108,9 +108,70 @@ async fn the_chat_renews_its_token_on_its_socket_and_keeps_receiving_past_its_ex
     run_scenario("renewal", &server.base, |_| None);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_every_instance_and_their_sum_and_disconnects_a_user_on_both() {
+    let _browser = ONE_BROWSER.lock().await;
+    let redis = TestRedis::start();
+    // The harness's clients stay unread until the disconnect: no ping may close them first.
+    let quiet = [
+        ("TIDINGS_WS_PING_INTERVAL", "120s"),
+        ("TIDINGS_WS_IDLE_TIMEOUT", "600s"),
+    ];
+    let (a, b, _db) = bridged_pair(&Backend::Sqlite, &redis, &quiet).await;
+    let alice = cli_token("alice", "user");
+    let mut alices = [
+        GqlSocket::user(&a, &alice).await,
+        GqlSocket::user(&a, &alice).await,
+        GqlSocket::user(&b, &alice).await,
+    ];
+    let _bob = LegacyClient::user(&b, &cli_token("bob", "user")).await;
+    let admin = cli_token("root", "admin");
+    let mut other = Some(b);
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        run_scenario_with(
+            "admin",
+            &a.base,
+            &[
+                (
+                    "OTHER_URL",
+                    other.as_ref().map(|b| b.base.clone()).unwrap_or_default(),
+                ),
+                ("ADMIN_TOKEN", admin),
+            ],
+            |command| match command {
+                "alice-closed" => {
+                    let codes: Vec<String> = alices
+                        .iter_mut()
+                        .map(|ws| runtime.block_on(ws.closed()).code.to_string())
+                        .collect();
+                    Some(codes.join(" "))
+                }
+                "stop-other" => {
+                    if let Some(running) = other.take() {
+                        running.stop();
+                    }
+                    Some("stopped".to_owned())
+                }
+                _ => None,
+            },
+        )
+    });
+}
+
 /// Runs `node tests/browser/run.mjs <scenario>` against `base`. A line `@@tidings COMMAND` from
 /// the script goes to `control`, whose answer is written to the script's standard input.
-fn run_scenario(scenario: &str, base: &str, mut control: impl FnMut(&str) -> Option<String>) {
+fn run_scenario(scenario: &str, base: &str, control: impl FnMut(&str) -> Option<String>) {
+    run_scenario_with(scenario, base, &[], control)
+}
+
+/// `run_scenario`, with more variables in the script's environment.
+fn run_scenario_with(
+    scenario: &str,
+    base: &str,
+    env: &[(&str, String)],
+    mut control: impl FnMut(&str) -> Option<String>,
+) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let scripts = root.join("tests/browser");
     assert!(
@@ -134,6 +195,7 @@ fn run_scenario(scenario: &str, base: &str, mut control: impl FnMut(&str) -> Opt
         .env("ALICE_SHORT_TOKEN", cli_token_ttl("alice", "user", "2m"))
         .env("SCREENSHOT_DIR", screenshot_dir())
         .env("CHROMIUM", CHROMIUM)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         // A fresh database per test: the fixed room names cannot clash.
         .env_remove("ROOM_SUFFIX")
         .stdin(Stdio::piped())

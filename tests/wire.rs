@@ -196,6 +196,43 @@ fn events() -> Vec<(&'static str, Event)> {
             }),
         ),
         (
+            "stats",
+            Event::Stats(InstanceStats {
+                instance: "9f2c4e1a7b3d5c60".into(),
+                at: at(),
+                started_at: at(),
+                connections: vec![Figure {
+                    name: "graphql_ws".into(),
+                    value: 3,
+                }],
+                subscriptions: vec![Figure {
+                    name: "room_messages".into(),
+                    value: 5,
+                }],
+                cohorts: 1,
+                cohort_members: 2,
+                events_published: 40,
+                events_delivered: 120,
+                published_per_second: 2.0,
+                delivered_per_second: 6.0,
+                latency_p50_ms: Some(0.5),
+                latency_p99_ms: None,
+                slow_consumers: 0,
+                refusals: vec![Figure {
+                    name: "connections:server_full".into(),
+                    value: 1,
+                }],
+                redis: "up".into(),
+                database: "ok".into(),
+                sockets: vec![SocketLoad {
+                    user_id: "42".into(),
+                    transport: "graphql_ws".into(),
+                    queued: 0,
+                }],
+                signed_in_sockets: 1,
+            }),
+        ),
+        (
             "left",
             Event::Left(LeftRoom {
                 room_id: "lobby".into(),

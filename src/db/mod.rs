@@ -5,6 +5,7 @@
 //! So Tidings creates it readable by its owner only (SQLite gives the `-wal` and `-shm` files
 //! the database file's permissions), and warns when an existing one is readable by others.
 
+pub mod admin_action;
 pub mod counter;
 pub mod message;
 pub mod notification;

@@ -2,6 +2,7 @@
 //! transport calls it. A service checks the viewer's rights and the input, writes to the
 //! database, then publishes what happened.
 
+pub mod admin_log;
 pub mod changes;
 pub mod channels;
 pub mod contacts;
@@ -18,6 +19,7 @@ pub mod rooms;
 pub mod search;
 mod sends;
 pub mod sessions;
+pub mod stats;
 pub mod typing;
 pub mod users;
 pub(crate) mod wire;

@@ -60,12 +60,22 @@ pub fn expiry_time(exp: i64) -> DateTime<Utc> {
 /// What a stream follows, so that its right can be checked again under new credentials.
 #[derive(Clone, Debug)]
 pub enum Followed {
-    Messages { room_id: String },
-    Typing { room_id: String },
-    Presence { room_id: Option<String> },
+    Messages {
+        room_id: String,
+    },
+    Typing {
+        room_id: String,
+    },
+    Presence {
+        room_id: Option<String>,
+    },
     Notifications,
     Leaderboard,
-    Events { channels: Option<Vec<String>> },
+    Events {
+        channels: Option<Vec<String>>,
+    },
+    /// The operator console's figures (admins).
+    ServerStats,
 }
 
 impl Followed {
@@ -195,6 +205,7 @@ impl Domain {
                 .map(drop),
             Followed::Notifications => require_user(viewer).map(drop),
             Followed::Leaderboard => Ok(()),
+            Followed::ServerStats => super::require_admin(viewer).map(drop),
             Followed::Events { channels } => self
                 .resolve_channels(viewer, channels.as_deref())
                 .await

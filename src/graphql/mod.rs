@@ -5,6 +5,7 @@
 pub mod errors;
 pub mod limits;
 pub mod mutation;
+pub mod operations;
 pub mod query;
 pub mod share;
 pub mod subscription;
@@ -29,7 +30,12 @@ pub use subscription::Subscription;
 #[graphql(name = "Mutation")]
 pub struct Mutations(Mutation, mutation::MessageChanges);
 
-pub type TidingsSchema = Schema<Query, Mutations, Subscription>;
+/// The query root: the core queries, and the operator console's.
+#[derive(MergedObject)]
+#[graphql(name = "Query")]
+pub struct Queries(Query, operations::OperationsQuery);
+
+pub type TidingsSchema = Schema<Queries, Mutations, Subscription>;
 
 /// Marks a request as coming over a WebSocket connection (typing set there stops when it
 /// closes).
@@ -48,7 +54,7 @@ pub const PERSISTED_QUERIES: usize = 1024;
 
 pub fn build_schema(domain: Option<Arc<Domain>>, introspection: bool) -> TidingsSchema {
     let mut builder = Schema::build(
-        Query,
+        Queries(Query, operations::OperationsQuery),
         Mutations(Mutation, mutation::MessageChanges),
         Subscription,
     )

@@ -178,7 +178,7 @@ impl Mutation {
             data: input.data.map(|d| d.0),
         };
         let n = domain(ctx)
-            .send_notification(viewer(ctx), audience, draft)
+            .send_notification_logged(viewer(ctx), audience, draft)
             .await
             .gql()?;
         Ok(i32::try_from(n).unwrap_or(i32::MAX))
@@ -222,7 +222,8 @@ impl Mutation {
         data: Option<async_graphql::Json<serde_json::Value>>,
     ) -> Result<ChannelEvent> {
         let event = domain(ctx)
-            .publish_event(viewer(ctx), &channel, &kind, data.map(|d| d.0))
+            .publish_event_logged(viewer(ctx), &channel, &kind, data.map(|d| d.0))
+            .await
             .gql()?;
         Ok(ChannelEvent(event))
     }
@@ -231,7 +232,7 @@ impl Mutation {
     /// issued to them so far.
     async fn disconnect_user(&self, ctx: &Context<'_>, user_id: ID) -> Result<bool> {
         domain(ctx)
-            .disconnect_user(viewer(ctx), &user_id)
+            .disconnect_user_logged(viewer(ctx), &user_id)
             .await
             .gql()
     }

@@ -13,7 +13,8 @@ use crate::domain::search::{SEARCH_DEFAULT, SEARCH_MAX};
 
 pub struct Query;
 
-#[Object]
+/// Merged with the console's queries into the schema's `Query` root (`graphql::Queries`).
+#[Object(name = "CoreQuery")]
 impl Query {
     /// The signed-in user; null when anonymous.
     async fn me(&self, ctx: &Context<'_>) -> Result<Option<User>> {

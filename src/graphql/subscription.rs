@@ -2,6 +2,7 @@ use async_graphql::{Context, Result, Subscription, ID};
 use futures_util::{Stream, StreamExt};
 
 use super::errors::IntoGql;
+use super::operations::ServerStats;
 use super::share::departure_error;
 use super::types::{
     ChannelEvent, LeaderboardSnapshot, Message, Notification, PresenceEvent, RoomEvent, TypingEvent,
@@ -131,6 +132,18 @@ impl Subscription {
     ) -> Result<impl Stream<Item = LeaderboardSnapshot>> {
         let feed = domain(ctx).leaderboard_feed(limit).gql()?;
         Ok(feed.map(|(snapshot, limit)| LeaderboardSnapshot { snapshot, limit }))
+    }
+
+    /// Admins: every instance's figures and their sum, once a second (the operator console,
+    /// `GET /admin`). An instance whose newest report is more than 3 seconds old is marked
+    /// `stale` and left out of the total.
+    async fn server_stats(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<impl Stream<Item = Result<ServerStats>>> {
+        let feed = domain(ctx).server_stats_feed(viewer(ctx)).gql()?;
+        let feed = domain(ctx).while_allowed(credentials(ctx), Followed::ServerStats, feed.map(Ok));
+        Ok(until_error(feed).map(|r| r.map(ServerStats)))
     }
 
     /// App events published to channels. Without `channels` (or with none): the viewer's own,

@@ -142,6 +142,11 @@ impl Drop for Membership {
 }
 
 impl Cohorts {
+    /// Shared executions running now.
+    pub fn running(&self) -> usize {
+        self.lock().len()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Cohort>>> {
         self.cohorts.lock().unwrap_or_else(|p| p.into_inner())
     }

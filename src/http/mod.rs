@@ -13,6 +13,7 @@ mod playground;
 mod presence;
 mod renewal;
 pub(crate) mod socket;
+mod stats;
 pub(crate) mod stream;
 pub mod takeover;
 pub mod ws;
@@ -49,6 +50,8 @@ pub struct AppState {
     /// The Redis bridge, when several instances share one Redis.
     pub bridge: Option<Arc<crate::hub::redis::RedisBridge>>,
 }
+
+pub use stats::report_every_second;
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;

@@ -1,6 +1,10 @@
 //! The browser side, served from the binary: the demo chat client at `GET /`, GraphiQL at
-//! `GET /playground` (and at `GET /graphql` when a browser asks for a page), and the files both
-//! load from `/assets/`.
+//! `GET /playground` (and at `GET /graphql` when a browser asks for a page), the operator
+//! console at `GET /admin`, and the files they load from `/assets/`.
+//!
+//! The console's page is served to anyone, like the others: it holds no data, and asks for an
+//! admin token; the figures and actions it shows come from the GraphQL API, which refuses
+//! them to anyone but an admin.
 //!
 //! The pages are built from `playground/` by Vite into `playground/dist/`, which is committed
 //! and embedded at compile time, so `cargo run` needs no Node. Embedding is rust-embed's
@@ -31,6 +35,7 @@ struct Dist;
 
 const CHAT_PAGE: &str = "index.html";
 const GRAPHIQL_PAGE: &str = "playground.html";
+const ADMIN_PAGE: &str = "admin.html";
 
 /// Pages are revalidated on every visit (a cheap 304 with the ETag), so a new binary's pages,
 /// and the new asset names in them, are picked up at once.
@@ -49,6 +54,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(chat))
         .route("/playground", get(graphiql))
+        .route("/admin", get(admin))
         .route("/assets/{*path}", get(asset))
         // GraphiQL's editor is megabytes of JavaScript that compress about four to one.
         .layer(CompressionLayer::new())
@@ -70,6 +76,10 @@ pub fn wants_page(headers: &HeaderMap) -> bool {
 /// GraphiQL, for `GET /playground` and a browser's `GET /graphql`.
 pub async fn graphiql(headers: HeaderMap) -> Response {
     serve(GRAPHIQL_PAGE, PAGE_CACHE, &headers)
+}
+
+async fn admin(headers: HeaderMap) -> Response {
+    serve(ADMIN_PAGE, PAGE_CACHE, &headers)
 }
 
 async fn chat(headers: HeaderMap) -> Response {
@@ -176,7 +186,7 @@ mod tests {
 
     #[test]
     fn both_pages_and_their_assets_are_embedded() {
-        for page in [CHAT_PAGE, GRAPHIQL_PAGE] {
+        for page in [CHAT_PAGE, GRAPHIQL_PAGE, ADMIN_PAGE] {
             let html = Dist::get(page).unwrap_or_else(|| panic!("{page} is not embedded"));
             let html = String::from_utf8_lossy(&html.data).into_owned();
             let assets: Vec<&str> = html

@@ -59,6 +59,7 @@ use crate::domain::presence::PresenceGuard;
 use crate::domain::typing::ConnectionId;
 use crate::domain::users::ViewerError;
 use crate::domain::DomainError;
+use crate::hub::event::SocketLoad;
 use crate::metrics::Transport;
 
 /// Read-buffer chunk: frames from clients are small, and the buffer stays allocated for the
@@ -86,7 +87,7 @@ pub struct Connections {
     next_id: AtomicU64,
     closed: Notify,
     /// Each signed-in user's connections here, by connection id.
-    by_user: Mutex<HashMap<String, Vec<(u64, Outbox)>>>,
+    by_user: Mutex<HashMap<String, Vec<UserConnection>>>,
     /// Sockets admitted and not yet closed, opening ones included: what
     /// `TIDINGS_MAX_CONNECTIONS` caps.
     admitted: AtomicUsize,
@@ -97,6 +98,9 @@ pub struct Connections {
     /// `/ws` channels): what `TIDINGS_MAX_SUBSCRIPTIONS_PER_USER` caps.
     subscriptions: Mutex<HashMap<String, usize>>,
 }
+
+/// A signed-in user's connection here: its id, its transport, and its queue.
+type UserConnection = (u64, Transport, Outbox);
 
 /// How long a refused client is asked to wait before it tries again.
 const RETRY_AFTER_SECONDS: u64 = 5;
@@ -260,12 +264,13 @@ impl Connections {
         self: &Arc<Self>,
         user_id: &str,
         id: u64,
+        transport: Transport,
         outbox: &Outbox,
     ) -> UserWatch {
         self.lock_users()
             .entry(user_id.to_owned())
             .or_default()
-            .push((id, outbox.clone()));
+            .push((id, transport, outbox.clone()));
         UserWatch {
             connections: self.clone(),
             user_id: user_id.to_owned(),
@@ -273,7 +278,7 @@ impl Connections {
         }
     }
 
-    fn lock_users(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(u64, Outbox)>>> {
+    fn lock_users(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<UserConnection>>> {
         self.by_user.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -283,10 +288,36 @@ impl Connections {
         let Some(connections) = users.get(user_id) else {
             return 0;
         };
-        for (_, outbox) in connections {
+        for (_, _, outbox) in connections {
             outbox.0.attend(|state| state.kicked = true);
         }
         connections.len()
+    }
+
+    /// The signed-in sockets here, deepest queue first (at most `max`), and how many there
+    /// are in all: the operator console's figures, read once a second.
+    pub fn socket_loads(&self, max: usize) -> (Vec<SocketLoad>, u64) {
+        let mut loads: Vec<SocketLoad> = Vec::new();
+        {
+            let users = self.lock_users();
+            for (user_id, connections) in users.iter() {
+                for (_, transport, outbox) in connections {
+                    loads.push(SocketLoad {
+                        user_id: user_id.clone(),
+                        transport: transport.label().to_owned(),
+                        queued: outbox.0.lock().frames.len() as u64,
+                    });
+                }
+            }
+        }
+        let all = loads.len() as u64;
+        loads.sort_by(|a, b| {
+            b.queued
+                .cmp(&a.queued)
+                .then_with(|| a.user_id.cmp(&b.user_id))
+        });
+        loads.truncate(max);
+        (loads, all)
     }
 
     pub fn count(&self) -> usize {
@@ -327,7 +358,7 @@ impl Drop for UserWatch {
     fn drop(&mut self) {
         let mut users = self.connections.lock_users();
         if let Some(mine) = users.get_mut(&self.user_id) {
-            mine.retain(|(id, _)| *id != self.id);
+            mine.retain(|(id, _, _)| *id != self.id);
             if mine.is_empty() {
                 users.remove(&self.user_id);
             }
@@ -1092,6 +1123,7 @@ pub(crate) struct Link {
     renewals: Renewals,
     /// The connection's place within the connection budgets.
     admission: Admission,
+    transport: Transport,
 }
 
 impl Link {
@@ -1111,6 +1143,7 @@ impl Link {
             _watch: None,
             renewals: Renewals::default(),
             admission,
+            transport: ticket.transport,
         }
     }
 
@@ -1199,7 +1232,8 @@ impl Link {
             }
         }
         let connections = &self.state.connections;
-        self._watch = Some(connections.watch_user(&signed_in.user.id, self.id, &self.out));
+        self._watch =
+            Some(connections.watch_user(&signed_in.user.id, self.id, self.transport, &self.out));
         self.admission.signed_in();
         self.renewals = Renewals::start(&signed_in.viewer);
         Ok(self.viewer.insert(signed_in.viewer))

@@ -30,6 +30,10 @@ pub enum Event {
     /// message streams end at the "left" announcement itself, which the room's sequence
     /// numbers.
     Left(LeftRoom),
+    /// One instance's figures, which every instance publishes once a second for the operator
+    /// console. An instance of an older version does not know this kind: it counts such events
+    /// as undecodable and goes on.
+    Stats(InstanceStats),
     /// Local only, never sent between instances: events from other instances may have been
     /// missed (the Redis bridge was down), so persistent streams check the database.
     Resync,
@@ -50,6 +54,8 @@ pub struct Envelope {
 /// announcements), and a leave travels on the presence topic.
 /// 3: room changes (edits, deletes, reactions, read receipts) on the room's messages topic, and
 /// a message's `edited_at` and `deleted_at` when set.
+/// (The `stats` events of the `stats` topic came without a new version: they change no event
+/// that was there, and an instance that does not know them counts them as undecodable.)
 pub const WIRE_VERSION: u32 = 3;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -68,6 +74,63 @@ pub struct ChannelEvent {
     pub data: serde_json::Value,
     pub at: DateTime<Utc>,
 }
+
+/// What one instance carries right now, and what it did in the last second: read once a
+/// second from its metrics and registries, never counted on the delivery path.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStats {
+    /// The instance's id (its Redis bridge's; `local` without Redis).
+    pub instance: String,
+    pub at: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    /// Open connections, by transport (`graphql_ws`, `legacy_ws`, `sse`, `multipart`).
+    pub connections: Vec<Figure>,
+    /// Live hub subscriptions, by topic kind.
+    pub subscriptions: Vec<Figure>,
+    /// Shared executions running, and the subscriptions they serve.
+    pub cohorts: u64,
+    pub cohort_members: u64,
+    /// Since the instance started: events published on its hub, and handed to subscribers.
+    pub events_published: u64,
+    pub events_delivered: u64,
+    /// Over the last second.
+    pub published_per_second: f64,
+    pub delivered_per_second: f64,
+    /// Delivery latency over the last second, in milliseconds (none: nothing was delivered).
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    /// Connections cut as slow consumers since the start.
+    pub slow_consumers: u64,
+    /// Refusals by a budget since the start, each named `family:reason`
+    /// (`connections:server_full`, `subscriptions:user`, `rate:message`, `graphql:cost`, …).
+    pub refusals: Vec<Figure>,
+    /// `up`, `down` or `disabled`.
+    pub redis: String,
+    /// `ok` or `down`.
+    pub database: String,
+    /// Signed-in sockets, deepest queue first (at most `MAX_REPORTED_SOCKETS`).
+    pub sockets: Vec<SocketLoad>,
+    /// Signed-in sockets in all, listed or not.
+    pub signed_in_sockets: u64,
+}
+
+/// A named count.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Figure {
+    pub name: String,
+    pub value: u64,
+}
+
+/// One signed-in socket: whose, over which transport, and how many frames wait in its queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketLoad {
+    pub user_id: String,
+    pub transport: String,
+    pub queued: u64,
+}
+
+/// The most sockets one instance's figures list: what a second's report may weigh.
+pub const MAX_REPORTED_SOCKETS: usize = 500;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DisconnectUser {
@@ -247,6 +310,8 @@ pub enum Topic {
     Channel(String),
     /// Orders to every instance (disconnect a user).
     Control,
+    /// Every instance's figures, once a second.
+    Stats,
 }
 
 impl Event {
@@ -261,6 +326,7 @@ impl Event {
             Event::Left(_) => Topic::Presence,
             Event::Channel(c) => Topic::Channel(c.channel.clone()),
             Event::Disconnect(_) => Topic::Control,
+            Event::Stats(_) => Topic::Stats,
             Event::Resync => Topic::Presence,
         }
     }
@@ -276,6 +342,7 @@ impl fmt::Display for Topic {
             Topic::Leaderboard => f.write_str("leaderboard"),
             Topic::Channel(name) => write!(f, "channel:{name}"),
             Topic::Control => f.write_str("control"),
+            Topic::Stats => f.write_str("stats"),
         }
     }
 }

@@ -2,7 +2,7 @@
 // server. tests/browser.rs starts the server, makes the tokens and runs one scenario of this
 // script per Rust test:
 //
-//   node tests/browser/run.mjs graphiql | chat | history | restart | renewal
+//   node tests/browser/run.mjs graphiql | chat | history | restart | renewal | admin
 //
 // Every page records each request it makes (workers' and WebSockets included), and every
 // scenario ends by checking that none left 127.0.0.1: the pages must work offline.
@@ -10,7 +10,10 @@
 // The `restart` scenario needs its harness: it prints `@@tidings <command>` and waits for the
 // Rust test to act and answer on standard input: `stop` the page's server, `start` a new one
 // on the same address and database, `start-other` a server on another address and the same
-// database (the answer is its URL), `stop-other` that one. The other scenarios run by hand:
+// database (the answer is its URL), `stop-other` that one. The `admin` scenario needs it too
+// (two instances and their clients: `alice-closed` waits for alice's sockets to be closed and
+// answers their close codes, `stop-other` stops the second instance). The other scenarios run
+// by hand:
 //
 //   npm ci --prefix tests/browser
 //   TIDINGS_URL=http://127.0.0.1:8000 ALICE_TOKEN=$(tidings token --user alice) \
@@ -578,6 +581,151 @@ scenarios.renewal = () => {
 
   test("nothing left 127.0.0.1, and no page reported an error", () => {
     assertNothingLeftTheMachine();
+    assertNoPageErrors();
+  });
+};
+
+scenarios.admin = () => {
+  // Two instances share a Redis: the page is served by A (TIDINGS_URL), B is OTHER_URL. The
+  // harness holds clients on both: alice twice on A and once on B (graphql-ws), bob once on B
+  // (/ws); the console's own socket is the third on A.
+  const OTHER = required("OTHER_URL").replace(/\/+$/, "");
+  const ADMIN = required("ADMIN_TOKEN");
+  const input = createInterface({ input: process.stdin });
+  const lines = input[Symbol.asyncIterator]();
+  after(() => input.close());
+  async function harness(command) {
+    process.stdout.write(`@@tidings ${command}\n`);
+    const { value, done } = await lines.next();
+    return done ? "(closed)" : value.trim();
+  }
+  /** An instance's own count of its connections over `transport`, from its /metrics. */
+  async function connections(base, transport) {
+    const text = await (await fetch(`${base}/metrics`)).text();
+    const series = `tidings_connections{transport="${transport}"}`;
+    const line = text.split("\n").find((l) => l.startsWith(`${series} `));
+    return line ? Number(line.slice(series.length + 1)) : 0;
+  }
+  /** What the page shows: per instance card, its figures by name. */
+  const cards = (page) =>
+    page.locator("[data-testid=instance]").evaluateAll((els) =>
+      els.map((el) => ({
+        instance: el.dataset.instance,
+        stale: el.dataset.stale === "true",
+        figures: Object.fromEntries(
+          [...el.querySelectorAll("[data-figure]")].map((d) => [d.dataset.figure, d.textContent.trim()]),
+        ),
+      })),
+    );
+  const num = (card, name) => Number((card?.figures[name] ?? "0").replace(/,/g, "")) || 0;
+
+  pageTest("without an admin token the console asks for one, and the server refuses its data", async () => {
+    const anonymous = await open("/admin", "admin-anonymous");
+    await byTestId(anonymous, "admin-signin").waitFor({ timeout: STEP_MS });
+    assert.equal(await anonymous.locator("[data-testid=instance]").count(), 0);
+    const user = await open(`/admin?token=${encodeURIComponent(ALICE)}`, "admin-user");
+    await byTestId(user, "admin-signin").waitFor({ timeout: STEP_MS });
+    assert.match(await byTestId(user, "token-status").innerText(), /\(user\)/);
+    // The page is not the guard: the API is.
+    const r = await fetch(`${BASE}/graphql`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${ALICE}` },
+      body: JSON.stringify({ query: "{ adminActions { id } }" }),
+    });
+    const body = await r.json();
+    assert.equal(body.errors?.[0]?.extensions?.code, "FORBIDDEN");
+  });
+
+  pageTest("the console shows each instance and their sum, and a disconnect closes the user's sockets on both", async () => {
+    // Some traffic for the tables and the charts.
+    await join(ALICE, `lobby${SUFFIX}`);
+    await join(BOB, `lobby${SUFFIX}`);
+    const page = await open(`/admin?token=${encodeURIComponent(ADMIN)}`, "admin");
+    for (let i = 0; i < 3; i++) await send(ALICE, `lobby${SUFFIX}`, `hello ${i}`);
+    // Both instances, each as its own /metrics counts itself, and the sum.
+    const shown = await eventually(
+      "two instances reporting, with the sockets the harness holds",
+      async () => {
+        const list = await cards(page);
+        const expected = {};
+        for (const base of [BASE, OTHER]) {
+          expected[base] = [await connections(base, "graphql_ws"), await connections(base, "legacy_ws")];
+        }
+        return { list, expected };
+      },
+      ({ list, expected }) => {
+        const live = list.filter((c) => c.instance !== "total" && !c.stale);
+        if (live.length !== 2) return false;
+        const pairs = live.map((c) => [num(c, "connections-graphql_ws"), num(c, "connections-legacy_ws")]);
+        const want = Object.values(expected);
+        return (
+          want.every(([g, l]) => pairs.some(([pg, pl]) => pg === g && pl === l)) &&
+          JSON.stringify(want.sort()) === JSON.stringify([[1, 1], [3, 0]])
+        );
+      },
+    );
+    const total = shown.list.find((c) => c.instance === "total");
+    assert.equal(num(total, "connections"), 5, JSON.stringify(total));
+    assert.equal(num(total, "connections-graphql_ws"), 4);
+    assert.equal(num(total, "connections-legacy_ws"), 1);
+    assert.equal(total.figures.redis, "up");
+    assert.equal(total.figures.database, "ok");
+
+    // Who is online, and alice's sockets on both instances.
+    await eventually("alice and bob online", () => byTestId(page, "online-users").innerText(), (t) => t.includes("alice") && t.includes("bob"));
+    await page.locator("[data-testid=online-users] tr[data-user=alice] button").click();
+    const sockets = await eventually(
+      "alice's three sockets listed",
+      () => page.locator("[data-testid=user-sockets] tbody tr").allInnerTexts(),
+      (rows) => rows.length === 3,
+    );
+    assert.equal(new Set(sockets.map((r) => r.split("\t")[0])).size, 2, `on two instances: ${sockets}`);
+    await eventually(
+      "the lobby among the busiest rooms",
+      () => byTestId(page, "rooms-by-messages").innerText(),
+      (t) => t.includes(`lobby${SUFFIX}`),
+    );
+    if (SCREENSHOTS) {
+      await sleep(3_000); // a few seconds on the charts
+      mkdirSync(SCREENSHOTS, { recursive: true });
+      await page.screenshot({ path: joinPath(SCREENSHOTS, "admin.png"), fullPage: true });
+    }
+
+    // Disconnect alice, confirmed in a dialog.
+    assert.equal(await byTestId(page, "disconnect-user").inputValue(), "alice");
+    await byTestId(page, "disconnect-submit").click();
+    await byTestId(page, "confirm-dialog").waitFor({ timeout: STEP_MS });
+    await byTestId(page, "confirm-yes").click();
+    await eventually("the action's result", () => byTestId(page, "action-result").innerText(), (t) => t.includes("Disconnected alice"));
+    assert.equal(await harness("alice-closed"), "4403 4403 4403", "alice's sockets on both instances closed");
+    await eventually(
+      "the action log lists the disconnect",
+      () => page.locator("[data-testid=action-log] tbody tr[data-action=disconnect]").allInnerTexts(),
+      (rows) => rows.length === 1 && rows[0].includes("alice") && rows[0].includes("root"),
+    );
+    await eventually(
+      "the figures without alice: the console's socket on A, bob's on B",
+      async () => num((await cards(page)).find((c) => c.instance === "total"), "connections"),
+      (n) => n === 2,
+    );
+  });
+
+  pageTest("an instance that stops reporting is marked, and left out of the sum", async () => {
+    const page = pages.find((p) => p.name === "admin").page;
+    assert.equal(await harness("stop-other"), "stopped");
+    const list = await eventually(
+      "B marked as stopped",
+      () => cards(page),
+      (l) => l.filter((c) => c.stale).length === 1,
+      20_000,
+    );
+    assert.equal(await page.locator("[data-testid=stale]").count(), 1);
+    assert.equal(num(list.find((c) => c.instance === "total"), "connections-legacy_ws"), 0);
+  });
+
+  test("nothing left 127.0.0.1, and no page reported an error", () => {
+    assertNothingLeftTheMachine();
+    // B's going away is logged by nobody: the console's socket is on A.
     assertNoPageErrors();
   });
 };

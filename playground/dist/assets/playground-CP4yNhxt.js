@@ -1,4 +1,4 @@
-import{u as g,s as f,a as y,g as x,b as j,t as T,e as m,c as k}from"./session-Coi4LuRN.js";import{c as v,j as e,r as i,a as S,G as w,b as C,g as I,p as U}from"./graphiql-vendor-B-GRMJXa.js";import"./graphql-ws-wkOhMJXj.js";import"./preload-helper-BXl3LOEh.js";const N=`# Welcome to the Tidings playground.
+import{u as g,s as f,a as y,g as x,b as j,t as T,e as m,c as k}from"./session-Coi4LuRN.js";import{c as v,j as e,r as i,a as S,G as w,b as C,g as I,p as U}from"./graphiql-vendor-B-GRMJXa.js";/* empty css                   */import"./graphql-ws-wkOhMJXj.js";import"./preload-helper-BXl3LOEh.js";const N=`# Welcome to the Tidings playground.
 #
 # Paste a token above, or sign in on the chat page:
 # both pages share it. It goes out as "Authorization:
