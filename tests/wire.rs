@@ -93,6 +93,7 @@ fn events() -> Vec<(&'static str, Event)> {
                         deleted_at: None,
                     },
                     sender: Some(alice()),
+                    reactions: Vec::new(),
                 },
             }),
         ),

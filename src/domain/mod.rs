@@ -16,6 +16,7 @@ pub mod presence;
 pub mod records;
 pub mod rooms;
 pub mod search;
+mod receipts;
 mod sends;
 pub mod sessions;
 pub mod typing;
@@ -71,7 +72,7 @@ pub struct Domain {
     leaderboard: Arc<Leaderboard>,
     limits: Arc<RateLimits>,
     sends: sends::SendWriter,
-    receipts: changes::ReceiptDebounce,
+    receipts: receipts::ReceiptWriter,
 }
 
 impl Domain {
@@ -94,7 +95,7 @@ impl Domain {
         )
         .await;
         let typing = TypingTracker::start(hub.clone(), rules.typing_timeout, shutdown.clone());
-        let receipts = changes::ReceiptDebounce::new(shutdown.clone());
+        let receipts = receipts::ReceiptWriter::start(db.clone(), hub.clone(), shutdown.clone());
         let leaderboard = Leaderboard::start(db.clone(), hub.clone(), shutdown).await?;
         let sends = sends::SendWriter::start(db.clone(), hub.clone(), rules.points_per_message);
         Ok(Arc::new(Self {
