@@ -308,10 +308,13 @@ impl Writer {
         let mut claimed = claimed;
         claimed.sort_by(|a, b| a.user_id.cmp(&b.user_id));
         let count = claimed.len() as i64;
+        // An INTEGER column: PostgreSQL wants the increment as one too.
+        let increment = i32::try_from(count)
+            .map_err(|_| DomainError::Internal(anyhow::anyhow!("{count} receipts in one batch")))?;
         let last = room::Entity::update_many()
             .col_expr(
                 room::Column::LastSeq,
-                Expr::col(room::Column::LastSeq).add(count),
+                Expr::col(room::Column::LastSeq).add(increment),
             )
             .filter(room::Column::Id.eq(room_id))
             .exec_with_returning(txn)
