@@ -27,9 +27,9 @@ use serde::{Deserialize, Serialize};
 
 use super::limits::Action;
 use super::messages::validate_body;
-use super::records::{next_seq, parse_message_id, validate_room_id, MessageView};
 pub use super::receipts::RECEIPT_INTERVAL;
 use super::receipts::{ReceiptRequest, READ};
+use super::records::{next_seq, parse_message_id, validate_room_id, MessageView};
 pub use super::records::{ReactionView, ReceiptView, RoomEventKind, RoomEventView};
 use super::wire::{card, posted, publish_change};
 use super::{require_user, Domain, DomainError, DomainResult};
@@ -540,11 +540,14 @@ impl Domain {
         let mut by_message: HashMap<i64, Vec<ReactionView>> = HashMap::new();
         for (message_id, emoji, count) in counts {
             let viewer_reacted = mine.iter().any(|(m, e)| *m == message_id && *e == emoji);
-            by_message.entry(message_id).or_default().push(ReactionView {
-                emoji,
-                count,
-                viewer_reacted,
-            });
+            by_message
+                .entry(message_id)
+                .or_default()
+                .push(ReactionView {
+                    emoji,
+                    count,
+                    viewer_reacted,
+                });
         }
         for reactions in by_message.values_mut() {
             reactions.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.emoji.cmp(&b.emoji)));

@@ -379,7 +379,10 @@ async fn store(conn: &impl ConnectionTrait, r: &ReceiptRequest) -> DomainResult<
     let stored = read_receipt::Entity::insert(row)
         .on_conflict(
             OnConflict::columns([read_receipt::Column::RoomId, read_receipt::Column::UserId])
-                .update_columns([read_receipt::Column::MessageId, read_receipt::Column::ReadAt])
+                .update_columns([
+                    read_receipt::Column::MessageId,
+                    read_receipt::Column::ReadAt,
+                ])
                 .action_and_where(
                     Expr::col((read_receipt::Entity, read_receipt::Column::MessageId))
                         .lt(Expr::col((excluded, read_receipt::Column::MessageId))),

@@ -175,7 +175,10 @@ impl Room {
     }
 
     async fn member_count(&self, ctx: &async_graphql::Context<'_>) -> async_graphql::Result<i32> {
-        let n = super::domain(ctx).member_count(&self.model.id).await.gql()?;
+        let n = super::domain(ctx)
+            .member_count(&self.model.id)
+            .await
+            .gql()?;
         Ok(i32::try_from(n).unwrap_or(i32::MAX))
     }
 
