@@ -277,7 +277,7 @@ impl Domain {
             seq,
             now,
             Change::Edited {
-                message: posted(&view.message),
+                message: Box::new(posted(&view.message)),
                 sender: view.sender.as_ref().map(card),
                 reactions: reaction_counts_of(counts),
             },

@@ -386,7 +386,9 @@ impl ReadReceipt {
 /// How many members have read a room exactly up to one message.
 #[derive(SimpleObject)]
 pub struct ReadCount {
+    /// The message read up to (and including).
     pub message_id: ID,
+    /// The members whose receipt is at this message.
     pub readers: i32,
 }
 

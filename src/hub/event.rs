@@ -126,7 +126,7 @@ pub enum Change {
     /// A message's body was edited: the message as the edit left it, with its counts per emoji
     /// at that point (absent from instances that did not send them: read as none).
     Edited {
-        message: PostedMessage,
+        message: Box<PostedMessage>,
         sender: Option<UserCard>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         reactions: Vec<ReactionCount>,
