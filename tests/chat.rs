@@ -1006,3 +1006,66 @@ async fn edits_reactions_and_receipts_have_rate_limits_of_their_own() {
         assert_eq!(sample(&text, &series), Some(refused), "{series}");
     }
 }
+
+#[tokio::test]
+async fn room_events_that_do_not_ask_for_viewer_reacted_share_one_execution() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let shared = "subscription($r: ID!) { roomEvents(roomId: $r) { __typename position \
+        ... on ReadReceiptMoved { receipt { user { username } messageId } } \
+        ... on MessagePosted { message { body } } } }";
+    let mut tokens = Vec::new();
+    let mut sockets = Vec::new();
+    for name in ["u0", "u1", "u2", "u3"] {
+        let token = register(&server, name).await;
+        join(&server, &token, "lobby").await;
+        tokens.push(token);
+    }
+    for token in &tokens {
+        let mut ws = GqlSocket::user(&server, token).await;
+        ws.subscribe("e", shared, json!({ "r": "lobby" })).await;
+        sockets.push(ws);
+    }
+    // Asking whether the viewer reacted is per viewer: its own execution.
+    let mut own = GqlSocket::user(&server, &tokens[0]).await;
+    own.subscribe("e", EVENTS, json!({ "r": "lobby" })).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = metrics(&server).await;
+    assert_eq!(
+        sample(&text, "tidings_cohort_executions_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "tidings_cohort_members"), Some(4.0));
+
+    let hello = id_of(&send(&server, &tokens[0], "lobby", "hello").await);
+    server
+        .ok(Some(&tokens[1]), MARK, json!({ "r": "lobby", "id": hello }))
+        .await;
+    for ws in sockets.iter_mut().chain(std::iter::once(&mut own)) {
+        assert_eq!(next_event(ws, "e").await["message"]["body"], "hello");
+        let read = next_event(ws, "e").await;
+        assert_eq!(read["__typename"], "ReadReceiptMoved");
+        assert_eq!(read["receipt"]["user"]["username"], "u1");
+    }
+
+    // A member who leaves gets their own "left", then FORBIDDEN; the others go on.
+    server
+        .ok(
+            Some(&tokens[3]),
+            "mutation { leaveRoom(roomId: \"lobby\") }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        next_event(&mut sockets[3], "e").await["message"]["body"],
+        "u3 left"
+    );
+    assert_eq!(sockets[3].error_code("e").await, "FORBIDDEN");
+    assert_eq!(sockets[3].frame_for("e").await["type"], "complete");
+    send(&server, &tokens[0], "lobby", "three left").await;
+    for ws in sockets.iter_mut().take(3) {
+        assert_eq!(next_event(ws, "e").await["message"]["body"], "u3 left");
+        assert_eq!(next_event(ws, "e").await["message"]["body"], "three left");
+    }
+    sockets[3].expect_silence(Duration::from_millis(300)).await;
+}
