@@ -97,10 +97,13 @@ pub const SUBSCRIPTIONS_REFUSED: &str = "tidings_subscriptions_refused_total";
 /// `MAX_REACTIONS_PER_USER`).
 pub const REACTIONS_REFUSED: &str = "tidings_reactions_refused_total";
 const REACTION_BUDGETS: [&str; 2] = ["emojis", "user"];
-/// Read receipts stored, by `outcome`: `announced` (a numbered receipt event went to the room
-/// at once), `deferred` (folded into the one the room gets at the end of the user's second),
-/// `unchanged` (not past the user's last one: nothing stored).
+/// Read receipts, by `outcome`: `announced` (a numbered receipt event went to the room),
+/// `deferred` (stored, and announced at the end of the user's interval, folded with any later
+/// ones), `unchanged` (not past the user's last one: nothing stored).
 pub const READ_RECEIPTS: &str = "tidings_read_receipts_total";
+/// Transactions of the read receipt writer: each stores every receipt waiting and announces
+/// every one whose turn has come (receipts per batch = receipts / batches).
+pub const READ_RECEIPT_BATCHES: &str = "tidings_read_receipt_batches_total";
 const RECEIPT_OUTCOMES: [&str; 3] = ["announced", "deferred", "unchanged"];
 const REFUSAL_REASONS: [&str; 2] = ["server_full", "address_full"];
 const SUBSCRIPTION_BUDGETS: [&str; 2] = ["socket", "user"];
@@ -499,11 +502,21 @@ fn describe_budgets() {
     for outcome in RECEIPT_OUTCOMES {
         counter!(READ_RECEIPTS, "outcome" => outcome).absolute(0);
     }
+    describe_counter!(
+        READ_RECEIPT_BATCHES,
+        "Transactions of the read receipt writer (stores and announcements together)"
+    );
+    counter!(READ_RECEIPT_BATCHES).absolute(0);
 }
 
 /// A reaction was refused by the `budget` (see `REACTIONS_REFUSED`).
 pub fn reaction_refused(budget: &'static str) {
     counter!(REACTIONS_REFUSED, "budget" => budget).increment(1);
+}
+
+/// The receipt writer committed one batch (see `READ_RECEIPT_BATCHES`).
+pub fn read_receipt_batch() {
+    counter!(READ_RECEIPT_BATCHES).increment(1);
 }
 
 /// A read receipt had this `outcome` (see `READ_RECEIPTS`).

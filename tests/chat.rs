@@ -479,6 +479,137 @@ async fn a_resume_after_a_disconnect_gets_every_kind_of_change_in_order_once() {
     }
 }
 
+/// Every field of an event, as states: what a live subscriber saw and a replay must repeat.
+const STATES: &str = "subscription($r: ID!, $a: ID) { roomEvents(roomId: $r, after: $a) { \
+    __typename position \
+    ... on MessagePosted { message { id body editedAt deletedAt reactions { emoji count viewerReacted } } } \
+    ... on MessageEdited { message { id body editedAt deletedAt reactions { emoji count viewerReacted } } } \
+    ... on MessageDeleted { messageId } \
+    ... on ReactionsChanged { messageId reactions { emoji count viewerReacted } } \
+    ... on ReadReceiptMoved { receipt { user { username } messageId } } } }";
+
+#[tokio::test]
+async fn a_resume_replays_every_change_as_it_was_at_its_position() {
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let alice = register(&server, "alice").await;
+        let bob = register(&server, "bob").await;
+        join(&server, &alice, "lobby").await;
+        join(&server, &bob, "lobby").await;
+        // Bob watches live, and reads each change as it happens before the next one.
+        let mut live = GqlSocket::user(&server, &bob).await;
+        live.subscribe("e", STATES, json!({ "r": "lobby" })).await;
+        let mut seen = Vec::new();
+
+        let hello = id_of(&send(&server, &alice, "lobby", "v1").await);
+        seen.push(next_event(&mut live, "e").await);
+        let before = position(&seen[0]) - 1;
+        server
+            .ok(Some(&bob), MARK, json!({ "r": "lobby", "id": hello }))
+            .await;
+        seen.push(next_event(&mut live, "e").await);
+        server
+            .ok(Some(&alice), EDIT, json!({ "id": hello, "b": "v2" }))
+            .await;
+        seen.push(next_event(&mut live, "e").await);
+        server
+            .ok(Some(&bob), REACT, json!({ "id": hello, "e": "👍" }))
+            .await;
+        seen.push(next_event(&mut live, "e").await);
+        server
+            .ok(Some(&alice), EDIT, json!({ "id": hello, "b": "v3" }))
+            .await;
+        seen.push(next_event(&mut live, "e").await);
+        server
+            .ok(Some(&bob), UNREACT, json!({ "id": hello, "e": "👍" }))
+            .await;
+        seen.push(next_event(&mut live, "e").await);
+        server
+            .ok(Some(&alice), REACT, json!({ "id": hello, "e": "🎉" }))
+            .await;
+        seen.push(next_event(&mut live, "e").await);
+        server
+            .ok(Some(&alice), DELETE, json!({ "id": hello }))
+            .await;
+        seen.push(next_event(&mut live, "e").await);
+        live.close().await;
+
+        // Bob resumes from before the post, once it has all happened.
+        let mut ws = GqlSocket::user(&server, &bob).await;
+        ws.subscribe(
+            "e",
+            STATES,
+            json!({ "r": "lobby", "a": before.to_string() }),
+        )
+        .await;
+        let last = position(seen.last().expect("events"));
+        let replayed = events_until(&mut ws, "e", last).await;
+        assert_eq!(
+            replayed,
+            seen,
+            "{}: a replay repeats what was live",
+            backend.name()
+        );
+
+        // And each is the state at its position, not the message as it ends.
+        let state = |e: &Value| -> Value {
+            match e["__typename"].as_str().expect("a type") {
+                "MessagePosted" | "MessageEdited" => json!([
+                    e["__typename"],
+                    e["message"]["body"],
+                    e["message"]["editedAt"].is_string(),
+                    e["message"]["deletedAt"].is_string(),
+                    e["message"]["reactions"],
+                ]),
+                "ReactionsChanged" => json!([e["__typename"], e["reactions"]]),
+                "ReadReceiptMoved" => json!([
+                    e["__typename"],
+                    e["receipt"]["user"]["username"],
+                    e["receipt"]["messageId"]
+                ]),
+                other => json!([other, e["messageId"]]),
+            }
+        };
+        let thumbs = json!([{ "emoji": "👍", "count": 1, "viewerReacted": true }]);
+        let party = json!([{ "emoji": "🎉", "count": 1, "viewerReacted": false }]);
+        assert_eq!(
+            replayed.iter().map(state).collect::<Vec<_>>(),
+            [
+                json!(["MessagePosted", "v1", false, false, []]),
+                json!(["ReadReceiptMoved", "bob", hello.as_str()]),
+                json!(["MessageEdited", "v2", true, false, []]),
+                json!(["ReactionsChanged", thumbs]),
+                json!(["MessageEdited", "v3", true, false, thumbs]),
+                json!(["ReactionsChanged", []]),
+                json!(["ReactionsChanged", party]),
+                json!(["MessageDeleted", hello.as_str()]),
+            ],
+            "{}",
+            backend.name()
+        );
+        let positions: Vec<i64> = replayed.iter().map(position).collect();
+        assert_eq!(positions, (before + 1..=last).collect::<Vec<_>>());
+
+        // Alice's view of the same positions: her own reaction, not bob's.
+        let mut ws = GqlSocket::user(&server, &alice).await;
+        ws.subscribe(
+            "e",
+            STATES,
+            json!({ "r": "lobby", "a": before.to_string() }),
+        )
+        .await;
+        let hers = events_until(&mut ws, "e", last).await;
+        assert_eq!(
+            hers[4]["message"]["reactions"],
+            json!([{ "emoji": "👍", "count": 1, "viewerReacted": false }])
+        );
+        assert_eq!(
+            hers[6]["reactions"],
+            json!([{ "emoji": "🎉", "count": 1, "viewerReacted": true }])
+        );
+    }
+}
+
 #[tokio::test]
 async fn message_added_clients_see_messages_only_and_in_turn_between_changes() {
     for backend in backends() {
@@ -874,4 +1005,67 @@ async fn edits_reactions_and_receipts_have_rate_limits_of_their_own() {
         let series = format!("tidings_rate_limited_total{{action=\"{action}\"}}");
         assert_eq!(sample(&text, &series), Some(refused), "{series}");
     }
+}
+
+#[tokio::test]
+async fn room_events_that_do_not_ask_for_viewer_reacted_share_one_execution() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let shared = "subscription($r: ID!) { roomEvents(roomId: $r) { __typename position \
+        ... on ReadReceiptMoved { receipt { user { username } messageId } } \
+        ... on MessagePosted { message { body } } } }";
+    let mut tokens = Vec::new();
+    let mut sockets = Vec::new();
+    for name in ["u0", "u1", "u2", "u3"] {
+        let token = register(&server, name).await;
+        join(&server, &token, "lobby").await;
+        tokens.push(token);
+    }
+    for token in &tokens {
+        let mut ws = GqlSocket::user(&server, token).await;
+        ws.subscribe("e", shared, json!({ "r": "lobby" })).await;
+        sockets.push(ws);
+    }
+    // Asking whether the viewer reacted is per viewer: its own execution.
+    let mut own = GqlSocket::user(&server, &tokens[0]).await;
+    own.subscribe("e", EVENTS, json!({ "r": "lobby" })).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = metrics(&server).await;
+    assert_eq!(
+        sample(&text, "tidings_cohort_executions_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "tidings_cohort_members"), Some(4.0));
+
+    let hello = id_of(&send(&server, &tokens[0], "lobby", "hello").await);
+    server
+        .ok(Some(&tokens[1]), MARK, json!({ "r": "lobby", "id": hello }))
+        .await;
+    for ws in sockets.iter_mut().chain(std::iter::once(&mut own)) {
+        assert_eq!(next_event(ws, "e").await["message"]["body"], "hello");
+        let read = next_event(ws, "e").await;
+        assert_eq!(read["__typename"], "ReadReceiptMoved");
+        assert_eq!(read["receipt"]["user"]["username"], "u1");
+    }
+
+    // A member who leaves gets their own "left", then FORBIDDEN; the others go on.
+    server
+        .ok(
+            Some(&tokens[3]),
+            "mutation { leaveRoom(roomId: \"lobby\") }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        next_event(&mut sockets[3], "e").await["message"]["body"],
+        "u3 left"
+    );
+    assert_eq!(sockets[3].error_code("e").await, "FORBIDDEN");
+    assert_eq!(sockets[3].frame_for("e").await["type"], "complete");
+    send(&server, &tokens[0], "lobby", "three left").await;
+    for ws in sockets.iter_mut().take(3) {
+        assert_eq!(next_event(ws, "e").await["message"]["body"], "u3 left");
+        assert_eq!(next_event(ws, "e").await["message"]["body"], "three left");
+    }
+    sockets[3].expect_silence(Duration::from_millis(300)).await;
 }

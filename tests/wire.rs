@@ -79,7 +79,7 @@ fn events() -> Vec<(&'static str, Event)> {
                 seq: 5,
                 at: at(),
                 change: Change::Edited {
-                    message: PostedMessage {
+                    message: Box::new(PostedMessage {
                         id: 17,
                         room_id: "lobby".into(),
                         seq: 3,
@@ -91,8 +91,9 @@ fn events() -> Vec<(&'static str, Event)> {
                         membership: None,
                         edited_at: Some(at()),
                         deleted_at: None,
-                    },
+                    }),
                     sender: Some(alice()),
+                    reactions: Vec::new(),
                 },
             }),
         ),

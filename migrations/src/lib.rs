@@ -12,6 +12,7 @@ mod m20261130_000006_username_case;
 mod m20261201_000007_message_changes;
 mod m20261201_000008_message_search;
 mod m20261202_000009_admin_actions;
+mod m20261202_000010_replay_and_receipts;
 
 pub struct Migrator;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000007_message_changes::Migration),
             Box::new(m20261201_000008_message_search::Migration),
             Box::new(m20261202_000009_admin_actions::Migration),
+            Box::new(m20261202_000010_replay_and_receipts::Migration),
         ]
     }
 }

@@ -10,6 +10,8 @@ pub struct Model {
     pub user_id: String,
     pub message_id: i64,
     pub read_at: DateTimeUtc,
+    /// When the room last heard of this receipt (see `domain::receipts`).
+    pub announced_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

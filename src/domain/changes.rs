@@ -8,33 +8,33 @@
 //! change to a room is on the room's one sequence, and a subscriber that resumes after a
 //! position reads everything after it from the database, in order (`Domain::room_event_feed`).
 //!
-//! Read receipts are stored at once (so `unreadCount` is always current), but announced to the
-//! room at most once per user and room per `RECEIPT_INTERVAL`: a receipt inside that interval
-//! is folded into the one announced at its end, which carries where the user has read to then.
+//! Read receipts are stored before `markRead` answers (so `unreadCount` is current), in batches,
+//! and announced to the room at most once per user and room per `RECEIPT_INTERVAL`: a receipt
+//! inside that interval is folded into the one announced at its end, which carries where the
+//! user has read to then (`receipts`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
     sea_query::{Expr, OnConflict},
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
     QuerySelect, QueryTrait, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::limits::Action;
 use super::messages::validate_body;
-use super::records::{bump_seq, next_seq, parse_message_id, validate_room_id, MessageView};
+pub use super::receipts::RECEIPT_INTERVAL;
+use super::receipts::{ReceiptRequest, READ};
+use super::records::{next_seq, parse_message_id, validate_room_id, MessageView};
 pub use super::records::{ReactionView, ReceiptView, RoomEventKind, RoomEventView};
 use super::wire::{card, posted, publish_change};
 use super::{require_user, Domain, DomainError, DomainResult};
 use crate::auth::{AuthUser, Viewer};
-use crate::db::{message, reaction, read_receipt, room, room_change, room_member, user};
+use crate::db::{message, reaction, read_receipt, room, room_change, room_member};
 use crate::hub::event::{Change, ReactionCount};
 
 /// The longest reaction, in bytes of UTF-8 (one emoji, skin tone and joiners included).
@@ -43,8 +43,6 @@ pub const MAX_EMOJI_BYTES: usize = 16;
 pub const MAX_EMOJIS_PER_MESSAGE: u64 = 20;
 /// Emoji one user may put on one message.
 pub const MAX_REACTIONS_PER_USER: u64 = 10;
-/// A user's read receipts reach a room at most once per this interval.
-pub const RECEIPT_INTERVAL: Duration = Duration::from_secs(1);
 /// Rooms with at most this many members list every member's receipt; larger rooms give counts.
 pub const RECEIPTS_PER_MEMBER_MAX: u64 = 50;
 /// Positions `readCounts` lists at most (the most recent).
@@ -54,13 +52,29 @@ pub const READ_COUNTS_MAX: u64 = 50;
 const EDITED: &str = "edited";
 const DELETED: &str = "deleted";
 const REACTIONS: &str = "reactions";
-const READ: &str = "read";
 
-/// A change as `room_changes.payload` keeps it: what it was at the time, for a resume.
+/// A change as `room_changes.payload` keeps it: what a live subscriber saw at its position, so
+/// that a resume renders it the same way, and what it replaced.
+///
+/// - an edit: the body and `edited_at` it set, the body it replaced, and the message's counts
+///   per emoji at that point;
+/// - a delete: `deleted_at` and the body it removed;
+/// - a reaction change: the counts per emoji after it, and the emoji the user put or took
+///   (`added`).
+///
+/// The first edit or delete of a message is where its body as posted is kept: a replayed
+/// `MessagePosted` reads it from there (changes recorded before `previous_body` existed replay
+/// the message's body as it stands).
 #[derive(Default, Serialize, Deserialize)]
 struct Payload {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous_body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    emoji: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    added: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     edited_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -162,87 +176,6 @@ fn is_zwj_sequence(chars: &[char]) -> bool {
     }
 }
 
-/// When a user's read receipts may next reach a room, per user and room, on this instance.
-pub(super) struct ReceiptDebounce {
-    slots: Mutex<HashMap<(String, String), ReceiptSlot>>,
-    /// Ends the timers of receipts waiting for their turn.
-    shutdown: CancellationToken,
-}
-
-struct ReceiptSlot {
-    /// When the last receipt event went out.
-    last: Instant,
-    /// A receipt waits for the end of the interval.
-    pending: bool,
-}
-
-/// What to do with a receipt just stored.
-enum Turn {
-    /// Announce it now.
-    Now,
-    /// Announce where the user has read to at this instant.
-    At(Instant),
-    /// An announcement is already due: it will carry this one.
-    Folded,
-}
-
-/// Slots kept before the ones that neither wait nor are recent are swept.
-const RECEIPT_SLOTS_SWEEP: usize = 4096;
-
-impl ReceiptDebounce {
-    pub(super) fn new(shutdown: CancellationToken) -> Self {
-        Self {
-            slots: Mutex::new(HashMap::new()),
-            shutdown,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), ReceiptSlot>> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn turn(&self, room_id: &str, user_id: &str) -> Turn {
-        let now = Instant::now();
-        let mut slots = self.lock();
-        if slots.len() >= RECEIPT_SLOTS_SWEEP {
-            slots.retain(|_, s| s.pending || now.duration_since(s.last) < RECEIPT_INTERVAL);
-        }
-        let key = (room_id.to_owned(), user_id.to_owned());
-        match slots.get_mut(&key) {
-            None => {
-                slots.insert(
-                    key,
-                    ReceiptSlot {
-                        last: now,
-                        pending: false,
-                    },
-                );
-                Turn::Now
-            }
-            Some(slot) if slot.pending => Turn::Folded,
-            Some(slot) if now.duration_since(slot.last) >= RECEIPT_INTERVAL => {
-                slot.last = now;
-                Turn::Now
-            }
-            Some(slot) => {
-                slot.pending = true;
-                Turn::At(slot.last + RECEIPT_INTERVAL)
-            }
-        }
-    }
-
-    /// The deferred announcement goes out now.
-    fn fired(&self, room_id: &str, user_id: &str) {
-        if let Some(slot) = self
-            .lock()
-            .get_mut(&(room_id.to_owned(), user_id.to_owned()))
-        {
-            slot.pending = false;
-            slot.last = Instant::now();
-        }
-    }
-}
-
 impl Domain {
     /// A message the viewer may change: NOT_FOUND when there is none, FORBIDDEN unless the
     /// viewer is an admin or its author and still a member of its room.
@@ -289,9 +222,16 @@ impl Domain {
             return Err(DomainError::bad_input("SYSTEM messages cannot be edited"));
         }
         self.limits.check(&user.id, Action::Edit).await?;
-        let now = Utc::now();
+        // To the microsecond, as PostgreSQL keeps it: the edit's time in its change record
+        // (what a replay shows) is the one the message row and the live event carry.
+        let now = Utc::now().trunc_subsecs(6);
         let txn = self.db.begin().await?;
         let seq = next_seq(&txn, &message.room_id).await?;
+        // Read under the room's lock: the body this edit replaces.
+        let previous = message::Entity::find_by_id(id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("message {id} not found")))?;
         let updated = message::Entity::update_many()
             .col_expr(message::Column::Body, Expr::value(body.to_owned()))
             .col_expr(message::Column::EditedAt, Expr::value(Some(now)))
@@ -306,9 +246,12 @@ impl Domain {
                 "message {id} was deleted: it cannot be edited"
             )));
         }
+        let counts = reaction_counts(&txn, id).await?;
         let payload = Payload {
             body: Some(body.to_owned()),
             edited_at: Some(now),
+            previous_body: Some(previous.body),
+            reactions: counts.clone(),
             ..Default::default()
         };
         insert_change(
@@ -334,8 +277,9 @@ impl Domain {
             seq,
             now,
             Change::Edited {
-                message: posted(&view.message),
+                message: Box::new(posted(&view.message)),
                 sender: view.sender.as_ref().map(card),
+                reactions: reaction_counts_of(counts),
             },
         );
         Ok(view)
@@ -354,6 +298,11 @@ impl Domain {
         let now = Utc::now();
         let txn = self.db.begin().await?;
         let seq = next_seq(&txn, &message.room_id).await?;
+        // Read under the room's lock: the body this delete removes.
+        let previous = message::Entity::find_by_id(id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("message {id} not found")))?;
         let updated = message::Entity::update_many()
             .col_expr(message::Column::Body, Expr::value(String::new()))
             .col_expr(message::Column::DeletedAt, Expr::value(Some(now)))
@@ -377,6 +326,7 @@ impl Domain {
             .await?;
         let payload = Payload {
             deleted_at: Some(now),
+            previous_body: Some(previous.body),
             ..Default::default()
         };
         insert_change(
@@ -469,6 +419,8 @@ impl Domain {
         let counts = reaction_counts(&txn, id).await?;
         let payload = Payload {
             reactions: counts.clone(),
+            emoji: Some(emoji.to_owned()),
+            added: Some(add),
             ..Default::default()
         };
         insert_change(
@@ -490,10 +442,7 @@ impl Domain {
             now,
             Change::Reactions {
                 message_id: id,
-                reactions: counts
-                    .into_iter()
-                    .map(|(emoji, count)| ReactionCount { emoji, count })
-                    .collect(),
+                reactions: reaction_counts_of(counts),
             },
         );
         self.with_sender(message).await
@@ -550,6 +499,62 @@ impl Domain {
             .collect())
     }
 
+    /// The reactions of many messages as the viewer sees them, most used first, in two
+    /// queries whatever their number; messages without reactions are not in the map.
+    pub async fn reactions_of_many(
+        &self,
+        viewer: &Viewer,
+        message_ids: &[i64],
+    ) -> DomainResult<HashMap<i64, Vec<ReactionView>>> {
+        if message_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let counts: Vec<(i64, String, i64)> = reaction::Entity::find()
+            .select_only()
+            .column(reaction::Column::MessageId)
+            .column(reaction::Column::Emoji)
+            .column_as(reaction::Column::UserId.count(), "n")
+            .filter(reaction::Column::MessageId.is_in(message_ids.iter().copied()))
+            .group_by(reaction::Column::MessageId)
+            .group_by(reaction::Column::Emoji)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        if counts.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mine: Vec<(i64, String)> = match viewer.user() {
+            Some(user) => {
+                reaction::Entity::find()
+                    .select_only()
+                    .column(reaction::Column::MessageId)
+                    .column(reaction::Column::Emoji)
+                    .filter(reaction::Column::MessageId.is_in(message_ids.iter().copied()))
+                    .filter(reaction::Column::UserId.eq(user.id.as_str()))
+                    .into_tuple()
+                    .all(&self.db)
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        let mut by_message: HashMap<i64, Vec<ReactionView>> = HashMap::new();
+        for (message_id, emoji, count) in counts {
+            let viewer_reacted = mine.iter().any(|(m, e)| *m == message_id && *e == emoji);
+            by_message
+                .entry(message_id)
+                .or_default()
+                .push(ReactionView {
+                    emoji,
+                    count,
+                    viewer_reacted,
+                });
+        }
+        for reactions in by_message.values_mut() {
+            reactions.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.emoji.cmp(&b.emoji)));
+        }
+        Ok(by_message)
+    }
+
     /// The emoji the viewer put on a message.
     pub(super) async fn viewer_emojis(
         &self,
@@ -570,7 +575,7 @@ impl Domain {
     }
 
     /// Marks a room read by the viewer up to a message of it. Receipts only move forward; the
-    /// room hears of it at most once per user per `RECEIPT_INTERVAL`.
+    /// room hears of it at most once per user per `RECEIPT_INTERVAL` (`receipts`).
     pub async fn mark_read(
         self: &Arc<Self>,
         viewer: &Viewer,
@@ -591,134 +596,86 @@ impl Domain {
                 "message {id} not found in room {room_id}"
             )));
         }
-        let now = Utc::now();
-        let moved = read_receipt::Entity::update_many()
-            .col_expr(read_receipt::Column::MessageId, Expr::value(id))
-            .col_expr(read_receipt::Column::ReadAt, Expr::value(now))
-            .filter(read_receipt::Column::RoomId.eq(room_id))
-            .filter(read_receipt::Column::UserId.eq(user.id.as_str()))
-            .filter(read_receipt::Column::MessageId.lt(id))
-            .exec(&self.db)
-            .await?
-            .rows_affected
-            > 0;
-        let moved = moved || {
-            let row = read_receipt::ActiveModel {
-                room_id: Set(room_id.to_owned()),
-                user_id: Set(user.id.clone()),
-                message_id: Set(id),
-                read_at: Set(now),
-            };
-            read_receipt::Entity::insert(row)
-                .on_conflict(
-                    OnConflict::columns([
-                        read_receipt::Column::RoomId,
-                        read_receipt::Column::UserId,
-                    ])
-                    .do_nothing()
-                    .to_owned(),
-                )
-                .exec_without_returning(&self.db)
-                .await?
-                > 0
-        };
-        if !moved {
-            crate::metrics::read_receipt("unchanged");
-            return Ok(room);
-        }
-        match self.receipts.turn(room_id, &user.id) {
-            Turn::Now => {
-                crate::metrics::read_receipt("announced");
-                self.announce_receipt(room_id, &user.id).await?;
-            }
-            Turn::Folded => crate::metrics::read_receipt("deferred"),
-            Turn::At(due) => {
-                crate::metrics::read_receipt("deferred");
-                let domain = self.clone();
-                let (room_id, user_id) = (room_id.to_owned(), user.id.clone());
-                let shutdown = self.receipts.shutdown.clone();
-                // Owned by the shutdown token; it lives one interval at most.
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(due) => {}
-                        _ = shutdown.cancelled() => return,
-                    }
-                    domain.receipts.fired(&room_id, &user_id);
-                    if let Err(e) = domain.announce_receipt(&room_id, &user_id).await {
-                        tracing::warn!(error = %e, room = %room_id, "could not announce a read receipt");
-                    }
-                });
-            }
-        }
+        self.receipts
+            .store(ReceiptRequest {
+                room_id: room_id.to_owned(),
+                user_id: user.id.clone(),
+                message_id: id,
+            })
+            .await?;
         Ok(room)
-    }
-
-    /// Numbers the user's receipt as it stands on the room's sequence and publishes it. Nothing
-    /// when they left the room meanwhile.
-    async fn announce_receipt(&self, room_id: &str, user_id: &str) -> DomainResult<()> {
-        let txn = self.db.begin().await?;
-        let Some(seq) = bump_seq(&txn, room_id, Some(user_id)).await? else {
-            txn.rollback().await?;
-            return Ok(());
-        };
-        let Some(receipt) =
-            read_receipt::Entity::find_by_id((room_id.to_owned(), user_id.to_owned()))
-                .one(&txn)
-                .await?
-        else {
-            txn.rollback().await?;
-            return Ok(());
-        };
-        let now = Utc::now();
-        insert_change(
-            &txn,
-            room_id,
-            seq,
-            READ,
-            receipt.message_id,
-            user_id,
-            &Payload::default(),
-            now,
-        )
-        .await?;
-        let reader = user::Entity::find_by_id(user_id).one(&txn).await?;
-        txn.commit().await?;
-        if let Some(reader) = reader {
-            publish_change(
-                &self.hub,
-                room_id,
-                seq,
-                now,
-                Change::Read {
-                    user: card(&reader),
-                    message_id: receipt.message_id,
-                },
-            );
-        }
-        Ok(())
     }
 
     /// Messages from others in the room after the viewer's read receipt, deleted ones aside;
     /// 0 for rooms the viewer does not belong to.
     pub async fn unread_count(&self, viewer: &Viewer, room_id: &str) -> DomainResult<u64> {
-        let Some(user) = viewer.user() else {
-            return Ok(0);
-        };
-        if !self.is_member(room_id, &user.id).await? {
-            return Ok(0);
-        }
-        let read = read_receipt::Entity::find_by_id((room_id.to_owned(), user.id.clone()))
-            .one(&self.db)
+        Ok(self
+            .unread_counts(viewer, &[room_id.to_owned()])
             .await?
-            .map_or(0, |r| r.message_id);
-        Ok(message::Entity::find()
-            .filter(message::Column::RoomId.eq(room_id))
-            .filter(message::Column::Id.gt(read))
+            .get(room_id)
+            .copied()
+            .unwrap_or(0))
+    }
+
+    /// `unread_count` for many rooms in three queries whatever their number; rooms without
+    /// unread messages (or that the viewer does not belong to) are not in the map.
+    pub async fn unread_counts(
+        &self,
+        viewer: &Viewer,
+        room_ids: &[String],
+    ) -> DomainResult<HashMap<String, u64>> {
+        let Some(user) = viewer.user() else {
+            return Ok(HashMap::new());
+        };
+        if room_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rooms: Vec<String> = room_member::Entity::find()
+            .select_only()
+            .column(room_member::Column::RoomId)
+            .filter(room_member::Column::UserId.eq(user.id.as_str()))
+            .filter(room_member::Column::RoomId.is_in(room_ids.iter().cloned()))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        if rooms.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let read: HashMap<String, i64> = read_receipt::Entity::find()
+            .select_only()
+            .column(read_receipt::Column::RoomId)
+            .column(read_receipt::Column::MessageId)
+            .filter(read_receipt::Column::UserId.eq(user.id.as_str()))
+            .filter(read_receipt::Column::RoomId.is_in(rooms.iter().cloned()))
+            .into_tuple::<(String, i64)>()
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .collect();
+        let mut after = Condition::any();
+        for room in &rooms {
+            after = after.add(
+                Condition::all()
+                    .add(message::Column::RoomId.eq(room.as_str()))
+                    .add(message::Column::Id.gt(read.get(room).copied().unwrap_or(0))),
+            );
+        }
+        let counts: Vec<(String, i64)> = message::Entity::find()
+            .select_only()
+            .column(message::Column::RoomId)
+            .column_as(message::Column::Id.count(), "n")
+            .filter(after)
             .filter(message::Column::Kind.eq("USER"))
             .filter(message::Column::DeletedAt.is_null())
             .filter(message::Column::SenderId.ne(user.id.as_str()))
-            .count(&self.db)
-            .await?)
+            .group_by(message::Column::RoomId)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(counts
+            .into_iter()
+            .map(|(room, n)| (room, u64::try_from(n).unwrap_or(0)))
+            .collect())
     }
 
     /// Every member's receipt, most advanced first, in rooms of at most
@@ -789,6 +746,76 @@ impl Domain {
         Ok(user.is_admin() || self.is_member(room_id, &user.id).await?)
     }
 
+    /// The bodies these messages were posted with, for those of them an edit or a delete
+    /// changed since: the body their first such change replaced. Messages never changed are
+    /// not in the map (their body is the one they were posted with), nor those whose first
+    /// change was recorded before the replaced body was kept.
+    pub(super) async fn bodies_as_posted(
+        &self,
+        message_ids: Vec<i64>,
+    ) -> DomainResult<HashMap<i64, String>> {
+        if message_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = room_change::Entity::find()
+            .filter(room_change::Column::MessageId.is_in(message_ids))
+            .filter(room_change::Column::Kind.is_in([EDITED, DELETED]))
+            .order_by_asc(room_change::Column::MessageId)
+            .order_by_asc(room_change::Column::Seq)
+            .all(&self.db)
+            .await?;
+        let mut bodies = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for row in rows {
+            if !seen.insert(row.message_id) {
+                continue;
+            }
+            let payload: Payload = serde_json::from_str(&row.payload).map_err(|e| {
+                DomainError::Internal(anyhow::anyhow!("room change {} unreadable: {e}", row.id))
+            })?;
+            if let Some(body) = payload.previous_body {
+                bodies.insert(row.message_id, body);
+            }
+        }
+        Ok(bodies)
+    }
+
+    /// The emoji the viewer had on a message at a position of its room: their own reaction
+    /// changes to it up to that position, in order. Changes recorded before each kept its emoji
+    /// give way to the viewer's emoji as they are now.
+    pub(super) async fn viewer_emojis_at(
+        &self,
+        viewer: &Viewer,
+        message_id: i64,
+        position: i64,
+    ) -> DomainResult<Vec<String>> {
+        let Some(user) = viewer.user() else {
+            return Ok(Vec::new());
+        };
+        let rows = room_change::Entity::find()
+            .filter(room_change::Column::MessageId.eq(message_id))
+            .filter(room_change::Column::Seq.lte(position))
+            .filter(room_change::Column::Kind.eq(REACTIONS))
+            .filter(room_change::Column::UserId.eq(user.id.as_str()))
+            .order_by_asc(room_change::Column::Seq)
+            .all(&self.db)
+            .await?;
+        let mut mine: Vec<String> = Vec::new();
+        for row in rows {
+            let payload: Payload = serde_json::from_str(&row.payload).map_err(|e| {
+                DomainError::Internal(anyhow::anyhow!("room change {} unreadable: {e}", row.id))
+            })?;
+            let (Some(emoji), Some(added)) = (payload.emoji, payload.added) else {
+                return self.viewer_emojis(viewer, message_id).await;
+            };
+            mine.retain(|e| *e != emoji);
+            if added {
+                mine.push(emoji);
+            }
+        }
+        Ok(mine)
+    }
+
     /// The room's changes other than messages after position `after`, in order, at most
     /// `limit`, as events (reactions without the viewer's part).
     pub(super) async fn changes_after(
@@ -846,22 +873,17 @@ impl Domain {
                     view.message.body = payload.body.unwrap_or_default();
                     view.message.edited_at = payload.edited_at;
                     view.message.deleted_at = None;
-                    RoomEventKind::Edited(view)
+                    RoomEventKind::Edited {
+                        message: view,
+                        reactions: reaction_views(payload.reactions),
+                    }
                 }
                 DELETED => RoomEventKind::Deleted {
                     message_id: row.message_id,
                 },
                 REACTIONS => RoomEventKind::Reactions {
                     message_id: row.message_id,
-                    reactions: payload
-                        .reactions
-                        .into_iter()
-                        .map(|(emoji, count)| ReactionView {
-                            emoji,
-                            count,
-                            viewer_reacted: false,
-                        })
-                        .collect(),
+                    reactions: reaction_views(payload.reactions),
                 },
                 READ => {
                     let Some(user) = row
@@ -915,6 +937,26 @@ async fn reaction_counts(
         .await?;
     counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     Ok(counts)
+}
+
+/// Counts per emoji as the hub carries them.
+fn reaction_counts_of(counts: Vec<(String, i64)>) -> Vec<ReactionCount> {
+    counts
+        .into_iter()
+        .map(|(emoji, count)| ReactionCount { emoji, count })
+        .collect()
+}
+
+/// Counts per emoji as a change stored them, before the viewer's part is filled in.
+fn reaction_views(counts: Vec<(String, i64)>) -> Vec<ReactionView> {
+    counts
+        .into_iter()
+        .map(|(emoji, count)| ReactionView {
+            emoji,
+            count,
+            viewer_reacted: false,
+        })
+        .collect()
 }
 
 /// Records a change at position `seq` of its room, inside the caller's transaction.

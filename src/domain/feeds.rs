@@ -147,6 +147,13 @@ pub enum FeedRequest<'a> {
     },
     /// `events(channels)`.
     Events { channels: Option<&'a [String]> },
+    /// `roomEvents(roomId, after)`; `viewer_reacted`: whether the subscriber asks whether they
+    /// are among those who reacted.
+    RoomEvents {
+        room_id: &'a str,
+        after: Option<&'a str>,
+        viewer_reacted: bool,
+    },
 }
 
 impl FeedRequest<'_> {
@@ -154,7 +161,8 @@ impl FeedRequest<'_> {
     /// is the same for every subscriber allowed to open it; `None`: each runs their own.
     ///
     /// `messageAdded` without `after` is the same for every member of the room (a replay is
-    /// per subscriber). `events` on explicit channels none of which is a room's is the same for
+    /// per subscriber). So is `roomEvents` without `after` when it does not ask whether the
+    /// viewer reacted: everything else an event says is the room's, not the viewer's. `events` on explicit channels none of which is a room's is the same for
     /// everyone allowed to read them (a room channel ends per member when they leave). Typing
     /// hides the viewer's own, notifications are the viewer's, presence and the leaderboard
     /// start with a snapshot: none of those share.
@@ -163,6 +171,11 @@ impl FeedRequest<'_> {
             FeedRequest::Messages {
                 room_id,
                 after: None,
+            } => Some(Grant::Room((*room_id).to_owned())),
+            FeedRequest::RoomEvents {
+                room_id,
+                after: None,
+                viewer_reacted: false,
             } => Some(Grant::Room((*room_id).to_owned())),
             FeedRequest::Events {
                 channels: Some(names),
@@ -360,22 +373,68 @@ impl Domain {
 
     /// `roomEvents(roomId, after)` for one subscriber: every change to the room (new messages,
     /// edits, deletes, reactions, read receipts) after position `after` from the database, then
-    /// live ones, in position order with no gap and no duplicate. Members only (admins read
-    /// every room); a member's stream ends with FORBIDDEN right after their own "left"
-    /// announcement. Not shared: reactions say whether the viewer is among those who reacted.
+    /// live ones, in position order with no gap and no duplicate, each as it was at its
+    /// position (a replayed post shows the body it was posted with, an edit the body it set and
+    /// the reactions then). Members only (admins read every room); a member's stream ends with
+    /// FORBIDDEN right after their own "left" announcement.
     pub async fn room_event_feed(
         self: &Arc<Self>,
         viewer: &Viewer,
         room_id: &str,
         after: Option<&str>,
     ) -> DomainResult<BoxStream<'static, DomainResult<RoomEventView>>> {
+        let deliveries = self
+            .room_event_deliveries(viewer, room_id, after, true)
+            .await?;
+        Ok(deliveries
+            .filter_map(|d| async move {
+                match d {
+                    Ok(Delivery::Item(view)) => Some(Ok(view)),
+                    Ok(Delivery::Departed { .. }) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            })
+            .boxed())
+    }
+
+    /// `roomEvents(roomId, after)` for a subscriber or a shared execution (`Viewer::Shared`,
+    /// whose stream carries each member's departure as `Delivery::Departed` in its place).
+    /// With `viewer_reacted`, each reaction count says whether the viewer had put that emoji
+    /// there at the event's position (one query per such event); without it (a shared
+    /// execution, or a subscriber that does not ask), it says false and costs nothing.
+    pub async fn room_event_deliveries(
+        self: &Arc<Self>,
+        viewer: &Viewer,
+        room_id: &str,
+        after: Option<&str>,
+        viewer_reacted: bool,
+    ) -> DomainResult<BoxStream<'static, DomainResult<Delivery<RoomEventView>>>> {
         validate_room_id(room_id)?;
         let after = after.map(parse_position).transpose()?;
         // As `message_deliveries`: follow, then read where the room stands, then check.
         let live = self.hub.subscribe(Topic::RoomMessages(room_id.to_owned()));
-        let baseline = self.require_member(viewer, room_id).await?.last_seq;
-        let user = require_user(viewer)?;
-        let me = (!user.is_admin()).then(|| user.id.clone());
+        let (baseline, reader) = match viewer {
+            Viewer::Shared(Grant::Room(room)) if room == room_id => (
+                self.room(room_id).await?.map(|r| r.last_seq).unwrap_or(0),
+                MessageReader::Shared,
+            ),
+            Viewer::Shared(_) => {
+                return Err(DomainError::Forbidden(format!(
+                    "not a reader of room {room_id}"
+                )))
+            }
+            _ => {
+                let baseline = self.require_member(viewer, room_id).await?.last_seq;
+                let user = require_user(viewer)?;
+                let reader = if user.is_admin() {
+                    MessageReader::Admin
+                } else {
+                    MessageReader::Member(user.id.clone())
+                };
+                (baseline, reader)
+            }
+        };
+        let viewer_reacted = viewer_reacted && viewer.user().is_some();
         let viewer = viewer.clone();
         let domain = self.clone();
         let room = room_id.to_owned();
@@ -409,8 +468,13 @@ impl Domain {
                     continue;
                 }
                 delivered = event.position;
-                if let RoomEventKind::Reactions { message_id, reactions } = &mut event.kind {
-                    match domain.viewer_emojis(&viewer, *message_id).await {
+                let reactions = match &mut event.kind {
+                    RoomEventKind::Reactions { message_id, reactions } => Some((*message_id, reactions)),
+                    RoomEventKind::Edited { message, reactions } => Some((message.message.id, reactions)),
+                    _ => None,
+                };
+                if let Some((message_id, reactions)) = reactions.filter(|(_, r)| viewer_reacted && !r.is_empty()) {
+                    match domain.viewer_emojis_at(&viewer, message_id, event.position).await {
                         Ok(mine) => {
                             for r in reactions.iter_mut() {
                                 r.viewer_reacted = mine.contains(&r.emoji);
@@ -426,10 +490,18 @@ impl Domain {
                     RoomEventKind::Posted(view) => departure(&view.message).map(str::to_owned),
                     _ => None,
                 };
-                yield Ok(event);
-                if departed.is_some() && departed == me {
-                    yield Err(DomainError::Forbidden(format!("you left room {room}")));
-                    return;
+                yield Ok(Delivery::Item(event));
+                let Some(user_id) = departed else { continue };
+                let error = DomainError::Forbidden(format!("you left room {room}"));
+                match &reader {
+                    MessageReader::Member(me) if *me == user_id => {
+                        yield Err(error);
+                        return;
+                    }
+                    MessageReader::Shared => {
+                        yield Ok(Delivery::Departed { user_id, error: Arc::new(error) });
+                    }
+                    _ => {}
                 }
             }
         }))
@@ -442,8 +514,22 @@ impl Domain {
         room_id: &str,
         after: i64,
     ) -> DomainResult<Vec<RoomEventView>> {
-        let messages = self.messages_after_seq(room_id, after).await?;
+        let mut messages = self.messages_after_seq(room_id, after).await?;
         let changes = self.changes_after(room_id, after, PAGE).await?;
+        // Each message as it was posted: changes since are events of their own.
+        let changed: Vec<i64> = messages
+            .iter()
+            .filter(|v| v.message.edited_at.is_some() || v.message.deleted_at.is_some())
+            .map(|v| v.message.id)
+            .collect();
+        let mut posted_bodies = self.bodies_as_posted(changed).await?;
+        for view in &mut messages {
+            if let Some(body) = posted_bodies.remove(&view.message.id) {
+                view.message.body = body;
+            }
+            view.message.edited_at = None;
+            view.message.deleted_at = None;
+        }
         let mut events: Vec<RoomEventView> = messages
             .into_iter()
             .map(|view| RoomEventView {

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod messages;
 pub mod notifications;
 pub mod presence;
+mod receipts;
 pub mod records;
 pub mod rooms;
 pub mod search;
@@ -73,7 +74,7 @@ pub struct Domain {
     leaderboard: Arc<Leaderboard>,
     limits: Arc<RateLimits>,
     sends: sends::SendWriter,
-    receipts: changes::ReceiptDebounce,
+    receipts: receipts::ReceiptWriter,
 }
 
 impl Domain {
@@ -96,7 +97,7 @@ impl Domain {
         )
         .await;
         let typing = TypingTracker::start(hub.clone(), rules.typing_timeout, shutdown.clone());
-        let receipts = changes::ReceiptDebounce::new(shutdown.clone());
+        let receipts = receipts::ReceiptWriter::start(db.clone(), hub.clone(), shutdown.clone());
         let leaderboard = Leaderboard::start(db.clone(), hub.clone(), shutdown).await?;
         let sends = sends::SendWriter::start(db.clone(), hub.clone(), rules.points_per_message);
         Ok(Arc::new(Self {

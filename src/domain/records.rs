@@ -104,14 +104,19 @@ pub struct RoomEventView {
 
 #[derive(Clone, Debug)]
 pub enum RoomEventKind {
-    /// A new message (or a membership announcement).
+    /// A new message (or a membership announcement), as it was posted: its first body, never
+    /// edited or deleted, without reactions (a later edit, delete or reaction is its own event).
     Posted(MessageView),
-    /// A message's body changed: the message after the edit.
-    Edited(MessageView),
+    /// A message's body changed: the message as the edit left it, and its reactions then
+    /// (`viewer_reacted` filled in per subscriber).
+    Edited {
+        message: MessageView,
+        reactions: Vec<ReactionView>,
+    },
     Deleted {
         message_id: i64,
     },
-    /// A message's reactions now (`viewer_reacted` filled in per subscriber).
+    /// A message's reactions after the change (`viewer_reacted` filled in per subscriber).
     Reactions {
         message_id: i64,
         reactions: Vec<ReactionView>,

@@ -9,7 +9,7 @@ use super::records::{
 use crate::db::{message, notification, user};
 use chrono::{DateTime, Utc};
 
-use crate::hub::event::{Change, MessageAdded, RoomChanged};
+use crate::hub::event::{Change, MessageAdded, ReactionCount, RoomChanged};
 use crate::hub::event::{
     Membership, MembershipChange, PostedMessage, Status, StoredNotification, UserCard,
 };
@@ -187,10 +187,17 @@ pub(crate) fn room_event_of(event: &Event) -> Option<RoomEventView> {
         }),
         Event::RoomChange(c) => {
             let kind = match &c.change {
-                Change::Edited { message, sender } => RoomEventKind::Edited(MessageView {
-                    message: message_of(message),
-                    sender: sender.as_ref().map(user_of),
-                }),
+                Change::Edited {
+                    message,
+                    sender,
+                    reactions,
+                } => RoomEventKind::Edited {
+                    message: MessageView {
+                        message: message_of(message),
+                        sender: sender.as_ref().map(user_of),
+                    },
+                    reactions: reaction_views(reactions),
+                },
                 Change::Deleted { message_id } => RoomEventKind::Deleted {
                     message_id: *message_id,
                 },
@@ -199,14 +206,7 @@ pub(crate) fn room_event_of(event: &Event) -> Option<RoomEventView> {
                     reactions,
                 } => RoomEventKind::Reactions {
                     message_id: *message_id,
-                    reactions: reactions
-                        .iter()
-                        .map(|r| ReactionView {
-                            emoji: r.emoji.clone(),
-                            count: r.count,
-                            viewer_reacted: false,
-                        })
-                        .collect(),
+                    reactions: reaction_views(reactions),
                 },
                 Change::Read { user, message_id } => RoomEventKind::Read(ReceiptView {
                     user: user_of(user),
@@ -223,4 +223,16 @@ pub(crate) fn room_event_of(event: &Event) -> Option<RoomEventView> {
         }
         _ => None,
     }
+}
+
+/// Counts per emoji as subscribers see them, before the viewer's part is filled in.
+fn reaction_views(counts: &[ReactionCount]) -> Vec<ReactionView> {
+    counts
+        .iter()
+        .map(|r| ReactionView {
+            emoji: r.emoji.clone(),
+            count: r.count,
+            viewer_reacted: false,
+        })
+        .collect()
 }

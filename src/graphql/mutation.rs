@@ -91,13 +91,13 @@ impl Mutation {
             )
             .await
             .gql()?;
-        Ok(Room(joined.room))
+        Ok(Room::from(joined.room))
     }
 
     /// Joins a room, creating a public one when it does not exist yet.
     async fn join_room(&self, ctx: &Context<'_>, room_id: ID) -> Result<Room> {
         let joined = domain(ctx).join_room(viewer(ctx), &room_id).await.gql()?;
-        Ok(Room(joined.room))
+        Ok(Room::from(joined.room))
     }
 
     /// Leaves a room; false when the viewer was not a member.
@@ -127,7 +127,7 @@ impl Mutation {
             .send_message(viewer(ctx), &room_id, &body, client_message_id.as_deref())
             .await
             .gql()?;
-        Ok(Message(sent.view))
+        Ok(Message::from(sent.view))
     }
 
     /// Tells the room's other members that the viewer is typing (expires after 5 s unless
@@ -250,14 +250,14 @@ impl MessageChanges {
             .edit_message(viewer(ctx), &id, &body)
             .await
             .gql()?;
-        Ok(Message(view))
+        Ok(Message::from(view))
     }
 
     /// Deletes a message, leaving a tombstone: body "", `deletedAt` set. Its author or an
     /// admin.
     async fn delete_message(&self, ctx: &Context<'_>, id: ID) -> Result<Message> {
         let view = domain(ctx).delete_message(viewer(ctx), &id).await.gql()?;
-        Ok(Message(view))
+        Ok(Message::from(view))
     }
 
     /// Adds the viewer's reaction (one emoji, at most 16 bytes) to a message.
@@ -266,7 +266,7 @@ impl MessageChanges {
             .react(viewer(ctx), &message_id, &emoji, true)
             .await
             .gql()?;
-        Ok(Message(view))
+        Ok(Message::from(view))
     }
 
     /// Takes the viewer's reaction off a message.
@@ -275,7 +275,7 @@ impl MessageChanges {
             .react(viewer(ctx), &message_id, &emoji, false)
             .await
             .gql()?;
-        Ok(Message(view))
+        Ok(Message::from(view))
     }
 
     /// Marks the room read up to a message of it (receipts only move forward).
@@ -284,6 +284,6 @@ impl MessageChanges {
             .mark_read(viewer(ctx), &room_id, &message_id)
             .await
             .gql()?;
-        Ok(Room(room))
+        Ok(Room::from(room))
     }
 }

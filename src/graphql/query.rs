@@ -43,7 +43,7 @@ impl Query {
             .visible_rooms(viewer(ctx), first, after.as_ref().map(|a| a.as_str()))
             .await
             .gql()?;
-        Ok(rooms.into_iter().map(Room).collect())
+        Room::list(ctx, rooms).await
     }
 
     async fn room(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Room>> {
@@ -51,7 +51,7 @@ impl Query {
             .visible_room(viewer(ctx), &id)
             .await
             .gql()?
-            .map(Room))
+            .map(Room::from))
     }
 
     /// A room's messages in ascending id order: the `last` ones before message `before`.
@@ -72,7 +72,7 @@ impl Query {
             )
             .await
             .gql()?;
-        Ok(views.into_iter().map(Message).collect())
+        Message::page(ctx, views).await
     }
 
     /// Who is online: everyone, or a room's members.
@@ -153,6 +153,6 @@ impl Query {
             )
             .await
             .gql()?;
-        Ok(views.into_iter().map(Message).collect())
+        Message::page(ctx, views).await
     }
 }

@@ -2,7 +2,7 @@
 //! (the domain says whether its output is shared), and how a shared execution's response stream
 //! marks the point where one member's stream ends.
 
-use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
+use async_graphql::parser::types::{DocumentOperations, OperationType, Selection, SelectionSet};
 use async_graphql::{ErrorExtensions, Name, Request, Response, Value as GqlValue};
 
 use crate::auth::Grant;
@@ -70,6 +70,26 @@ pub fn shared(request: &Request) -> Option<Shared> {
                 grant,
             })
         }
+        "roomEvents" => {
+            let room_id = string(argument("roomId"))??;
+            let after = string(argument("after"))?;
+            // Conservative: a fragment that names the field, used or not, counts.
+            let viewer_reacted = selects(&operation.node.selection_set.node, VIEWER_REACTED)
+                || doc
+                    .fragments
+                    .values()
+                    .any(|f| selects(&f.node.selection_set.node, VIEWER_REACTED));
+            let grant = FeedRequest::RoomEvents {
+                room_id: &room_id,
+                after: after.as_deref(),
+                viewer_reacted,
+            }
+            .shared_grant()?;
+            Some(Shared {
+                field: "roomEvents",
+                grant,
+            })
+        }
         "events" => {
             let channels = match argument("channels") {
                 None | Some(GqlValue::Null) => None,
@@ -95,6 +115,21 @@ pub fn shared(request: &Request) -> Option<Shared> {
         }
         _ => None,
     }
+}
+
+/// The field of a reaction that differs per viewer.
+pub const VIEWER_REACTED: &str = "viewerReacted";
+
+/// Whether a selection set selects a field of this name at any depth (inline fragments
+/// included; named fragments are the caller's to look into).
+fn selects(set: &SelectionSet, name: &str) -> bool {
+    set.items.iter().any(|item| match &item.node {
+        Selection::Field(field) => {
+            field.node.name.node == name || selects(&field.node.selection_set.node, name)
+        }
+        Selection::InlineFragment(fragment) => selects(&fragment.node.selection_set.node, name),
+        Selection::FragmentSpread(_) => false,
+    })
 }
 
 /// The error a shared execution yields where `user_id` left: FORBIDDEN for that user's

@@ -3,7 +3,7 @@ use futures_util::{Stream, StreamExt};
 
 use super::errors::IntoGql;
 use super::operations::ServerStats;
-use super::share::departure_error;
+use super::share::{departure_error, VIEWER_REACTED};
 use super::types::{
     ChannelEvent, LeaderboardSnapshot, Message, Notification, PresenceEvent, RoomEvent, TypingEvent,
 };
@@ -58,7 +58,7 @@ impl Subscription {
         // subscriber's own ends with its first error.
         let items = feed.map(|item| {
             item.map(|delivery| match delivery {
-                Delivery::Item(view) => Ok(Message(view)),
+                Delivery::Item(view) => Ok(Message::from(view)),
                 Delivery::Departed { user_id, error } => Err(departure_error(&user_id, &error)),
             })
         });
@@ -66,20 +66,40 @@ impl Subscription {
     }
 
     /// Every change to a room in position order: new messages, edits, deletes, reactions and
-    /// read receipts. With `after` (a position), every change after it comes first (from the
-    /// database), then live ones: no gap, no duplicate, across reconnects and instances.
-    /// Members only; a member who leaves gets their own "left" message, then FORBIDDEN.
+    /// read receipts, each as it was at its position. With `after` (a position), every change
+    /// after it comes first (from the database), then live ones: no gap, no duplicate, across
+    /// reconnects and instances. Members only; a member who leaves gets their own "left"
+    /// message, then FORBIDDEN.
     async fn room_events(
         &self,
         ctx: &Context<'_>,
         room_id: ID,
         after: Option<ID>,
     ) -> Result<impl Stream<Item = Result<RoomEvent>>> {
+        let ahead = ctx.look_ahead();
+        let viewer_reacted = ahead.field("reactions").field(VIEWER_REACTED).exists()
+            || ahead
+                .field("message")
+                .field("reactions")
+                .field(VIEWER_REACTED)
+                .exists();
         let feed = domain(ctx)
-            .room_event_feed(viewer(ctx), &room_id, after.as_ref().map(|a| a.as_str()))
+            .room_event_deliveries(
+                viewer(ctx),
+                &room_id,
+                after.as_ref().map(|a| a.as_str()),
+                viewer_reacted,
+            )
             .await
             .gql()?;
-        Ok(until_error(feed).map(|r| r.map(RoomEvent::from)))
+        // As `messageAdded`: a shared execution marks each member's departure in its place.
+        let items = feed.map(|item| {
+            item.map(|delivery| match delivery {
+                Delivery::Item(event) => Ok(RoomEvent::from(event)),
+                Delivery::Departed { user_id, error } => Err(departure_error(&user_id, &error)),
+            })
+        });
+        Ok(until_error(items).map(|r| r.and_then(|inner| inner)))
     }
 
     /// Who starts and stops typing in a room (never the viewer). Members only.

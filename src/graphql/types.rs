@@ -116,28 +116,69 @@ impl User {
     }
 }
 
-pub struct Room(pub room::Model);
+pub struct Room {
+    pub model: room::Model,
+    /// The viewer's unread count, when it was read for a whole list of rooms at once.
+    unread: Option<u64>,
+}
+
+impl From<room::Model> for Room {
+    fn from(model: room::Model) -> Self {
+        Room {
+            model,
+            unread: None,
+        }
+    }
+}
+
+impl Room {
+    /// A list of rooms. When the operation asks for their unread counts (`ctx` is the field
+    /// that lists them), they are counted for the whole list at once rather than per room.
+    pub async fn list(
+        ctx: &Context<'_>,
+        rooms: Vec<room::Model>,
+    ) -> async_graphql::Result<Vec<Room>> {
+        if !ctx.look_ahead().field("unreadCount").exists() {
+            return Ok(rooms.into_iter().map(Room::from).collect());
+        }
+        let ids: Vec<String> = rooms.iter().map(|r| r.id.clone()).collect();
+        let counts = super::domain(ctx)
+            .unread_counts(super::viewer(ctx), &ids)
+            .await
+            .gql()?;
+        Ok(rooms
+            .into_iter()
+            .map(|model| Room {
+                unread: Some(counts.get(&model.id).copied().unwrap_or(0)),
+                model,
+            })
+            .collect())
+    }
+}
 
 #[Object]
 impl Room {
     async fn id(&self) -> ID {
-        ID(self.0.id.clone())
+        ID(self.model.id.clone())
     }
 
     async fn title(&self) -> &str {
-        &self.0.title
+        &self.model.title
     }
 
     async fn is_private(&self) -> bool {
-        self.0.is_private
+        self.model.is_private
     }
 
     async fn created_at(&self) -> DateTime<Utc> {
-        self.0.created_at
+        self.model.created_at
     }
 
     async fn member_count(&self, ctx: &async_graphql::Context<'_>) -> async_graphql::Result<i32> {
-        let n = super::domain(ctx).member_count(&self.0.id).await.gql()?;
+        let n = super::domain(ctx)
+            .member_count(&self.model.id)
+            .await
+            .gql()?;
         Ok(i32::try_from(n).unwrap_or(i32::MAX))
     }
 
@@ -151,7 +192,7 @@ impl Room {
         after: Option<ID>,
     ) -> async_graphql::Result<Vec<User>> {
         let users = super::domain(ctx)
-            .members_page(&self.0.id, first, after.as_ref().map(|a| a.as_str()))
+            .members_page(&self.model.id, first, after.as_ref().map(|a| a.as_str()))
             .await
             .gql()?;
         Ok(users.into_iter().map(User).collect())
@@ -160,8 +201,11 @@ impl Room {
     /// Messages from others after the viewer's read receipt (deleted ones aside); 0 in rooms
     /// the viewer does not belong to.
     async fn unread_count(&self, ctx: &Context<'_>) -> async_graphql::Result<i32> {
+        if let Some(n) = self.unread {
+            return Ok(i32::try_from(n).unwrap_or(i32::MAX));
+        }
         let n = super::domain(ctx)
-            .unread_count(super::viewer(ctx), &self.0.id)
+            .unread_count(super::viewer(ctx), &self.model.id)
             .await
             .gql()?;
         Ok(i32::try_from(n).unwrap_or(i32::MAX))
@@ -171,7 +215,7 @@ impl Room {
     /// empty in larger rooms (see `readCounts`) and for those who are not members.
     async fn read_receipts(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ReadReceipt>> {
         let receipts = super::domain(ctx)
-            .read_receipts(super::viewer(ctx), &self.0.id)
+            .read_receipts(super::viewer(ctx), &self.model.id)
             .await
             .gql()?;
         Ok(receipts.into_iter().map(ReadReceipt).collect())
@@ -181,7 +225,7 @@ impl Room {
     /// recent): how far a room of any size has read.
     async fn read_counts(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ReadCount>> {
         let counts = super::domain(ctx)
-            .read_counts(super::viewer(ctx), &self.0.id)
+            .read_counts(super::viewer(ctx), &self.model.id)
             .await
             .gql()?;
         Ok(counts
@@ -194,58 +238,109 @@ impl Room {
     }
 }
 
-pub struct Message(pub MessageView);
+/// A message: as it stands, or (in a room event) as it was at the event's position.
+pub struct Message {
+    view: MessageView,
+    /// Its reactions as read already: at the event's position (a room event), or for its whole
+    /// page at once; `None`: read when asked, as they are now.
+    reactions_then: Option<Vec<ReactionView>>,
+}
+
+impl From<MessageView> for Message {
+    fn from(view: MessageView) -> Self {
+        Message {
+            view,
+            reactions_then: None,
+        }
+    }
+}
+
+impl Message {
+    /// The message at a point of its room's sequence, with its reactions then.
+    fn at(view: MessageView, reactions: Vec<ReactionView>) -> Self {
+        Message {
+            view,
+            reactions_then: Some(reactions),
+        }
+    }
+
+    /// A page of messages. When the operation asks for their reactions (`ctx` is the field
+    /// that lists them), they are read for the whole page at once rather than per message.
+    pub async fn page(
+        ctx: &Context<'_>,
+        views: Vec<MessageView>,
+    ) -> async_graphql::Result<Vec<Message>> {
+        if !ctx.look_ahead().field("reactions").exists() {
+            return Ok(views.into_iter().map(Message::from).collect());
+        }
+        let ids: Vec<i64> = views.iter().map(|v| v.message.id).collect();
+        let mut reactions = super::domain(ctx)
+            .reactions_of_many(super::viewer(ctx), &ids)
+            .await
+            .gql()?;
+        Ok(views
+            .into_iter()
+            .map(|view| {
+                let mine = reactions.remove(&view.message.id).unwrap_or_default();
+                Message::at(view, mine)
+            })
+            .collect())
+    }
+}
 
 #[Object]
 impl Message {
     async fn id(&self) -> ID {
-        ID(self.0.message.id.to_string())
+        ID(self.view.message.id.to_string())
     }
 
     async fn room_id(&self) -> ID {
-        ID(self.0.message.room_id.clone())
+        ID(self.view.message.room_id.clone())
     }
 
     async fn kind(&self) -> MessageKind {
-        match DomainKind::parse(&self.0.message.kind) {
+        match DomainKind::parse(&self.view.message.kind) {
             DomainKind::User => MessageKind::User,
             DomainKind::System => MessageKind::System,
         }
     }
 
     async fn sender(&self) -> Option<User> {
-        self.0.sender.clone().map(User)
+        self.view.sender.clone().map(User)
     }
 
     async fn body(&self) -> &str {
-        &self.0.message.body
+        &self.view.message.body
     }
 
     async fn client_message_id(&self) -> Option<&str> {
-        self.0.message.client_message_id.as_deref()
+        self.view.message.client_message_id.as_deref()
     }
 
     async fn created_at(&self) -> DateTime<Utc> {
-        self.0.message.created_at
+        self.view.message.created_at
     }
 
     /// When the body was last edited; null if never.
     async fn edited_at(&self) -> Option<DateTime<Utc>> {
-        self.0.message.edited_at
+        self.view.message.edited_at
     }
 
     /// When the message was deleted (its body is then ""); null while it stands.
     async fn deleted_at(&self) -> Option<DateTime<Utc>> {
-        self.0.message.deleted_at
+        self.view.message.deleted_at
     }
 
     /// Counts per emoji, most used first, and whether the viewer is among those who reacted.
     async fn reactions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Reaction>> {
-        if self.0.message.deleted_at.is_some() {
+        if let Some(reactions) = &self.reactions_then {
+            return Ok(reactions.iter().cloned().map(Reaction).collect());
+        }
+        if self.view.message.deleted_at.is_some() {
             return Ok(Vec::new());
         }
         let reactions = super::domain(ctx)
-            .reactions_of(super::viewer(ctx), self.0.message.id)
+            .reactions_of(super::viewer(ctx), self.view.message.id)
             .await
             .gql()?;
         Ok(reactions.into_iter().map(Reaction).collect())
@@ -291,7 +386,9 @@ impl ReadReceipt {
 /// How many members have read a room exactly up to one message.
 #[derive(SimpleObject)]
 pub struct ReadCount {
+    /// The message read up to (and including).
     pub message_id: ID,
+    /// The members whose receipt is at this message.
     pub readers: i32,
 }
 
@@ -325,10 +422,13 @@ impl From<RoomEventView> for RoomEvent {
                 head,
                 message: view,
             }),
-            RoomEventKind::Edited(view) => RoomEvent::MessageEdited(MessageEdited {
-                head,
-                message: view,
-            }),
+            RoomEventKind::Edited { message, reactions } => {
+                RoomEvent::MessageEdited(MessageEdited {
+                    head,
+                    message,
+                    reactions,
+                })
+            }
             RoomEventKind::Deleted { message_id } => {
                 RoomEvent::MessageDeleted(MessageDeleted { head, message_id })
             }
@@ -360,7 +460,8 @@ pub struct MessagePosted {
     message: MessageView,
 }
 
-/// A new message (or a membership announcement) in the room.
+/// A new message (or a membership announcement) in the room, as it was posted: a later edit,
+/// delete or reaction is an event of its own, so `message.reactions` is empty here.
 #[Object]
 impl MessagePosted {
     /// Its position on the room's sequence.
@@ -377,16 +478,18 @@ impl MessagePosted {
     }
 
     async fn message(&self) -> Message {
-        Message(self.message.clone())
+        Message::at(self.message.clone(), Vec::new())
     }
 }
 
 pub struct MessageEdited {
     head: EventHead,
     message: MessageView,
+    reactions: Vec<ReactionView>,
 }
 
-/// A message's body was edited: the message after the edit.
+/// A message's body was edited: the message as the edit left it, with its reactions at that
+/// point (`viewerReacted`: whether the viewer had reacted by then).
 #[Object]
 impl MessageEdited {
     /// Its position on the room's sequence.
@@ -403,7 +506,7 @@ impl MessageEdited {
     }
 
     async fn message(&self) -> Message {
-        Message(self.message.clone())
+        Message::at(self.message.clone(), self.reactions.clone())
     }
 }
 
@@ -439,7 +542,8 @@ pub struct ReactionsChanged {
     reactions: Vec<ReactionView>,
 }
 
-/// A message's reactions changed: all of them as they are now.
+/// A message's reactions changed: all of them as the change left them (`viewerReacted`:
+/// whether the viewer had reacted by then).
 #[Object]
 impl ReactionsChanged {
     /// Its position on the room's sequence.

@@ -186,10 +186,13 @@ pub struct RoomChanged {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Change {
-    /// A message's body was edited: the message as it is now.
+    /// A message's body was edited: the message as the edit left it, with its counts per emoji
+    /// at that point (absent from instances that did not send them: read as none).
     Edited {
-        message: PostedMessage,
+        message: Box<PostedMessage>,
         sender: Option<UserCard>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        reactions: Vec<ReactionCount>,
     },
     /// A message was deleted (its body is gone).
     Deleted { message_id: i64 },

@@ -141,7 +141,7 @@ fn change_frame(e: &RoomEventView) -> Option<Shape> {
     let position = ("position", Value::from(e.position.to_string()));
     Some(Shape::Flat(match &e.kind {
         RoomEventKind::Posted(_) => return None,
-        RoomEventKind::Edited(m) => object([
+        RoomEventKind::Edited { message: m, .. } => object([
             ("type", "message_edited".into()),
             room,
             position,
