@@ -11,8 +11,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +20,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::follow::{self, Follow, Follows};
+use crate::http::websocket;
 use super::inbound::{self, Command, Inbound, Undecodable};
 use super::{Dialect, DialectChoice, Frames, Notice, Outgoing, Purpose, GENERAL_ROOM};
 use crate::auth::Viewer;
@@ -100,7 +99,7 @@ impl Entry {
 }
 
 type Params = Query<HashMap<String, String>>;
-type Upgrade = Result<WebSocketUpgrade, WebSocketUpgradeRejection>;
+type Upgrade = Result<websocket::Upgrade, websocket::NotAnUpgrade>;
 
 /// `/ws/NAME`: the general protocol, following `public:NAME` from the start, as per-feature
 /// endpoints like `/ws/game` do.
