@@ -1122,7 +1122,13 @@ impl Link {
     }
 
     /// The connection's credentials, which operations on it renew; none before sign-in.
-    pub(crate) fn credentials(&self) -> Option<&crate::domain::sessions::Credentials> {
+    /// Made by the first operation that may renew them: a connection whose operations all
+    /// share a cohort's execution (which never renews) holds no cell, and its reader no watch.
+    pub(crate) fn credentials(&mut self) -> Option<&crate::domain::sessions::Credentials> {
+        if self.renewals.credentials().is_none() {
+            let viewer = self.viewer.as_ref()?;
+            self.renewals = Renewals::start(viewer);
+        }
         self.renewals.credentials()
     }
 
@@ -1173,7 +1179,6 @@ impl Link {
             return match only {
                 Some(_) => Err(Refused::Token("a token is required".into())),
                 None => {
-                    self.renewals = Renewals::start(&Viewer::Anonymous);
                     Ok(self.viewer.insert(Viewer::Anonymous))
                 }
             };
@@ -1203,7 +1208,6 @@ impl Link {
         let connections = &self.state.connections;
         self._watch = Some(connections.watch_user(&signed_in.user.id, self.id, &self.out));
         self.admission.signed_in();
-        self.renewals = Renewals::start(&signed_in.viewer);
         Ok(self.viewer.insert(signed_in.viewer))
     }
 }
@@ -1242,7 +1246,15 @@ pub(crate) fn accept<P: Protocol>(
     };
     let max = state.config.max_frame_bytes;
     ws.on_upgrade(sized(max), move |reader, writer| async move {
-        tokio::spawn(serve::<P>(reader, writer, state, opening, admission));
+        let connection = serve::<P>(reader, writer, state, opening, admission);
+        // What every open connection holds in its task, whatever it does: PERFORMANCE.md's
+        // idle memory starts here.
+        static SIZED: std::sync::Once = std::sync::Once::new();
+        SIZED.call_once(|| {
+            let bytes = std::mem::size_of_val(&connection);
+            tracing::debug!(bytes, transport = ?P::TRANSPORT, "connection future");
+        });
+        tokio::spawn(connection);
     })
 }
 

@@ -358,14 +358,17 @@ impl Connection {
     }
 
     /// Starts the operation if the user's subscription budget has room for it.
-    fn start_within_budget(&mut self, link: &Link, id: String, request: Request) {
+    fn start_within_budget(&mut self, link: &mut Link, id: String, request: Request) {
         match link.subscription_slot() {
             Ok(slot) => self.start(link, id, request, slot),
             Err(message) => rate_limited(&link.out, &id, &message),
         }
     }
 
-    fn start(&mut self, link: &Link, id: String, request: Request, slot: Option<SubscriptionSlot>) {
+    fn start(
+        &mut self,
+        link: &mut Link,
+        id: String, request: Request, slot: Option<SubscriptionSlot>) {
         let viewer = link.viewer().cloned().unwrap_or(Viewer::Anonymous);
         self.next_op += 1;
         let op = Operation {

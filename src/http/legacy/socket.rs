@@ -381,7 +381,7 @@ impl LegacySocket {
         Ok(follow::notifications(notices.boxed(), self.frames.clone()))
     }
 
-    async fn on_frame(&mut self, Inbound { command, chooses }: Inbound, link: &Link) {
+    async fn on_frame(&mut self, Inbound { command, chooses }: Inbound, link: &mut Link) {
         // A socket whose URL chose no dialect takes the one its first room frame speaks.
         if let Some(dialect) = chooses {
             if self.dialect.choose(dialect) && dialect == Dialect::Arena {
@@ -521,7 +521,7 @@ impl LegacySocket {
 
     /// Renews the socket's credentials with `token` (the domain checks it names the same user),
     /// answering `auth_ok`; a refusal is an `error` frame and changes nothing.
-    async fn authenticate(&mut self, token: &str, link: &Link) -> DomainResult<()> {
+    async fn authenticate(&mut self, token: &str, link: &mut Link) -> DomainResult<()> {
         let session = self
             .domain
             .authenticate(link.credentials(), token.trim())
