@@ -145,7 +145,10 @@ fn payload_of<'a>(text: &'a str, id: &str) -> &'a str {
         .and_then(|rest| rest.strip_suffix('}'))
         .unwrap_or_else(|| panic!("not a next frame of {id}: {text}"));
     let parsed: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
-    assert_eq!(parsed["payload"], serde_json::from_str::<Value>(inner).expect("payload"));
+    assert_eq!(
+        parsed["payload"],
+        serde_json::from_str::<Value>(inner).expect("payload")
+    );
     inner
 }
 
@@ -223,7 +226,9 @@ async fn a_member_that_leaves_while_events_are_sent_never_receives_half_a_messag
     // Mid-stream: one member completes its operation, another closes its socket.
     let first = completes.text().await;
     payload_of(&first, "c");
-    completes.send(json!({ "id": "c", "type": "complete" })).await;
+    completes
+        .send(json!({ "id": "c", "type": "complete" }))
+        .await;
     let first = hangs_up.text().await;
     payload_of(&first, "h");
     hangs_up.send_frame(0x8, &1000u16.to_be_bytes()).await;
@@ -251,7 +256,10 @@ async fn a_member_that_leaves_while_events_are_sent_never_receives_half_a_messag
         seen.push(payload["data"]["messageAdded"]["body"].clone());
     }
     let expected: Vec<Value> = (0..COUNT).map(|i| json!(format!("m{i}"))).collect();
-    assert_eq!(seen, expected, "the member that stayed got every message, once, in order");
+    assert_eq!(
+        seen, expected,
+        "the member that stayed got every message, once, in order"
+    );
     // The completed member: whole `next` frames, then nothing more for its operation.
     completes.send(json!({ "type": "ping" })).await;
     loop {

@@ -1,9 +1,9 @@
 //! The connection skeleton every WebSocket transport shares: graphql-ws (both subprotocols,
 //! `ws.rs`) and the legacy JSON protocol (`legacy/socket.rs`) implement only a `Protocol`
-//! (framing, dispatch and close codes); everything else is here, once: the sized upgrade,
-//! sign-in with connection counting and presence (and the per-user limit, 1008), the
-//! ping/idle/token-expiry loop, an admin's disconnect, shutdown (1001), the write queue and
-//! teardown.
+//! (framing, dispatch and close codes); everything else is here, once: the sized upgrade
+//! (`websocket.rs` reads and writes its frames), sign-in with connection counting and
+//! presence (and the per-user limit, 1008), the ping/idle/token-expiry loop, an admin's
+//! disconnect, shutdown (1001), the write queue and teardown.
 //!
 //! **Budgets**, so that no client, signed in or not, can make the server hold more than a
 //! bounded share: an upgrade is refused before it happens (the handshake is answered, no
@@ -41,16 +41,16 @@ use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use axum::body::Bytes;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tungstenite::Message;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tungstenite::Message;
 
 use super::renewal::{self, Renewals};
 use super::websocket::{self, Frame, ReadLimits, Reader, Upgrade, Writer};
@@ -828,7 +828,12 @@ async fn close(mut sink: Sink, queue: &Queue, end: End) {
         }
         // Boxed, as a close happens once: not kept in every writer.
         End::Close(code, reason) => {
-            Box::pin(close_after_queue(&mut sink, queue, Frame::Close(code, reason))).await;
+            Box::pin(close_after_queue(
+                &mut sink,
+                queue,
+                Frame::Close(code, reason),
+            ))
+            .await;
         }
         End::Gone => {}
     }
@@ -1178,9 +1183,7 @@ impl Link {
         let Some(token) = token else {
             return match only {
                 Some(_) => Err(Refused::Token("a token is required".into())),
-                None => {
-                    Ok(self.viewer.insert(Viewer::Anonymous))
-                }
+                None => Ok(self.viewer.insert(Viewer::Anonymous)),
             };
         };
         let signed_in = match domain.sign_in(token).await {
@@ -1315,11 +1318,7 @@ async fn serve<P: Protocol>(
 
 /// Reads frames and hands them to the protocol, and keeps the connection's deadlines, until
 /// the connection ends.
-async fn read_loop<P: Protocol>(
-    protocol: &mut P,
-    link: &mut Link,
-    mut stream: Reader,
-) -> End {
+async fn read_loop<P: Protocol>(protocol: &mut P, link: &mut Link, mut stream: Reader) -> End {
     let config = link.state.config.clone();
     let now = Instant::now();
     let mut last_heard = now;

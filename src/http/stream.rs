@@ -25,9 +25,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::websocket::Frame;
 use async_graphql::Request;
 use axum::body::Body;
-use super::websocket::Frame;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{FutureExt, StreamExt};

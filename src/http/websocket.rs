@@ -192,7 +192,11 @@ impl AsyncRead for ReadOnly {
 }
 
 impl AsyncWrite for ReadOnly {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -301,7 +305,11 @@ pub(crate) async fn write_frames(writer: &mut Writer, frames: &[Frame]) -> io::R
                 payload,
                 suffix,
             } => {
-                header(&mut scratch, TEXT, prefix.len() + payload.len() + suffix.len());
+                header(
+                    &mut scratch,
+                    TEXT,
+                    prefix.len() + payload.len() + suffix.len(),
+                );
                 scratch.extend_from_slice(prefix);
                 pieces.push(Piece::Scratch(start..scratch.len()));
                 pieces.push(Piece::Shared(payload));

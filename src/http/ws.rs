@@ -368,7 +368,10 @@ impl Connection {
     fn start(
         &mut self,
         link: &mut Link,
-        id: String, request: Request, slot: Option<SubscriptionSlot>) {
+        id: String,
+        request: Request,
+        slot: Option<SubscriptionSlot>,
+    ) {
         let viewer = link.viewer().cloned().unwrap_or(Viewer::Anonymous);
         self.next_op += 1;
         let op = Operation {

@@ -20,7 +20,6 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::follow::{self, Follow, Follows};
-use crate::http::websocket;
 use super::inbound::{self, Command, Inbound, Undecodable};
 use super::{Dialect, DialectChoice, Frames, Notice, Outgoing, Purpose, GENERAL_ROOM};
 use crate::auth::Viewer;
@@ -31,6 +30,7 @@ use crate::domain::sessions::Followed;
 use crate::domain::typing::ConnectionId;
 use crate::domain::{Domain, DomainError, DomainResult};
 use crate::http::socket::{self, Closes, End, Link, Refused};
+use crate::http::websocket;
 use crate::http::AppState;
 use crate::metrics::Transport;
 
