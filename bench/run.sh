@@ -281,11 +281,28 @@ for scenario in $SCENARIOS; do
     done
     urls=(--url "http://127.0.0.1:${cports[0]}" --also "http://127.0.0.1:${cports[1]}" --also "http://127.0.0.1:${cports[2]}")
     pids=(--server-pid "${cpids[0]}" --server-pid "${cpids[1]}" --server-pid "${cpids[2]}")
+    rss_sum() { local t=0; for s in "${cpids[@]}"; do t=$((t + $("$BIN/tidings-bench" rss "$s"))); done; echo $t; }
     shard_stats chat-before >"$OUT/cluster-shards.txt"
-    load "${urls[@]}" "${pids[@]}" \
-      --subscribers 30000 --rooms 3000 --rate 1000 --window 4000 --publishers 6 --duration 10 \
-      --connect-concurrency 200 --join-concurrency 64 \
-      --label cluster-chat-30000 --json "$OUT/cluster-chat-30000.json" || true
+    # Two generator processes (each may hold 20,000 files), each with its own 15,000 users in
+    # 1,500 rooms of 10 and half the rate; the server RSS is summed over the three instances
+    # once both are connected, while they publish.
+    before=$(rss_sum)
+    rm -f "$WORK"/ready-chat-*
+    gens=()
+    for part in 0 1; do
+      load "${urls[@]}" "${pids[@]}" --offset $((part * 15000)) --room-prefix "chat$part-" \
+        --subscribers 15000 --rooms 1500 --rate 500 --window 2000 --publishers 3 --duration 10 \
+        --connect-concurrency 200 --join-concurrency 64 --ready-file "$WORK/ready-chat-$part" \
+        --label "cluster-chat-part$part" --json "$WORK/cluster-chat-part$part.json" &
+      gens+=($!)
+    done
+    for _ in $(seq 1 900); do [ -f "$WORK/ready-chat-0" ] && [ -f "$WORK/ready-chat-1" ] && break; sleep 0.2; done
+    sleep 2
+    after=$(rss_sum)
+    for g in "${gens[@]}"; do wait "$g" || true; done
+    "$BIN/tidings-bench" merge --rss-before "$before" --rss-after "$after" \
+      --label cluster-chat-30000 "$WORK/cluster-chat-part0.json" "$WORK/cluster-chat-part1.json" \
+      >"$OUT/cluster-chat-30000.json"
     shard_stats chat-after >>"$OUT/cluster-shards.txt"
     load "${urls[@]}" "${pids[@]}" --room-prefix fan \
       --subscribers 3000 --rate 0 --window 85 --duration 5 --drain 20 \

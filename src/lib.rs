@@ -151,18 +151,25 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let router = self.router();
+        let writers = http::takeover::Writers::new(self.state.config.slow_consumer_timeout);
+        let router = self.router().layer(axum::middleware::from_fn_with_state(
+            writers.clone(),
+            http::takeover::take_streams,
+        ));
         let token = self.state.shutdown.clone();
         let signal = async move {
             shutdown.await;
             token.cancel();
         };
         // With each connection's peer address: the client's address budgets need it.
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, service)
+        // With each connection's peer address (the client's address budgets need it), and the
+        // handle that lets an HTTP stream take its socket from hyper.
+        let service = router.into_make_service_with_connect_info::<http::takeover::Peer>();
+        axum::serve(http::takeover::Listener(listener), service)
             .with_graceful_shutdown(signal)
             .await?;
         self.state.connections.wait_closed().await;
+        writers.wait().await;
         // The announcements read the database and Redis: a slow one must not hold up the exit.
         if tokio::time::timeout(PRESENCE_DRAIN_TIMEOUT, self.state.domain.drain_presence())
             .await

@@ -156,6 +156,108 @@ async fn a_private_room_over_an_event_stream_is_forbidden_as_over_a_socket() {
     );
 }
 
+/// Writes `request` on `socket` and reads until the server closes the connection (or `WAIT`
+/// passes: then the bytes so far, and `false`).
+async fn exchange(socket: &mut tokio::net::TcpStream, request: &str) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    socket.write_all(request.as_bytes()).await.expect("write");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.read(&mut buf)).await {
+            Ok(Ok(0)) => return (String::from_utf8_lossy(&seen).into_owned(), true),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+            Ok(Err(_)) => return (String::from_utf8_lossy(&seen).into_owned(), true),
+            Err(_) => return (String::from_utf8_lossy(&seen).into_owned(), false),
+        }
+    }
+}
+
+fn post(path: &str, accept: &str, token: &str, body: &Value) -> String {
+    let body = body.to_string();
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: tidings\r\naccept: {accept}\r\n\
+         authorization: Bearer {token}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A stream's connection is written outside hyper's connection (which would keep two 8 KiB
+/// buffers for its whole life): the response is chunked with `connection: close`, and the
+/// connection closes when the stream ends, even when it carried a request before.
+#[tokio::test]
+async fn a_stream_has_its_connection_to_itself_and_closes_it_when_it_ends() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let alice = cli_token("alice", "user");
+    let mallory = cli_token("mallory", "user");
+    server
+        .ok(
+            Some(&alice),
+            "mutation { createRoom(id: \"secret\", isPrivate: true) { id } }",
+            json!({}),
+        )
+        .await;
+    let mut socket = tokio::net::TcpStream::connect(&server.addr)
+        .await
+        .expect("connect");
+    // A query first: hyper answers it and keeps the connection open for the next request.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let query = post(
+            "/graphql",
+            "application/json",
+            &mallory,
+            &json!({ "query": "{ __typename }" }),
+        );
+        socket.write_all(query.as_bytes()).await.expect("write");
+        let mut buf = [0u8; 4096];
+        let mut seen = String::new();
+        while !seen.contains("\"Query\"") {
+            let n = tokio::time::timeout(WAIT, socket.read(&mut buf))
+                .await
+                .expect("the query's answer in time")
+                .expect("read");
+            assert!(
+                n > 0,
+                "the server closed the connection after a query: {seen}"
+            );
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    }
+    // Then a subscription over SSE on the same connection; it is refused, so it completes.
+    let (seen, closed) = exchange(
+        &mut socket,
+        &post(
+            "/graphql",
+            "text/event-stream",
+            &mallory,
+            &json!({ "query": MESSAGE_ADDED, "variables": { "r": "secret" } }),
+        ),
+    )
+    .await;
+    assert!(
+        closed,
+        "the stream's connection stayed open after it ended: {seen}"
+    );
+    let lower = seen.to_ascii_lowercase();
+    assert!(seen.starts_with("HTTP/1.1 200 OK\r\n"), "{seen}");
+    assert!(
+        lower.contains("\r\ntransfer-encoding: chunked\r\n"),
+        "{seen}"
+    );
+    assert!(lower.contains("\r\nconnection: close\r\n"), "{seen}");
+    assert!(
+        lower.contains("\r\ncontent-type: text/event-stream"),
+        "{seen}"
+    );
+    assert!(seen.contains("FORBIDDEN"), "{seen}");
+    assert!(seen.contains("event: complete"), "{seen}");
+    assert!(seen.ends_with("\r\n0\r\n\r\n"), "the last chunk: {seen:?}");
+}
+
 #[tokio::test]
 async fn a_multipart_subscription_streams_payload_parts_and_heartbeats() {
     let (server, _db) = server(&Backend::Sqlite).await;

@@ -1162,7 +1162,7 @@ pub struct MergeArgs {
     pub label: String,
 }
 
-/// Sums connection figures of split runs into one report (stdout).
+/// Sums the reports of generator processes that shared one load into one report (stdout).
 pub fn merge(args: &MergeArgs) -> anyhow::Result<()> {
     let mut out = Report {
         label: args.label.clone(),
@@ -1181,6 +1181,20 @@ pub fn merge(args: &MergeArgs) -> anyhow::Result<()> {
         out.lost += r.lost;
         out.duplicated += r.duplicated;
         out.subscriber_errors += r.subscriber_errors;
+        // The processes ran side by side: their rates add up; their latencies and the
+        // server's CPU (each process measured the same servers) are the worst any one saw.
+        out.publish_rate += r.publish_rate;
+        out.deliveries_per_second += r.deliveries_per_second;
+        out.measure_seconds = out.measure_seconds.max(r.measure_seconds);
+        out.server_cpu_percent = out.server_cpu_percent.max(r.server_cpu_percent);
+        out.generator_cpu_percent += r.generator_cpu_percent;
+        out.latency = worst(&out.latency, &r.latency);
+        out.publish_latency = worst(&out.publish_latency, &r.publish_latency);
+        out.drained = if path == &args.reports[0] {
+            r.drained
+        } else {
+            out.drained && r.drained
+        };
     }
     out.connects_per_second = out.connected as f64 / out.connect_seconds.max(1e-9);
     out.server_rss_before_kib = args.rss_before;
@@ -1191,6 +1205,16 @@ pub fn merge(args: &MergeArgs) -> anyhow::Result<()> {
     }
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+/// Each percentile the higher of the two.
+fn worst(a: &Latency, b: &Latency) -> Latency {
+    Latency {
+        p50_ms: a.p50_ms.max(b.p50_ms),
+        p90_ms: a.p90_ms.max(b.p90_ms),
+        p99_ms: a.p99_ms.max(b.p99_ms),
+        max_ms: a.max_ms.max(b.max_ms),
+    }
 }
 
 #[cfg(test)]

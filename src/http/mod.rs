@@ -14,6 +14,7 @@ mod presence;
 mod renewal;
 pub(crate) mod socket;
 pub(crate) mod stream;
+pub mod takeover;
 pub(crate) mod websocket;
 pub mod ws;
 

@@ -271,6 +271,8 @@ fn streaming(body: socket::StreamBody, content_type: &'static str) -> Response {
                 HeaderValue::from_static("no"),
             ),
         ],
+        // Written by `takeover` on a socket of its own, not kept in hyper's connection.
+        axum::Extension(super::takeover::StreamResponse),
         Body::from_stream(body),
     )
         .into_response()
@@ -652,6 +654,57 @@ fn invalid(response: async_graphql::Response) -> Response {
 }
 
 /// How a stream's operation runs.
+/// What an operation's task tells its stream.
+enum Report {
+    /// The operation ended by itself (its `complete` is queued), by number.
+    Ended(u64),
+    /// The operation joined its cohort: the stream keeps the membership.
+    Joined(u64, cohort::Membership),
+}
+
+/// The reports of a stream's operation tasks to the stream. A list and a wake-up rather than
+/// a channel: a channel allocates a block of 32 slots when it is made, which every idle
+/// stream would keep. Unbounded: at most two reports per operation, and the operations are
+/// bounded by the stream's budget.
+#[derive(Clone, Default)]
+struct Reports(Arc<ReportList>);
+
+#[derive(Default)]
+struct ReportList {
+    list: std::sync::Mutex<Vec<Report>>,
+    ready: tokio::sync::Notify,
+}
+
+impl Reports {
+    fn send(&self, report: Report) {
+        self.0
+            .list
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(report);
+        self.0.ready.notify_one();
+    }
+
+    /// The next report, in the order they were sent. Cancel safe: a report is taken only in
+    /// the poll that returns it.
+    async fn recv(&self) -> Report {
+        loop {
+            {
+                let mut list = self.0.list.lock().unwrap_or_else(|e| e.into_inner());
+                if !list.is_empty() {
+                    let report = list.remove(0);
+                    if list.is_empty() {
+                        // Gives back what a burst of reports allocated.
+                        *list = Vec::new();
+                    }
+                    return report;
+                }
+            }
+            self.0.ready.notified().await;
+        }
+    }
+}
+
 enum Running {
     Task(tokio::task::AbortHandle),
     Member(cohort::Membership),
@@ -684,20 +737,12 @@ struct StreamConnection {
     ops: Vec<Op>,
     tasks: JoinSet<()>,
     next_op: u64,
-    /// Operations that ended by themselves (their `complete` is queued), by number.
-    ended_tx: mpsc::UnboundedSender<u64>,
-    ended: mpsc::UnboundedReceiver<u64>,
-    /// Cohort memberships handed over by their joining tasks, by number.
-    joined_tx: mpsc::UnboundedSender<(u64, cohort::Membership)>,
-    joined: mpsc::UnboundedReceiver<(u64, cohort::Membership)>,
+    /// What its operations' tasks report: an operation ended, or joined its cohort.
+    reports: Reports,
 }
 
 impl StreamConnection {
     fn new(link: Link, client: Option<ClientAddress>, distinct: bool) -> Self {
-        // Unbounded: each carries at most one message per operation, and the operations
-        // are bounded by the stream's budget.
-        let (ended_tx, ended) = mpsc::unbounded_channel();
-        let (joined_tx, joined) = mpsc::unbounded_channel();
         StreamConnection {
             link,
             client,
@@ -705,10 +750,7 @@ impl StreamConnection {
             ops: Vec::new(),
             tasks: JoinSet::new(),
             next_op: 0,
-            ended_tx,
-            ended,
-            joined_tx,
-            joined,
+            reports: Reports::default(),
         }
     }
 
@@ -731,7 +773,7 @@ impl StreamConnection {
         self.next_op += 1;
         let seq = self.next_op;
         let out = self.link.out.clone();
-        let ended = self.ended_tx.clone();
+        let reports = self.reports.clone();
         let shareable = cohort::shareable(&request);
         if precheck && shareable.is_some() {
             // The shared execution is checked once for all its members: check this request
@@ -758,10 +800,9 @@ impl StreamConnection {
         let running = match shareable {
             Some(shareable) => {
                 let state = self.link.state.clone();
-                let joined = self.joined_tx.clone();
                 let framing = framing.clone();
                 let handle = self.tasks.spawn(async move {
-                    join_cohort(state, viewer, shareable, framing, out, seq, ended, joined).await
+                    join_cohort(state, viewer, shareable, framing, out, seq, reports).await
                 });
                 Running::Task(handle)
             }
@@ -784,7 +825,7 @@ impl StreamConnection {
                 let framing = framing.clone();
                 let handle = self
                     .tasks
-                    .spawn(async move { run(stream, first, framing, out, seq, ended).await });
+                    .spawn(async move { run(stream, first, framing, out, seq, reports).await });
                 Running::Task(handle)
             }
         };
@@ -878,18 +919,20 @@ impl StreamConnection {
                     }
                     None => commands = None,
                 },
-                Some(seq) = self.ended.recv() => {
-                    drop(self.remove(seq));
-                    if self.distinct {
-                        break End::Close(1000, String::new());
+                report = self.reports.recv() => match report {
+                    Report::Ended(seq) => {
+                        drop(self.remove(seq));
+                        if self.distinct {
+                            break End::Close(1000, String::new());
+                        }
                     }
-                }
-                Some((seq, membership)) = self.joined.recv() => {
-                    match self.ops.iter_mut().find(|op| op.seq == seq) {
-                        Some(op) => op.running = Some(Running::Member(membership)),
-                        None => drop(membership),
+                    Report::Joined(seq, membership) => {
+                        match self.ops.iter_mut().find(|op| op.seq == seq) {
+                            Some(op) => op.running = Some(Running::Member(membership)),
+                            None => drop(membership),
+                        }
                     }
-                }
+                },
                 () = tokio::time::sleep_until(next) => {
                     let now = Instant::now();
                     if expires.is_some_and(|at| at <= now) {
@@ -971,7 +1014,7 @@ async fn run(
     framing: Framing,
     out: Outbox,
     seq: u64,
-    ended: mpsc::UnboundedSender<u64>,
+    reports: Reports,
 ) {
     let mut first = first;
     loop {
@@ -993,7 +1036,7 @@ async fn run(
     if !framing.complete.is_empty() {
         out.push(framing.complete.clone(), None).await;
     }
-    let _ = ended.send(seq);
+    reports.send(Report::Ended(seq));
 }
 
 /// Joins the cohort of equal subscriptions and hands the membership to the stream; a refusal
@@ -1006,18 +1049,17 @@ async fn join_cohort(
     framing: Framing,
     out: Outbox,
     seq: u64,
-    ended: mpsc::UnboundedSender<u64>,
-    joined: mpsc::UnboundedSender<(u64, cohort::Membership)>,
+    reports: Reports,
 ) {
     let field = shareable.field();
     let complete = framing.complete.clone();
     let on_end_out = out.clone();
-    let on_end_ended = ended.clone();
+    let on_end_reports = reports.clone();
     let on_end: cohort::OnEnd = Box::new(move || {
         if !complete.is_empty() {
             on_end_out.try_push(complete, None);
         }
-        let _ = on_end_ended.send(seq);
+        on_end_reports.send(Report::Ended(seq));
     });
     let seat = cohort::Seat {
         prefix: framing.prefix.clone(),
@@ -1031,7 +1073,7 @@ async fn join_cohort(
         .await
     {
         Ok(membership) => {
-            let _ = joined.send((seq, membership));
+            reports.send(Report::Joined(seq, membership));
         }
         Err(e) => {
             out.push(framing.frame(&cohort::refusal(field, &e)), None)
@@ -1039,7 +1081,7 @@ async fn join_cohort(
             if !framing.complete.is_empty() {
                 out.push(framing.complete.clone(), None).await;
             }
-            let _ = ended.send(seq);
+            reports.send(Report::Ended(seq));
         }
     }
 }
