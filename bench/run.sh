@@ -5,7 +5,8 @@
 # (--timeout), every server is stopped by its pid at the end of its run.
 #
 #   bench/run.sh                # everything (about 15 minutes on 2 cores)
-#   bench/run.sh fanout idle    # some scenarios: fanout latency idle idle50k chat redis writes storm abuse streams receipts
+#   bench/run.sh fanout idle    # some scenarios: fanout push latency idle idle50k chat redis writes storm abuse streams receipts
+#   BENCH_TARGETS="floor tidings" bench/run.sh fanout   # leave the Node reference out (fanout, push, latency, idle)
 #   bench/run.sh cluster        # 3 instances on a 3-shard Redis Cluster (not in the default set)
 #   bench/run.sh admin          # fan-out with the operator console closed and open (not in the default set)
 #
@@ -18,7 +19,8 @@ BIN=$CARGO_TARGET_DIR/release
 OUT=${BENCH_OUT:-$ROOT/bench/results}
 PG=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 export TIDINGS_JWT_SECRET=${TIDINGS_JWT_SECRET:-tidings-bench-secret-0123456789abcdef}
-SCENARIOS=${*:-fanout latency idle idle50k chat redis writes storm abuse streams}
+SCENARIOS=${*:-fanout push latency idle idle50k chat redis writes storm abuse streams}
+TARGETS=${BENCH_TARGETS:-floor tidings node}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 PIDS=()
@@ -156,7 +158,7 @@ for scenario in $SCENARIOS; do
   case $scenario in
   fanout) # saturated fan-out to one room: about 256,000 deliveries in flight (256 messages at 1k)
     for n in ${FANOUT_SIZES:-1000 5000 15000}; do
-      for target in floor tidings node; do
+      for target in $TARGETS; do
         port=$(free_port); serve $target "$port"
         load --url "http://127.0.0.1:$port" --server-pid "$SERVER_PID" $(join_flag $target) \
           --subscribers $n --rate 0 --window $((256000 / n)) --duration 5 --drain 20 \
@@ -165,8 +167,17 @@ for scenario in $SCENARIOS; do
         stop "$SERVER_PID"
       done
     done ;;
+  push) # open loop: 1,000 subscribers of one room, 2,000 messages/s offered (2 M deliveries/s)
+    for target in $TARGETS; do
+      port=$(free_port); serve $target "$port"
+      load --url "http://127.0.0.1:$port" --server-pid "$SERVER_PID" $(join_flag $target) \
+        --subscribers 1000 --rate 2000 --window 4000 --publishers 4 --duration 10 --drain 20 \
+        --connect-concurrency 200 --join-concurrency 64 \
+        --label "push-$target-1000" --json "$OUT/push-$target-1000.json" || true
+      stop "$SERVER_PID"
+    done ;;
   latency) # 5k subscribers, 50 messages/s: latency below saturation
-    for target in floor tidings node; do
+    for target in $TARGETS; do
       port=$(free_port); serve $target "$port"
       load --url "http://127.0.0.1:$port" --server-pid "$SERVER_PID" $(join_flag $target) \
         --subscribers 5000 --rate 50 --window 1000 --duration 10 --drain 20 \
@@ -182,7 +193,7 @@ for scenario in $SCENARIOS; do
     stop "$SERVER_PID" ;;
   idle|storm) # ~19k idle graphql-ws subscriptions on one instance, by two generator processes
     # (each process may hold 20,000 files); the storm variant connects 1,000 at a time.
-    if [ "$scenario" = storm ]; then cc=1000; targets=tidings; else cc=200; targets="floor tidings node"; fi
+    if [ "$scenario" = storm ]; then cc=1000; targets=tidings; else cc=200; targets=$TARGETS; fi
     for target in $targets; do idle_run "$target" gql "$scenario-$target" $cc; done ;;
   streams) # subscriptions over HTTP streams beside graphql-ws in one run: saturated fan-out to
     # 1,000 subscribers of one room per transport, then ~19k idle SSE subscriptions

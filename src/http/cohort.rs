@@ -1,7 +1,9 @@
 //! Shared execution: subscribers whose operation, variables and grant are equal form a
 //! cohort. Each event is executed and serialised once per cohort; every member gets the same
 //! payload bytes behind its own operation id. This is the fan-out hot path: per member, an
-//! event costs one string concatenation and a queue push.
+//! event costs a queue push of its prefix and the shared payload (two reference counts); the
+//! socket writes prefix, payload and suffix as one message without joining them
+//! (`websocket.rs`), an HTTP stream joins them in its body's batch.
 //!
 //! Which subscriptions share, and each member's right to, is the domain's to say
 //! (`graphql::share` reads the request, `Domain::sharing` checks the member). The cohort runs
@@ -14,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_graphql::Request;
+use axum::body::Bytes;
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -71,7 +74,7 @@ pub(crate) type OnEnd = Box<dyn FnOnce() + Send>;
 struct Member {
     /// What goes before and after the shared payload in this member's frame: for graphql-ws
     /// `{"id":…,"type":"next","payload":` and `}`, for an HTTP stream its own framing.
-    prefix: String,
+    prefix: Bytes,
     suffix: &'static str,
     outbox: Outbox,
     /// The member's stream ends where this user departs (the domain's `Sharing`).
@@ -169,7 +172,7 @@ impl Cohorts {
         } = seat;
         let sharing = domain.sharing(viewer, &shareable.key.grant).await?;
         let member = Member {
-            prefix,
+            prefix: Bytes::from(prefix),
             suffix,
             outbox,
             ends_with: sharing.ends_with,
@@ -241,6 +244,8 @@ async fn drive(
         let Ok(payload) = serde_json::to_string(&response) else {
             continue;
         };
+        // One allocation per event, whatever the number of members.
+        let payload = Bytes::from(payload);
         match departed {
             // Everything before this point reached the leaver's members; this is their last.
             Some(user_id) => end_members(&cohort, &user_id, &payload),
@@ -252,7 +257,7 @@ async fn drive(
                 for member in members.values() {
                     // A member whose queue is full is a slow consumer: it is closed, and
                     // never holds up the others.
-                    member.outbox.try_push(member.frame(&payload), None);
+                    member.send(&payload);
                 }
             }
         }
@@ -260,20 +265,16 @@ async fn drive(
 }
 
 impl Member {
-    /// This member's result frame around a shared payload.
-    fn frame(&self, payload: &str) -> String {
-        let mut frame =
-            String::with_capacity(self.prefix.len() + payload.len() + self.suffix.len());
-        frame.push_str(&self.prefix);
-        frame.push_str(payload);
-        frame.push_str(self.suffix);
-        frame
+    /// Queues this member's result frame around a shared payload.
+    fn send(&self, payload: &Bytes) {
+        self.outbox
+            .try_push_shared(&self.prefix, payload, self.suffix, None);
     }
 }
 
 /// Ends the members whose stream ends with `user_id`'s departure: `payload` (their FORBIDDEN),
 /// then `complete`.
-fn end_members(cohort: &Cohort, user_id: &str, payload: &str) {
+fn end_members(cohort: &Cohort, user_id: &str, payload: &Bytes) {
     let ended: Vec<Member> = {
         let mut members = cohort.lock();
         let ids: Vec<u64> = members
@@ -284,7 +285,7 @@ fn end_members(cohort: &Cohort, user_id: &str, payload: &str) {
         ids.iter().filter_map(|id| members.remove(id)).collect()
     };
     for member in ended {
-        member.outbox.try_push(member.frame(payload), None);
+        member.send(payload);
         (member.on_end)();
     }
 }
@@ -346,9 +347,7 @@ impl MemberSeat {
                 "path": [self.cohort.field],
                 "extensions": { "code": error.code() },
             }] });
-            member
-                .outbox
-                .try_push(member.frame(&payload.to_string()), None);
+            member.send(&Bytes::from(payload.to_string()));
             (member.on_end)();
         }
     }

@@ -16,8 +16,6 @@ use async_graphql::parser::types::OperationType;
 use async_graphql::{BatchRequest, BatchResponse, ServerError};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::Query;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -28,6 +26,7 @@ use tokio::time::Instant;
 
 use super::error::{body_too_large, coded_error, request_error, ApiError, BodyShape};
 use super::stream::{self, Wants};
+use super::websocket::{NotAnUpgrade, Upgrade};
 use super::AppState;
 use crate::auth::{bearer, ClientAddress, TokenError, Viewer};
 use crate::domain::users::ViewerError;
@@ -51,7 +50,7 @@ async fn graphql_get(
     headers: HeaderMap,
     query: Query<HashMap<String, String>>,
     client: Option<ClientAddress>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, NotAnUpgrade>,
 ) -> Response {
     if let Ok(ws) = ws {
         return super::ws::upgrade(state, headers, query, client, ws).await;

@@ -16,6 +16,7 @@ pub(crate) mod socket;
 mod stats;
 pub(crate) mod stream;
 pub mod takeover;
+pub(crate) mod websocket;
 pub mod ws;
 
 #[cfg(test)]

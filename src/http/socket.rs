@@ -1,9 +1,9 @@
 //! The connection skeleton every WebSocket transport shares: graphql-ws (both subprotocols,
 //! `ws.rs`) and the legacy JSON protocol (`legacy/socket.rs`) implement only a `Protocol`
-//! (framing, dispatch and close codes); everything else is here, once: the sized upgrade,
-//! sign-in with connection counting and presence (and the per-user limit, 1008), the
-//! ping/idle/token-expiry loop, an admin's disconnect, shutdown (1001), the write queue and
-//! teardown.
+//! (framing, dispatch and close codes); everything else is here, once: the sized upgrade
+//! (`websocket.rs` reads and writes its frames), sign-in with connection counting and
+//! presence (and the per-user limit, 1008), the ping/idle/token-expiry loop, an admin's
+//! disconnect, shutdown (1001), the write queue and teardown.
 //!
 //! **Budgets**, so that no client, signed in or not, can make the server hold more than a
 //! bounded share: an upgrade is refused before it happens (the handshake is answered, no
@@ -41,17 +41,19 @@ use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::body::Bytes;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tungstenite::Message;
 
 use super::renewal::{self, Renewals};
+use super::websocket::{self, Frame, ReadLimits, Reader, Upgrade, Writer};
 use super::{client, AppState};
 use crate::auth::{bearer, Viewer};
 use crate::domain::channels::ANONYMOUS_FOLLOWS_MAX;
@@ -66,17 +68,16 @@ use crate::metrics::Transport;
 /// connection's life (tungstenite's 128 KiB default would be zero-filled and then resident for
 /// every socket); a larger frame grows it to the frame's size.
 const READ_BUFFER: usize = 512;
-const WRITE_BUFFER: usize = 8 * 1024;
 /// How long queued frames may take to drain before a close goes out regardless.
 const DRAIN_BEFORE_CLOSE: Duration = Duration::from_secs(5);
 
-/// Sizes a socket's buffers for small frames and caps what a client may send (`max_bytes`:
-/// larger closes with 1009).
-fn sized(ws: WebSocketUpgrade, max_bytes: usize) -> WebSocketUpgrade {
-    ws.read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(max_bytes)
-        .max_frame_size(max_bytes)
+/// Sizes a socket's read buffer for small frames and caps what a client may send
+/// (`max_bytes`: larger closes with 1009).
+fn sized(max_bytes: usize) -> ReadLimits {
+    ReadLimits {
+        buffer: READ_BUFFER,
+        max_bytes,
+    }
 }
 
 /// Open WebSocket connections, so shutdown can wait for them to close, and by user, so an
@@ -384,7 +385,7 @@ pub(crate) struct EventStamp {
 
 /// A frame on its way to the socket.
 pub(crate) struct Outbound {
-    message: Message,
+    frame: Frame,
     event: Option<EventStamp>,
 }
 
@@ -413,10 +414,10 @@ struct Queue {
     body: Option<BodyStyle>,
 }
 
-type Sink = SplitSink<WebSocket, Message>;
+type Sink = Writer;
 
 /// The bytes an HTTP stream's body writes of its own: a keep-alive (for each queued
-/// `Message::Ping`) and what ends the stream (a multipart stream's closing boundary). Every
+/// `Frame::Ping`) and what ends the stream (a multipart stream's closing boundary). Every
 /// other frame is written as the producers framed it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct BodyStyle {
@@ -592,11 +593,8 @@ pub(crate) struct Outbox(Arc<Queue>);
 impl Outbox {
     /// Queues a control-plane frame (an ack, a pong, a keep-alive); one that does not fit is
     /// dropped, as the peer is not reading.
-    pub(crate) fn offer(&self, message: Message) {
-        let frame = Outbound {
-            message,
-            event: None,
-        };
+    pub(crate) fn offer(&self, frame: Frame) {
+        let frame = Outbound { frame, event: None };
         let _ = self.0.enqueue(frame, false);
     }
 
@@ -605,7 +603,7 @@ impl Outbox {
     pub(crate) async fn push(&self, text: String, event: Option<EventStamp>) -> bool {
         let queue = &self.0;
         let mut frame = Outbound {
-            message: Message::Text(Utf8Bytes::from(text)),
+            frame: Frame::text(text),
             event,
         };
         loop {
@@ -631,10 +629,29 @@ impl Outbox {
     /// others), past the bound if need be: the same slow-consumer policy as `push`, see the
     /// top of this file. False when the frame was not queued.
     pub(crate) fn try_push(&self, text: String, event: Option<EventStamp>) -> bool {
-        let frame = Outbound {
-            message: Message::Text(Utf8Bytes::from(text)),
-            event,
+        self.try_push_frame(Frame::text(text), event)
+    }
+
+    /// Queues, as `try_push` does, a member's message around a payload that other members
+    /// share: `prefix`, `payload` and `suffix` are written as one message, and the payload's
+    /// bytes are never copied for it.
+    pub(crate) fn try_push_shared(
+        &self,
+        prefix: &Bytes,
+        payload: &Bytes,
+        suffix: &'static str,
+        event: Option<EventStamp>,
+    ) -> bool {
+        let frame = Frame::Shared {
+            prefix: prefix.clone(),
+            payload: payload.clone(),
+            suffix,
         };
+        self.try_push_frame(frame, event)
+    }
+
+    fn try_push_frame(&self, frame: Frame, event: Option<EventStamp>) -> bool {
+        let frame = Outbound { frame, event };
         match self.0.enqueue(frame, true) {
             Enqueue::Queued => true,
             Enqueue::Slow => {
@@ -683,14 +700,13 @@ pub(crate) struct SocketWriter {
 }
 
 impl SocketWriter {
-    /// Splits the socket; its frames go through a queue of `queue` frames.
+    /// Takes the socket's write half; its frames go through a queue of `queue` frames.
     pub(crate) fn start(
-        socket: WebSocket,
+        sink: Writer,
         queue: usize,
         slow_after: Duration,
         transport: Transport,
-    ) -> (Self, Outbox, SplitStream<WebSocket>) {
-        let (sink, stream) = socket.split();
+    ) -> (Self, Outbox) {
         let queue = Arc::new(Queue {
             state: Mutex::new(QueueState {
                 sink: Some(sink),
@@ -709,7 +725,6 @@ impl SocketWriter {
                 queue: queue.clone(),
             },
             Outbox(queue),
-            stream,
         )
     }
 
@@ -840,32 +855,25 @@ async fn write_burst(mut sink: Sink, queue: Arc<Queue>) {
 async fn close(mut sink: Sink, queue: &Queue, end: End) {
     match end {
         End::CloseNow(code, reason) => {
-            let _ = sink.send(close_frame(code, reason)).await;
+            let _ = websocket::write_frames(&mut sink, &[Frame::Close(code, reason)]).await;
         }
         // Boxed, as a close happens once: not kept in every writer.
         End::Close(code, reason) => {
             Box::pin(close_after_queue(
                 &mut sink,
                 queue,
-                close_frame(code, reason),
+                Frame::Close(code, reason),
             ))
             .await;
         }
         End::Gone => {}
     }
-    let _ = sink.close().await;
+    let _ = sink.shutdown().await;
     queue.writer_gone();
 }
 
-fn close_frame(code: u16, reason: String) -> Message {
-    Message::Close(Some(CloseFrame {
-        code,
-        reason: Utf8Bytes::from(reason),
-    }))
-}
-
 /// Writes what is queued, then the close; but never waits long on a peer that stopped reading.
-async fn close_after_queue(sink: &mut Sink, queue: &Queue, close: Message) {
+async fn close_after_queue(sink: &mut Sink, queue: &Queue, close: Frame) {
     let drain = async {
         while let Some(out) = queue.try_pop() {
             if !write(sink, out, queue, queue.transport).await {
@@ -875,31 +883,28 @@ async fn close_after_queue(sink: &mut Sink, queue: &Queue, close: Message) {
         true
     };
     if let Ok(true) = tokio::time::timeout(DRAIN_BEFORE_CLOSE, drain).await {
-        let _ = sink.send(close).await;
+        let _ = websocket::write_frames(sink, &[close]).await;
     }
 }
 
-/// Frames written together before one flush: under fan-out a socket's queue holds many, and
-/// one write system call for all of them costs far less than one each.
+/// Frames written together: under fan-out a socket's queue holds many, and one write system
+/// call for all of them costs far less than one each.
 const WRITE_BATCH: usize = 64;
 
-/// Writes `first` and whatever else is already queued (up to a batch), then flushes once;
-/// false when the socket is gone.
+/// Writes `first` and whatever else is already queued (up to a batch) with one vectored
+/// write; false when the socket is gone.
 async fn write(sink: &mut Sink, first: Outbound, queue: &Queue, transport: Transport) -> bool {
+    let mut frames: Vec<Frame> = Vec::with_capacity(8);
     let mut written: Vec<EventStamp> = Vec::new();
     let mut next = Some(first);
-    let mut count = 0;
     while let Some(out) = next.take() {
-        if sink.feed(out.message).await.is_err() {
-            return false;
-        }
+        frames.push(out.frame);
         written.extend(out.event);
-        count += 1;
-        if count < WRITE_BATCH {
+        if frames.len() < WRITE_BATCH {
             next = queue.try_pop();
         }
     }
-    if sink.flush().await.is_err() {
+    if websocket::write_frames(sink, &frames).await.is_err() {
         return false;
     }
     for event in written {
@@ -939,10 +944,13 @@ impl futures_util::Stream for StreamBody {
             let mut written: Vec<EventStamp> = Vec::new();
             while written.len() < WRITE_BATCH && bytes.len() < 64 * 1024 {
                 let Some(out) = queue.try_pop() else { break };
-                match out.message {
-                    Message::Text(text) => bytes.extend_from_slice(text.as_str().as_bytes()),
-                    Message::Ping(_) => bytes.extend_from_slice(style.keepalive.as_bytes()),
-                    _ => {}
+                match &out.frame {
+                    Frame::Ping => bytes.extend_from_slice(style.keepalive.as_bytes()),
+                    frame => {
+                        for part in frame.parts() {
+                            bytes.extend_from_slice(part);
+                        }
+                    }
                 }
                 written.extend(out.event);
             }
@@ -981,11 +989,10 @@ impl Drop for StreamBody {
 
 /// How to close after a read error: 1009 for a message over the size limit, 1007 for a text
 /// message that is not UTF-8 (RFC 6455, 8.1).
-fn read_error(e: axum::Error) -> End {
-    let inner = e.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => End::CloseNow(1009, "message too big".into()),
-        Some(tungstenite::Error::Utf8(_)) => End::CloseNow(1007, "invalid UTF-8".into()),
+fn read_error(e: tungstenite::Error) -> End {
+    match e {
+        tungstenite::Error::Capacity(_) => End::CloseNow(1009, "message too big".into()),
+        tungstenite::Error::Utf8(_) => End::CloseNow(1007, "invalid UTF-8".into()),
         _ => End::Gone,
     }
 }
@@ -1153,7 +1160,13 @@ impl Link {
     }
 
     /// The connection's credentials, which operations on it renew; none before sign-in.
-    pub(crate) fn credentials(&self) -> Option<&crate::domain::sessions::Credentials> {
+    /// Made by the first operation that may renew them: a connection whose operations all
+    /// share a cohort's execution (which never renews) holds no cell, and its reader no watch.
+    pub(crate) fn credentials(&mut self) -> Option<&crate::domain::sessions::Credentials> {
+        if self.renewals.credentials().is_none() {
+            let viewer = self.viewer.as_ref()?;
+            self.renewals = Renewals::start(viewer);
+        }
         self.renewals.credentials()
     }
 
@@ -1203,10 +1216,7 @@ impl Link {
         let Some(token) = token else {
             return match only {
                 Some(_) => Err(Refused::Token("a token is required".into())),
-                None => {
-                    self.renewals = Renewals::start(&Viewer::Anonymous);
-                    Ok(self.viewer.insert(Viewer::Anonymous))
-                }
+                None => Ok(self.viewer.insert(Viewer::Anonymous)),
             };
         };
         let signed_in = match domain.sign_in(token).await {
@@ -1235,7 +1245,6 @@ impl Link {
         self._watch =
             Some(connections.watch_user(&signed_in.user.id, self.id, self.transport, &self.out));
         self.admission.signed_in();
-        self.renewals = Renewals::start(&signed_in.viewer);
         Ok(self.viewer.insert(signed_in.viewer))
     }
 }
@@ -1260,7 +1269,7 @@ pub(crate) fn upgrade_token(
 /// `signs_in_as_it_opens`: the connection signs in with a token as it opens, so it does not
 /// count under its client's address (see the top of this file).
 pub(crate) fn accept<P: Protocol>(
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
     state: AppState,
     headers: &HeaderMap,
     signs_in_as_it_opens: bool,
@@ -1273,8 +1282,16 @@ pub(crate) fn accept<P: Protocol>(
         Err(refusal) => return refusal.into_response(),
     };
     let max = state.config.max_frame_bytes;
-    sized(ws, max).on_upgrade(move |socket| async move {
-        tokio::spawn(serve::<P>(socket, state, opening, admission));
+    ws.on_upgrade(sized(max), move |reader, writer| async move {
+        let connection = serve::<P>(reader, writer, state, opening, admission);
+        // What every open connection holds in its task, whatever it does: PERFORMANCE.md's
+        // idle memory starts here.
+        static SIZED: std::sync::Once = std::sync::Once::new();
+        SIZED.call_once(|| {
+            let bytes = std::mem::size_of_val(&connection);
+            tracing::debug!(bytes, transport = ?P::TRANSPORT, "connection future");
+        });
+        tokio::spawn(connection);
     })
 }
 
@@ -1296,14 +1313,15 @@ pub(crate) fn admit(
 
 /// One connection, from its upgrade to its close.
 async fn serve<P: Protocol>(
-    socket: WebSocket,
+    stream: Reader,
+    sink: Writer,
     state: AppState,
     opening: P::Opening,
     admission: Admission,
 ) {
     let ticket = state.connections.open(P::TRANSPORT);
-    let (writer, out, stream) = SocketWriter::start(
-        socket,
+    let (writer, out) = SocketWriter::start(
+        sink,
         state.config.ws_queue,
         state.config.slow_consumer_timeout,
         P::TRANSPORT,
@@ -1334,11 +1352,7 @@ async fn serve<P: Protocol>(
 
 /// Reads frames and hands them to the protocol, and keeps the connection's deadlines, until
 /// the connection ends.
-async fn read_loop<P: Protocol>(
-    protocol: &mut P,
-    link: &mut Link,
-    mut stream: SplitStream<WebSocket>,
-) -> End {
+async fn read_loop<P: Protocol>(protocol: &mut P, link: &mut Link, mut stream: Reader) -> End {
     let config = link.state.config.clone();
     let now = Instant::now();
     let mut last_heard = now;
@@ -1373,8 +1387,16 @@ async fn read_loop<P: Protocol>(
                         Ok(text) => Box::pin(protocol.on_text(link, text)).await,
                         Err(_) => Some(End::Close(P::NOT_TEXT.0, P::NOT_TEXT.1.into())),
                     },
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
-                    Some(Ok(Message::Close(_))) => Some(End::Gone),
+                    Some(Ok(Message::Ping(data))) => {
+                        out.offer(Frame::Pong(data));
+                        None
+                    }
+                    Some(Ok(Message::Pong(_) | Message::Frame(_))) => None,
+                    // The peer closes: the close is answered with its own code, at once.
+                    Some(Ok(Message::Close(frame))) => Some(match frame {
+                        Some(frame) => End::CloseNow(frame.code.into(), String::new()),
+                        None => End::CloseNow(1000, String::new()),
+                    }),
                     Some(Err(e)) => Some(read_error(e)),
                 };
                 if let Some(end) = end {
@@ -1408,10 +1430,10 @@ async fn read_loop<P: Protocol>(
                         return End::Close(1001, "ping timeout".into());
                     }
                     if let Some(keepalive) = protocol.keepalive(link) {
-                        out.offer(Message::Text(Utf8Bytes::from(keepalive)));
+                        out.offer(Frame::text(keepalive));
                     }
                     // A WebSocket ping too: browsers answer it without any code of ours.
-                    out.offer(Message::Ping(Default::default()));
+                    out.offer(Frame::Ping);
                 }
             }
             _ = shutdown.cancelled() => {

@@ -25,9 +25,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::websocket::Frame;
 use async_graphql::Request;
 use axum::body::Body;
-use axum::extract::ws::Message;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{FutureExt, StreamExt};
@@ -308,7 +308,7 @@ pub async fn distinct(
     };
     let mut stream = StreamConnection::new(link, client, true);
     // The first bytes go out at once: clients (and some browsers) wait for them.
-    stream.link.out.offer(Message::Ping(Default::default()));
+    stream.link.out.offer(Frame::Ping);
     let precheck = wants == Wants::Multipart;
     if let Err(refusal) = stream.start(String::new(), framing, request, precheck) {
         let message = match refusal {
@@ -596,7 +596,7 @@ async fn reserve(
         streams.insert(token.clone(), reserved.clone());
     }
     let stream = StreamConnection::new(link, client, false);
-    stream.link.out.offer(Message::Ping(Default::default()));
+    stream.link.out.offer(Frame::Ping);
     let streams = state.streams.clone();
     let held = token.clone();
     tokio::spawn(async move {
@@ -948,7 +948,7 @@ impl StreamConnection {
                     }
                     if ping <= now {
                         ping = now + heartbeat;
-                        out.offer(Message::Ping(Default::default()));
+                        out.offer(Frame::Ping);
                     }
                 }
                 _ = shutdown.cancelled() => {

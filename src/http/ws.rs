@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_graphql::Request;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +19,7 @@ use serde_json::{json, Value};
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::socket::{self, Closes, End, Link, Outbox, Refused, SubscriptionSlot};
+use super::websocket::{Frame, Upgrade};
 use super::AppState;
 use super::{cohort, renewal};
 use crate::auth::{bearer, ClientAddress, Viewer};
@@ -38,14 +38,14 @@ enum Subprotocol {
 }
 
 /// `GET /graphql` with `Upgrade: websocket`.
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     state: AppState,
     headers: HeaderMap,
     query: Query<HashMap<String, String>>,
     client: Option<ClientAddress>,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
-    let ws = ws.protocols(["graphql-transport-ws", "graphql-ws"]);
+    let ws = ws.protocols(&["graphql-transport-ws", "graphql-ws"]);
     let subprotocol = match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
         Some("graphql-ws") => Subprotocol::Legacy,
         _ => Subprotocol::Transport,
@@ -295,7 +295,7 @@ impl socket::Protocol for Connection {
 
 /// Queues a control-plane frame; one that does not fit is dropped (the peer is not reading).
 fn send(out: &Outbox, value: &Value) {
-    out.offer(axum::extract::ws::Message::Text(value.to_string().into()));
+    out.offer(Frame::text(value.to_string()));
 }
 
 /// Refuses operation `id` for a budget: an `error` with RATE_LIMITED; the socket stays open.
@@ -358,14 +358,20 @@ impl Connection {
     }
 
     /// Starts the operation if the user's subscription budget has room for it.
-    fn start_within_budget(&mut self, link: &Link, id: String, request: Request) {
+    fn start_within_budget(&mut self, link: &mut Link, id: String, request: Request) {
         match link.subscription_slot() {
             Ok(slot) => self.start(link, id, request, slot),
             Err(message) => rate_limited(&link.out, &id, &message),
         }
     }
 
-    fn start(&mut self, link: &Link, id: String, request: Request, slot: Option<SubscriptionSlot>) {
+    fn start(
+        &mut self,
+        link: &mut Link,
+        id: String,
+        request: Request,
+        slot: Option<SubscriptionSlot>,
+    ) {
         let viewer = link.viewer().cloned().unwrap_or(Viewer::Anonymous);
         self.next_op += 1;
         let op = Operation {

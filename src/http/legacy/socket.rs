@@ -11,8 +11,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -32,6 +30,7 @@ use crate::domain::sessions::Followed;
 use crate::domain::typing::ConnectionId;
 use crate::domain::{Domain, DomainError, DomainResult};
 use crate::http::socket::{self, Closes, End, Link, Refused};
+use crate::http::websocket;
 use crate::http::AppState;
 use crate::metrics::Transport;
 
@@ -100,7 +99,7 @@ impl Entry {
 }
 
 type Params = Query<HashMap<String, String>>;
-type Upgrade = Result<WebSocketUpgrade, WebSocketUpgradeRejection>;
+type Upgrade = Result<websocket::Upgrade, websocket::NotAnUpgrade>;
 
 /// `/ws/NAME`: the general protocol, following `public:NAME` from the start, as per-feature
 /// endpoints like `/ws/game` do.
@@ -382,7 +381,7 @@ impl LegacySocket {
         Ok(follow::notifications(notices.boxed(), self.frames.clone()))
     }
 
-    async fn on_frame(&mut self, Inbound { command, chooses }: Inbound, link: &Link) {
+    async fn on_frame(&mut self, Inbound { command, chooses }: Inbound, link: &mut Link) {
         // A socket whose URL chose no dialect takes the one its first room frame speaks.
         if let Some(dialect) = chooses {
             if self.dialect.choose(dialect) && dialect == Dialect::Arena {
@@ -522,7 +521,7 @@ impl LegacySocket {
 
     /// Renews the socket's credentials with `token` (the domain checks it names the same user),
     /// answering `auth_ok`; a refusal is an `error` frame and changes nothing.
-    async fn authenticate(&mut self, token: &str, link: &Link) -> DomainResult<()> {
+    async fn authenticate(&mut self, token: &str, link: &mut Link) -> DomainResult<()> {
         let session = self
             .domain
             .authenticate(link.credentials(), token.trim())
