@@ -978,7 +978,8 @@ async fn run_inner(args: LoadArgs) -> anyhow::Result<Report> {
             stop_publishing.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let per = args.rate / n_pub as f64;
+            // The rate is the whole load's: only publishers with a room of their own share it.
+            let per = args.rate / n_pub.min(args.rooms.max(1)) as f64;
             let mut tick = (per > 0.0).then(|| {
                 let mut i = tokio::time::interval(Duration::from_secs_f64(1.0 / per));
                 i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
