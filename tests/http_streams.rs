@@ -52,6 +52,19 @@ async fn sse_post(server: &TestServer, token: Option<&str>, query: &str, vars: V
     Stream::new(response)
 }
 
+/// Alice makes the private room `secret`; the token of mallory, who is not in it.
+async fn with_private_room(server: &TestServer) -> String {
+    let alice = cli_token("alice", "user");
+    server
+        .ok(
+            Some(&alice),
+            "mutation { createRoom(id: \"secret\", isPrivate: true) { id } }",
+            json!({}),
+        )
+        .await;
+    cli_token("mallory", "user")
+}
+
 async fn room_with(server: &TestServer, room: &str, users: &[&str]) {
     for token in users {
         join(server, token, room).await;
@@ -129,15 +142,7 @@ async fn an_event_stream_delivers_live_messages_and_resumes_after_a_position() {
 #[tokio::test]
 async fn a_private_room_over_an_event_stream_is_forbidden_as_over_a_socket() {
     let (server, _db) = server(&Backend::Sqlite).await;
-    let alice = cli_token("alice", "user");
-    let mallory = cli_token("mallory", "user");
-    server
-        .ok(
-            Some(&alice),
-            "mutation { createRoom(id: \"secret\", isPrivate: true) { id } }",
-            json!({}),
-        )
-        .await;
+    let mallory = with_private_room(&server).await;
     let mut stream = sse_post(
         &server,
         Some(&mallory),
@@ -190,15 +195,7 @@ fn post(path: &str, accept: &str, token: &str, body: &Value) -> String {
 #[tokio::test]
 async fn a_stream_has_its_connection_to_itself_and_closes_it_when_it_ends() {
     let (server, _db) = server(&Backend::Sqlite).await;
-    let alice = cli_token("alice", "user");
-    let mallory = cli_token("mallory", "user");
-    server
-        .ok(
-            Some(&alice),
-            "mutation { createRoom(id: \"secret\", isPrivate: true) { id } }",
-            json!({}),
-        )
-        .await;
+    let mallory = with_private_room(&server).await;
     let mut socket = tokio::net::TcpStream::connect(&server.addr)
         .await
         .expect("connect");

@@ -252,15 +252,7 @@ impl Domain {
         after: Option<&str>,
     ) -> DomainResult<BoxStream<'static, DomainResult<MessageView>>> {
         let deliveries = self.message_deliveries(viewer, room_id, after).await?;
-        Ok(deliveries
-            .filter_map(|d| async move {
-                match d {
-                    Ok(Delivery::Item(view)) => Some(Ok(view)),
-                    Ok(Delivery::Departed { .. }) => None,
-                    Err(e) => Some(Err(e)),
-                }
-            })
-            .boxed())
+        Ok(items_only(deliveries))
     }
 
     /// `messageAdded(roomId, after)` for a subscriber or a shared execution (`Viewer::Shared`,
@@ -386,15 +378,7 @@ impl Domain {
         let deliveries = self
             .room_event_deliveries(viewer, room_id, after, true)
             .await?;
-        Ok(deliveries
-            .filter_map(|d| async move {
-                match d {
-                    Ok(Delivery::Item(view)) => Some(Ok(view)),
-                    Ok(Delivery::Departed { .. }) => None,
-                    Err(e) => Some(Err(e)),
-                }
-            })
-            .boxed())
+        Ok(items_only(deliveries))
     }
 
     /// `roomEvents(roomId, after)` for a subscriber or a shared execution (`Viewer::Shared`,
@@ -766,4 +750,20 @@ fn departure(message: &message::Model) -> Option<&str> {
     (message.action.as_deref() == Some(LEFT))
         .then_some(message.subject_id.as_deref())
         .flatten()
+}
+
+/// A subscriber's own stream of a feed: its items, without the departures a shared execution
+/// carries for its members.
+fn items_only<T: Send + 'static>(
+    deliveries: BoxStream<'static, DomainResult<Delivery<T>>>,
+) -> BoxStream<'static, DomainResult<T>> {
+    deliveries
+        .filter_map(|d| async move {
+            match d {
+                Ok(Delivery::Item(view)) => Some(Ok(view)),
+                Ok(Delivery::Departed { .. }) => None,
+                Err(e) => Some(Err(e)),
+            }
+        })
+        .boxed()
 }
