@@ -285,14 +285,15 @@ for scenario in $SCENARIOS; do
     rss_sum() { local t=0; for s in "${cpids[@]}"; do t=$((t + $("$BIN/tidings-bench" rss "$s"))); done; echo $t; }
     shard_stats chat-before >"$OUT/cluster-shards.txt"
     # Two generator processes (each may hold 20,000 files), each with its own 15,000 users in
-    # 1,500 rooms of 10 and half the rate; the server RSS is summed over the three instances
-    # once both are connected, while they publish.
+    # rooms of CLUSTER_ROOM_SIZE (10: 1,500 rooms) and half the rate; the server RSS is summed
+    # over the three instances once both are connected, while they publish.
     before=$(rss_sum)
     rm -f "$WORK"/ready-chat-*
     gens=()
+    size=${CLUSTER_ROOM_SIZE:-10}
     for part in 0 1; do
       load "${urls[@]}" "${pids[@]}" --offset $((part * 15000)) --room-prefix "chat$part-" \
-        --subscribers 15000 --rooms 1500 --rate 500 --window 2000 --publishers 3 --duration 10 \
+        --subscribers 15000 --rooms $((15000 / size)) --rate 500 --window 2000 --publishers 3 --duration 10 \
         --connect-concurrency 200 --join-concurrency 64 --ready-file "$WORK/ready-chat-$part" \
         --label "cluster-chat-part$part" --json "$WORK/cluster-chat-part$part.json" &
       gens+=($!)
