@@ -171,7 +171,7 @@ impl axum::extract::connect_info::Connected<IncomingStream<'_, Listener>> for Pe
 pub(crate) struct StreamResponse;
 
 /// The writers of taken streams, so that shutdown waits for their last bytes.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Writers {
     tasks: TaskTracker,
     /// How long one write may wait for a client that does not read.
