@@ -286,6 +286,22 @@ async fn a_typing_subscription_ends_exactly_at_the_leave() {
         let (server, _db, t) = vault(&backend).await;
         let mut alice = GqlSocket::user(&server, &t[0]).await;
         alice.subscribe("a", TYPING, json!({ "r": "vault" })).await;
+        // Live once alice hears carol (her subscription checks membership first, which may
+        // take a moment): carol keeps typing until she does, then stops, and alice reads on
+        // to the stop, so each round starts with alice's stream drained.
+        loop {
+            server
+                .ok(Some(&t[2]), SET_TYPING, json!({ "r": "vault", "t": true }))
+                .await;
+            let heard = tokio::time::timeout(Duration::from_millis(200), alice.data("a")).await;
+            if heard.is_ok() {
+                break;
+            }
+        }
+        server
+            .ok(Some(&t[2]), SET_TYPING, json!({ "r": "vault", "t": false }))
+            .await;
+        while alice.data("a").await["typing"]["isTyping"] != false {}
         let mut bob = GqlSocket::user(&server, &t[1]).await;
         let mut leaks = 0;
         for round in 0..ROUNDS {
@@ -325,26 +341,20 @@ async fn a_typing_subscription_ends_exactly_at_the_leave() {
                 leaks += 1;
             }
             assert!(got.contains(&json!(false)), "round {round}: {got:?}");
-            // Alice, who stays, hears carol's start after the leave.
-            loop {
-                let data = alice.data("a").await;
-                if data["typing"]["user"]["username"] == "carol"
-                    && data["typing"]["isTyping"] == false
-                {
-                    break;
-                }
-            }
-            loop {
-                let data = alice.data("a").await;
-                if data["typing"]["user"]["username"] == "carol"
-                    && data["typing"]["isTyping"] == true
-                {
-                    break;
-                }
-            }
             server
                 .ok(Some(&t[2]), SET_TYPING, json!({ "r": "vault", "t": false }))
                 .await;
+            // Alice, who stays, hears it all: carol's stop before the leave, her start after
+            // it, and the stop that ends the round (which leaves alice's stream drained).
+            for wanted in [false, true, false] {
+                loop {
+                    let data = alice.data("a").await;
+                    assert_eq!(data["typing"]["user"]["username"], "carol");
+                    if data["typing"]["isTyping"] == wanted {
+                        break;
+                    }
+                }
+            }
         }
         println!(
             "typing on {}: {leaks} leaks in {ROUNDS} rounds",
