@@ -167,9 +167,15 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_MAX_SUBSCRIPTIONS", default_value_t = 100)]
     pub max_subscriptions: usize,
 
-    /// Events buffered per hub topic; a subscriber further behind catches up from the database.
+    /// Events buffered per hub topic of ephemeral events (typing, presence, channels, the
+    /// leaderboard); a subscriber further behind misses the oldest.
     #[arg(long, env = "TIDINGS_BROADCAST_CAPACITY", default_value_t = 1024)]
     pub broadcast_capacity: usize,
+
+    /// Events buffered per hub topic of stored events (a room's messages and changes, a user's
+    /// notifications); a subscriber further behind catches up from the database.
+    #[arg(long, env = "TIDINGS_STORED_BROADCAST_CAPACITY", default_value_t = 64)]
+    pub stored_broadcast_capacity: usize,
 
     /// How long after their last connection closes a user is announced offline.
     #[arg(long, env = "TIDINGS_PRESENCE_GRACE", default_value = "5s", value_parser = parse_duration)]
@@ -362,6 +368,7 @@ impl Config {
             max_connections_per_user: 20,
             max_subscriptions: 100,
             broadcast_capacity: 1024,
+            stored_broadcast_capacity: 64,
             presence_grace: Duration::from_secs(5),
             presence_ttl: Duration::from_secs(15),
             typing_timeout: Duration::from_secs(5),

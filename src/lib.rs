@@ -82,10 +82,14 @@ impl App {
         // Before anything records a metric, or its early counts are lost.
         metrics::install(&shutdown);
         crate::metrics::set_redis_up(false);
+        let capacity = hub::Capacity {
+            ephemeral: config.broadcast_capacity,
+            stored: config.stored_broadcast_capacity,
+        };
         let (hub, bridge) = match &redis {
-            None => (Hub::new(config.broadcast_capacity), None),
+            None => (Hub::new(capacity), None),
             Some(target) => {
-                let (hub, outbound) = Hub::bridged(config.broadcast_capacity);
+                let (hub, outbound) = Hub::bridged(capacity);
                 let instance = instance_id();
                 let bridge = RedisBridge::start(
                     target,

@@ -124,7 +124,7 @@ async fn a_subscriber_that_lags_behind_the_buffer_is_caught_up_from_the_database
             &backend,
             &redis,
             &[
-                ("TIDINGS_BROADCAST_CAPACITY", "1"),
+                ("TIDINGS_STORED_BROADCAST_CAPACITY", "1"),
                 ("TIDINGS_RATE_LIMITS", "off"),
             ],
         )
@@ -839,7 +839,7 @@ async fn a_burst_of_notifications_arrives_once_each_in_order_over_a_tiny_buffer(
         let server = TestServer::start(
             &db,
             &[
-                ("TIDINGS_BROADCAST_CAPACITY", "1"),
+                ("TIDINGS_STORED_BROADCAST_CAPACITY", "1"),
                 ("TIDINGS_RATE_LIMITS", "off"),
             ],
         );

@@ -317,6 +317,14 @@ pub enum Topic {
     Stats,
 }
 
+impl Topic {
+    /// Whether the topic's events are stored, numbered, and read back from the database by a
+    /// subscriber that missed them (see `Capacity`).
+    pub fn is_stored(&self) -> bool {
+        matches!(self, Topic::RoomMessages(_) | Topic::UserNotifications(_))
+    }
+}
+
 impl Event {
     pub fn topic(&self) -> Topic {
         match self {

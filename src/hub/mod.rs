@@ -4,7 +4,7 @@
 //!
 //! A topic's `tokio::sync::broadcast` channel is made with its first event, not its first
 //! subscriber: the channel allocates its whole ring (`TIDINGS_BROADCAST_CAPACITY` slots, about
-//! 37 KiB at 1,024) when it is made, and a client that follows many topics where nothing
+//! 37 KiB at 1,024; `TIDINGS_STORED_BROADCAST_CAPACITY` for stored topics) when it is made, and a client that follows many topics where nothing
 //! happens must not make the server hold a ring for each. Until then a topic is a count and,
 //! for each subscriber, a small cell where the first event's publisher leaves the subscriber's
 //! receiver (a receiver must exist before an event is sent to get it, and tokio's cannot be
@@ -35,11 +35,48 @@ type Receiver = broadcast::Receiver<Arc<Event>>;
 
 pub struct Hub {
     topics: Mutex<HashMap<Topic, TopicState>>,
-    capacity: usize,
+    capacity: Capacity,
     /// Where events for other instances go, when a bridge is attached.
     outbound: Option<mpsc::Sender<(Topic, Arc<Event>)>>,
     /// Wakes the bridge when topics come and go, so it follows exactly the local ones.
     topics_changed: Notify,
+}
+
+/// How many events a topic's channel buffers, by what a subscriber that falls further behind
+/// loses.
+///
+/// A stored topic (a room's messages and changes, a user's notifications) loses nothing: its
+/// subscribers read what they missed from the database. Its buffer only saves those reads
+/// while a subscriber is briefly behind, and a room's is held by every instance with a member
+/// of it (a cohort reads it once for all its members), so it is kept small: at 64 slots a
+/// channel holds about 2.3 KiB where 1,024 hold 37 KiB, which in rooms of 10 was more than
+/// a third of what a chat connection cost. Every other topic is ephemeral (typing, presence,
+/// channels, the leaderboard, control, figures): what falls out of its buffer is gone, so it
+/// keeps the larger one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub ephemeral: usize,
+    pub stored: usize,
+}
+
+impl Capacity {
+    fn of(&self, topic: &Topic) -> usize {
+        if topic.is_stored() {
+            self.stored
+        } else {
+            self.ephemeral
+        }
+    }
+}
+
+/// The same buffer for every topic.
+impl From<usize> for Capacity {
+    fn from(n: usize) -> Self {
+        Capacity {
+            ephemeral: n,
+            stored: n,
+        }
+    }
 }
 
 /// One topic with local subscribers.
@@ -134,20 +171,25 @@ impl TopicState {
 impl Hub {
     /// An in-process hub. `capacity` is each topic's buffer once events flow: a subscriber
     /// further behind than that lags.
-    pub fn new(capacity: usize) -> Arc<Self> {
-        Arc::new(Self::build(capacity, None))
+    pub fn new(capacity: impl Into<Capacity>) -> Arc<Self> {
+        Arc::new(Self::build(capacity.into(), None))
     }
 
     /// A hub whose events also go out to other instances: the receiver is the bridge's.
-    pub fn bridged(capacity: usize) -> (Arc<Self>, mpsc::Receiver<(Topic, Arc<Event>)>) {
+    pub fn bridged(
+        capacity: impl Into<Capacity>,
+    ) -> (Arc<Self>, mpsc::Receiver<(Topic, Arc<Event>)>) {
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-        (Arc::new(Self::build(capacity, Some(tx))), rx)
+        (Arc::new(Self::build(capacity.into(), Some(tx))), rx)
     }
 
-    fn build(capacity: usize, outbound: Option<mpsc::Sender<(Topic, Arc<Event>)>>) -> Self {
+    fn build(capacity: Capacity, outbound: Option<mpsc::Sender<(Topic, Arc<Event>)>>) -> Self {
         Self {
             topics: Mutex::new(HashMap::new()),
-            capacity: capacity.max(1),
+            capacity: Capacity {
+                ephemeral: capacity.ephemeral.max(1),
+                stored: capacity.stored.max(1),
+            },
             outbound,
             topics_changed: Notify::new(),
         }
@@ -212,7 +254,7 @@ impl Hub {
     /// instances, and local signals).
     pub fn deliver_local(&self, topic: &Topic, event: Arc<Event>) -> usize {
         match self.lock().get_mut(topic) {
-            Some(state) => state.send(event, self.capacity),
+            Some(state) => state.send(event, self.capacity.of(topic)),
             None => 0,
         }
     }
@@ -232,7 +274,7 @@ impl Hub {
         self.lock().len()
     }
 
-    /// Topics whose events have begun to flow, each holding its buffer of `capacity` events.
+    /// Topics whose events have begun to flow, each holding its buffer.
     pub fn buffered_topic_count(&self) -> usize {
         self.lock().values().filter(|s| s.sender.is_some()).count()
     }
@@ -338,6 +380,28 @@ mod tests {
             hub.publish(changed(v));
         }
         assert!(matches!(rx.recv().await, Err(RecvError::Lagged(3))));
+    }
+
+    #[tokio::test]
+    async fn stored_topics_buffer_their_own_capacity_and_ephemeral_ones_theirs() {
+        let hub = Hub::new(Capacity {
+            ephemeral: 8,
+            stored: 2,
+        });
+        let room = Topic::RoomMessages("r".into());
+        let mut stored = hub.subscribe(room.clone());
+        let mut ephemeral = hub.subscribe(Topic::Leaderboard);
+        for v in 0..5 {
+            hub.publish_to(room.clone(), changed(v));
+            hub.publish(changed(v));
+        }
+        // The stored topic's subscriber is behind its two slots (it would read the database);
+        // the ephemeral one has all five.
+        assert!(matches!(stored.recv().await, Err(RecvError::Lagged(3))));
+        for v in 0..5 {
+            let event = ephemeral.recv().await.expect("kept");
+            assert!(matches!(&*event, Event::Leaderboard(l) if l.version == v));
+        }
     }
 
     #[tokio::test]
