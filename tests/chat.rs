@@ -397,6 +397,85 @@ async fn read_receipts_move_forward_unread_counts_follow_and_the_room_hears_once
 }
 
 #[tokio::test]
+async fn receipts_checked_together_each_get_their_own_answer() {
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let alice = register(&server, "alice").await;
+        let bob = register(&server, "bob").await;
+        let carol = register(&server, "carol").await;
+        let admin = cli_token("root", "admin");
+        join(&server, &alice, "lobby").await;
+        join(&server, &bob, "lobby").await;
+        join(&server, &carol, "other").await;
+        let mut sent = Vec::new();
+        for n in 0..4 {
+            sent.push(id_of(
+                &send(&server, &alice, "lobby", &format!("m{n}")).await,
+            ));
+        }
+        let elsewhere = id_of(&send(&server, &carol, "other", "elsewhere").await);
+
+        // All at once, so that the writer takes many of them into one batch: each is answered
+        // as if it were alone. Bob's receipts arrive out of order; the furthest one stays.
+        let calls = [
+            (&bob, "lobby", sent[3].clone(), None),
+            (&bob, "lobby", sent[1].clone(), None),
+            (&bob, "lobby", sent[2].clone(), None),
+            (&alice, "lobby", sent[0].clone(), None),
+            (&carol, "lobby", sent[0].clone(), Some("FORBIDDEN")),
+            (&bob, "lobby", elsewhere.clone(), Some("NOT_FOUND")),
+            (&bob, "lobby", "999999".to_owned(), Some("NOT_FOUND")),
+            (&bob, "nowhere", sent[0].clone(), Some("NOT_FOUND")),
+            (&carol, "other", elsewhere.clone(), None),
+            (&admin, "lobby", sent[2].clone(), None),
+        ];
+        let answers = futures_util::future::join_all(calls.iter().map(|(token, room, id, _)| {
+            server.gql(Some(token.as_str()), MARK, json!({ "r": room, "id": id }))
+        }))
+        .await;
+        for ((_, room, id, expected), answer) in calls.iter().zip(&answers) {
+            match expected {
+                None => assert_eq!(
+                    answer["data"]["markRead"]["id"],
+                    *room,
+                    "{} {room} {id}: {answer}",
+                    backend.name()
+                ),
+                Some(code) => assert_eq!(
+                    answer["errors"][0]["extensions"]["code"],
+                    *code,
+                    "{} {room} {id}: {answer}",
+                    backend.name()
+                ),
+            }
+        }
+        let room = server.ok(Some(&alice), ROOM, json!({ "r": "lobby" })).await["room"].clone();
+        let receipts: Vec<(String, String)> = room["readReceipts"]
+            .as_array()
+            .expect("receipts")
+            .iter()
+            .map(|r| {
+                (
+                    r["user"]["username"].as_str().expect("a name").to_owned(),
+                    r["messageId"].as_str().expect("an id").to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            receipts,
+            [
+                ("bob".to_owned(), sent[3].clone()),
+                ("alice".to_owned(), sent[0].clone())
+            ],
+            "members only, each at their furthest ({})",
+            backend.name()
+        );
+        let bobs = server.ok(Some(&bob), ROOM, json!({ "r": "lobby" })).await["room"].clone();
+        assert_eq!(bobs["unreadCount"], 0);
+    }
+}
+
+#[tokio::test]
 async fn a_resume_after_a_disconnect_gets_every_kind_of_change_in_order_once() {
     for backend in backends() {
         let (server, _db) = server(&backend).await;
@@ -1000,8 +1079,18 @@ async fn edits_reactions_and_receipts_have_rate_limits_of_their_own() {
             .await,
         "RATE_LIMITED"
     );
+    // Someone who may not mark the room read hears so, limited or not.
+    let bob = register(&server, "bob").await;
+    for _ in 0..2 {
+        assert_eq!(
+            server
+                .err_code(Some(&bob), MARK, json!({ "r": "lobby", "id": m }))
+                .await,
+            "FORBIDDEN"
+        );
+    }
     let text = metrics(&server).await;
-    for (action, refused) in [("edit", 2.0), ("reaction", 1.0), ("receipt", 1.0)] {
+    for (action, refused) in [("edit", 2.0), ("reaction", 1.0), ("receipt", 2.0)] {
         let series = format!("tidings_rate_limited_total{{action=\"{action}\"}}");
         assert_eq!(sample(&text, &series), Some(refused), "{series}");
     }

@@ -3,16 +3,22 @@
 //! one member posts a few messages a second (so every receipt moves). The server announces a
 //! member's receipts at most once per second; the report says how many receipt events the room
 //! got per second, how many deliveries that made, the markRead latency, and the server's CPU.
+//!
+//! Like 1,000 separate clients, each member sends its `markRead` on its own schedule whether or
+//! not the others (or its own previous one) have been answered: the load is offered open loop,
+//! bounded in flight only by `--in-flight` (default: the members). The report gives the rate
+//! offered and the rate answered separately, the failures, and how many receipt events did not
+//! reach every subscriber.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -46,9 +52,13 @@ pub struct ReceiptsArgs {
     /// The server's process id, for its CPU time.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// `markRead` requests in flight at most.
+    /// `joinRoom` requests in flight at most while the members join.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// `markRead` requests in flight at most (default: the members, so each member's
+    /// `markRead` goes out on its own schedule whatever the others wait for).
+    #[arg(long)]
+    pub in_flight: Option<usize>,
     /// Write the JSON report here (else stdout).
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -57,11 +67,27 @@ pub struct ReceiptsArgs {
 #[derive(Debug, Serialize)]
 pub struct ReceiptsReport {
     pub members: usize,
+    /// `markRead` requests in flight at most.
+    pub in_flight: usize,
+    /// The marking window: from the first scheduled `markRead` to the last answer.
     pub seconds: f64,
+    /// `markRead` requests sent (each member once a second, on its own schedule).
     pub mark_read_sent: u64,
+    /// `markRead` requests answered without an error.
+    pub mark_read_answered: u64,
+    /// `markRead` requests that failed (an error, or no answer).
     pub mark_read_failed: u64,
-    pub mark_read_per_second: f64,
+    /// `markRead` requests sent per second of the schedule (`--duration`).
+    pub mark_read_offered_per_second: f64,
+    /// `markRead` requests answered without an error per second of the marking window.
+    pub mark_read_answered_per_second: f64,
+    /// From when each `markRead` was due to its answer (a request that waits for a slot
+    /// counts its wait).
     pub mark_read_latency_ms: Latency,
+    /// Distinct receipt events (positions) the room got.
+    pub receipt_events: u64,
+    /// Receipt events that did not reach every subscriber (1.5 s after the last answer).
+    pub receipt_events_incomplete: u64,
     /// Distinct receipt events (positions) the room got, per second.
     pub receipt_events_per_second: f64,
     /// Receipt events handed to subscribers, per second (events × subscribers).
@@ -95,12 +121,45 @@ async fn graphql(
     Ok(body["data"].clone())
 }
 
+/// The part of a graphql-ws `next` frame the tally reads (parsed without building a `Value`:
+/// a million frames a second go through here).
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(borrow)]
+    payload: Option<FramePayload<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FramePayload<'a> {
+    #[serde(borrow)]
+    data: Option<FrameData<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FrameData<'a> {
+    #[serde(borrow, rename = "roomEvents")]
+    room_events: Option<FrameEvent<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FrameEvent<'a> {
+    #[serde(borrow, rename = "__typename")]
+    typename: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    position: std::borrow::Cow<'a, str>,
+}
+
 struct Tally {
     receipts: AtomicU64,
     all: AtomicU64,
-    /// Highest receipt position seen by any subscriber, and how many distinct ones.
-    receipt_positions: std::sync::Mutex<std::collections::BTreeSet<i64>>,
+    /// How many subscribers saw each receipt position, indexed by position (a fresh room's
+    /// positions stay far below `POSITIONS`; those beyond are counted in `beyond`).
+    receipt_positions: Vec<AtomicU32>,
+    beyond: AtomicU64,
 }
+
+/// Receipt positions tallied per position.
+const POSITIONS: usize = 1 << 20;
 
 async fn subscriber(
     url: String,
@@ -128,19 +187,30 @@ async fn subscriber(
         let Message::Text(text) = frame? else {
             continue;
         };
-        let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else {
+        let Ok(frame) = serde_json::from_str::<Frame<'_>>(text.as_str()) else {
             continue;
         };
-        let event = &v["payload"]["data"]["roomEvents"];
-        if event.is_null() {
+        let Some(event) = frame
+            .payload
+            .and_then(|p| p.data)
+            .and_then(|d| d.room_events)
+        else {
             continue;
-        }
+        };
         tally.all.fetch_add(1, Ordering::Relaxed);
-        if event["__typename"] == "ReadReceiptMoved" {
+        if event.typename == "ReadReceiptMoved" {
             tally.receipts.fetch_add(1, Ordering::Relaxed);
-            if let Some(p) = event["position"].as_str().and_then(|p| p.parse().ok()) {
-                if let Ok(mut set) = tally.receipt_positions.lock() {
-                    set.insert(p);
+            if let Ok(p) = event.position.parse::<i64>() {
+                match usize::try_from(p)
+                    .ok()
+                    .and_then(|p| tally.receipt_positions.get(p))
+                {
+                    Some(seen) => {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => {
+                        tally.beyond.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }
@@ -172,7 +242,8 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
     let tally = Arc::new(Tally {
         receipts: AtomicU64::new(0),
         all: AtomicU64::new(0),
-        receipt_positions: Default::default(),
+        receipt_positions: (0..POSITIONS).map(|_| AtomicU32::new(0)).collect(),
+        beyond: AtomicU64::new(0),
     });
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(args.members.max(1));
     let mut subs = Vec::new();
@@ -238,16 +309,24 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
         tally.all.load(Ordering::Relaxed),
         tally.receipts.load(Ordering::Relaxed),
     );
-    let positions_before = tally.receipt_positions.lock().map(|s| s.len()).unwrap_or(0);
-    let started = Instant::now();
+    let positions_before: Vec<bool> = tally
+        .receipt_positions
+        .iter()
+        .map(|n| n.load(Ordering::Relaxed) > 0)
+        .collect();
     let sent = Arc::new(AtomicU64::new(0));
+    let answered = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
-    let slots = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+    let in_flight = args.in_flight.unwrap_or(args.members).max(1);
+    let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let duration = Duration::from_secs_f64(args.duration);
+    let started = tokio::time::Instant::now();
     let mut markers = Vec::new();
-    // Member i marks read at offset i/members of every second.
+    // Member i marks read at offset i/members of every second, whether or not its previous
+    // `markRead` has been answered (open loop): each one is a request of its own.
     for (i, t) in tokens.iter().enumerate() {
         let (client, url, token, room) = (
             client.clone(),
@@ -255,46 +334,64 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
             t.clone(),
             args.room.clone(),
         );
-        let (latest, sent, failed, latencies, slots) = (
+        let (latest, sent, answered, failed, latencies, slots) = (
             latest.clone(),
             sent.clone(),
+            answered.clone(),
             failed.clone(),
             latencies.clone(),
             slots.clone(),
         );
         let offset = Duration::from_secs_f64(i as f64 / args.members as f64);
-        let duration = Duration::from_secs_f64(args.duration);
         markers.push(tokio::spawn(async move {
-            let start = tokio::time::Instant::now() + offset;
-            let mut tick = tokio::time::interval_at(start, Duration::from_secs(1));
+            let first = started + offset;
+            let mut tick = tokio::time::interval_at(first, Duration::from_secs(1));
+            let mut requests = Vec::new();
             loop {
-                let at = tick.tick().await;
-                if at.duration_since(start) >= duration {
-                    return;
+                let due = tick.tick().await;
+                if due.duration_since(started) >= duration {
+                    break;
                 }
-                let Ok(_slot) = slots.acquire().await else {
-                    return;
-                };
-                let id = latest.load(Ordering::Relaxed).to_string();
-                let t0 = Instant::now();
-                let r = graphql(
-                    &client,
-                    &url,
-                    &token,
-                    "mutation($r: ID!, $m: ID!) { markRead(roomId: $r, messageId: $m) { id } }",
-                    json!({ "r": room, "m": id }),
-                )
-                .await;
-                sent.fetch_add(1, Ordering::Relaxed);
-                match r {
-                    Ok(_) => {
-                        if let Ok(mut h) = latencies.lock() {
-                            let _ = h.record(t0.elapsed().as_micros() as u64);
+                let (client, url, token, room) =
+                    (client.clone(), url.clone(), token.clone(), room.clone());
+                let (latest, sent, answered, failed, latencies, slots) = (
+                    latest.clone(),
+                    sent.clone(),
+                    answered.clone(),
+                    failed.clone(),
+                    latencies.clone(),
+                    slots.clone(),
+                );
+                requests.push(tokio::spawn(async move {
+                    let Ok(_slot) = slots.acquire().await else {
+                        return;
+                    };
+                    let id = latest.load(Ordering::Relaxed).to_string();
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    let r = graphql(
+                        &client,
+                        &url,
+                        &token,
+                        "mutation($r: ID!, $m: ID!) { markRead(roomId: $r, messageId: $m) { id } }",
+                        json!({ "r": room, "m": id }),
+                    )
+                    .await;
+                    match r {
+                        Ok(_) => {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                            if let Ok(mut h) = latencies.lock() {
+                                let _ = h.record(due.elapsed().as_micros() as u64);
+                            }
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    Err(_) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
+                }));
+            }
+            for r in requests {
+                if r.await.is_err() {
+                    failed.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }));
@@ -302,30 +399,51 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
     for m in markers {
         let _ = m.await;
     }
-    // Receipts deferred to the end of their second still arrive.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     let seconds = started.elapsed().as_secs_f64();
     let cpu_after = args.server_pid.and_then(proc_stats::cpu_seconds);
+    let (all_window, receipts_window) = (
+        tally.all.load(Ordering::Relaxed) - all_before,
+        tally.receipts.load(Ordering::Relaxed) - receipts_before,
+    );
+    // Receipts deferred to the end of their second, and deliveries still on their way, arrive.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, Ordering::Relaxed);
     let _ = poster.await;
     for s in subs {
         s.abort();
     }
-    let receipts = tally.receipts.load(Ordering::Relaxed) - receipts_before;
-    let all = tally.all.load(Ordering::Relaxed) - all_before;
-    let positions = tally.receipt_positions.lock().map(|s| s.len()).unwrap_or(0) - positions_before;
+    let (mut events, mut incomplete) = (0u64, 0u64);
+    for (seen, before) in tally.receipt_positions.iter().zip(&positions_before) {
+        let subscribers = seen.load(Ordering::Relaxed);
+        if *before || subscribers == 0 {
+            continue;
+        }
+        events += 1;
+        if (subscribers as usize) < args.members {
+            incomplete += 1;
+        }
+    }
+    if tally.beyond.load(Ordering::Relaxed) > 0 {
+        anyhow::bail!("receipt positions beyond {POSITIONS}: the room is not fresh");
+    }
     let sent = sent.load(Ordering::Relaxed);
+    let answered = answered.load(Ordering::Relaxed);
     let latency = latencies.lock().map(|h| latency_of(&h)).unwrap_or_default();
     let report = ReceiptsReport {
         members: args.members,
+        in_flight,
         seconds,
         mark_read_sent: sent,
+        mark_read_answered: answered,
         mark_read_failed: failed.load(Ordering::Relaxed),
-        mark_read_per_second: sent as f64 / seconds,
+        mark_read_offered_per_second: sent as f64 / args.duration,
+        mark_read_answered_per_second: answered as f64 / seconds,
         mark_read_latency_ms: latency,
-        receipt_events_per_second: positions as f64 / seconds,
-        receipt_deliveries_per_second: receipts as f64 / seconds,
-        deliveries_per_second: all as f64 / seconds,
+        receipt_events: events,
+        receipt_events_incomplete: incomplete,
+        receipt_events_per_second: events as f64 / seconds,
+        receipt_deliveries_per_second: receipts_window as f64 / seconds,
+        deliveries_per_second: all_window as f64 / seconds,
         server_cpu_cores: cpu_before.zip(cpu_after).map(|(a, b)| (b - a) / seconds),
     };
     let text = serde_json::to_string_pretty(&report)?;

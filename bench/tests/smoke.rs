@@ -125,3 +125,37 @@ async fn generator_against_the_floor_loses_nothing() {
         .expect("floor run");
     assert_clean(&report, "floor");
 }
+
+#[derive(Parser)]
+struct Receipts {
+    #[command(flatten)]
+    args: tidings_bench::receipts::ReceiptsArgs,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_generator_offers_every_call_and_counts_every_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = start_tidings(&dir).await;
+    let url = format!("http://{addr}");
+    let args = Receipts::parse_from([
+        "receipts",
+        "--url",
+        &url,
+        "--secret",
+        SECRET,
+        "--members",
+        "20",
+        "--duration",
+        "3",
+    ])
+    .args;
+    let report = tidings_bench::receipts::run(args)
+        .await
+        .expect("receipts run");
+    assert_eq!(report.in_flight, 20, "in flight: the members");
+    assert_eq!(report.mark_read_sent, 60, "each member once a second");
+    assert_eq!(report.mark_read_failed, 0);
+    assert_eq!(report.mark_read_answered, 60);
+    assert!(report.receipt_events > 0, "{report:?}");
+    assert_eq!(report.receipt_events_incomplete, 0, "{report:?}");
+}

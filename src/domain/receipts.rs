@@ -17,7 +17,7 @@
 //! writes do; so receipts of one room are written by one transaction at a time, on any
 //! instance, and no two writers wait for each other.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +25,8 @@ use chrono::Utc;
 use sea_orm::{
     sea_query::{Alias, Expr, ExprTrait, OnConflict},
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
-    QueryFilter, QuerySelect, QueryTrait, TransactionTrait,
+    ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, JoinType, QueryFilter,
+    QuerySelect, QueryTrait, TransactionTrait,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::wire::{card, publish_change};
 use super::{DomainError, DomainResult};
-use crate::db::{read_receipt, room, room_change, room_member, user};
+use crate::db::{message, read_receipt, room, room_change, room_member, user};
 use crate::hub::event::Change;
 use crate::hub::Hub;
 
@@ -50,15 +50,19 @@ const SLOTS_SWEEP: usize = 4096;
 /// `room_changes.kind` of a receipt.
 pub(super) const READ: &str = "read";
 
-/// A receipt to store: `user_id` read `room_id` up to `message_id`.
+/// A receipt to store: `user_id` read `room_id` up to `message_id`. The writer checks it in
+/// its batch: the room exists (else `NOT_FOUND`), the user is a member of it or an admin (else
+/// `FORBIDDEN`), the message is one of the room's (else `NOT_FOUND`), in that order.
 pub(super) struct ReceiptRequest {
     pub room_id: String,
     pub user_id: String,
     pub message_id: i64,
+    /// An admin reads (and marks read) every room, member or not.
+    pub admin: bool,
 }
 
-/// Whether the receipt moved (it was past the user's last one).
-type Reply = oneshot::Sender<DomainResult<bool>>;
+/// The room, once the receipt is stored (moved or not), or why it was refused.
+type Reply = oneshot::Sender<DomainResult<room::Model>>;
 
 /// The queue in front of the receipt writer.
 pub(super) struct ReceiptWriter {
@@ -81,9 +85,9 @@ impl ReceiptWriter {
         Self { queue }
     }
 
-    /// Stores a receipt (only forward) in whichever batch it joins; the room hears of it in
-    /// its turn.
-    pub async fn store(&self, request: ReceiptRequest) -> DomainResult<bool> {
+    /// Checks and stores a receipt (only forward) in whichever batch it joins, and gives the
+    /// room; the room hears of it in its turn.
+    pub async fn store(&self, request: ReceiptRequest) -> DomainResult<room::Model> {
         let (reply, answer) = oneshot::channel();
         self.queue.send((request, reply)).await.map_err(|_| {
             DomainError::Internal(anyhow::anyhow!("the receipt writer has stopped"))
@@ -137,10 +141,10 @@ impl Writer {
             }
             let (requests, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
             match self.write_batch(&requests).await {
-                Ok((moved, announced)) => {
-                    for (reply, moved) in replies.into_iter().zip(moved) {
+                Ok((outcomes, announced)) => {
+                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
                         // A caller that went away still had its receipt stored.
-                        let _ = reply.send(Ok(moved));
+                        let _ = reply.send(outcome);
                     }
                     for a in announced {
                         publish_change(
@@ -167,12 +171,13 @@ impl Writer {
         }
     }
 
-    /// Stores the batch's receipts and announces every receipt whose turn has come, in one
-    /// transaction; says which receipts moved, and what to publish once committed.
+    /// Checks and stores the batch's receipts and announces every receipt whose turn has
+    /// come, in one transaction; gives each receipt's outcome, and what to publish once
+    /// committed.
     async fn write_batch(
         &mut self,
         requests: &[ReceiptRequest],
-    ) -> DomainResult<(Vec<bool>, Vec<Announced>)> {
+    ) -> DomainResult<(Vec<DomainResult<room::Model>>, Vec<Announced>)> {
         let now = Instant::now();
         if self.announced.len() >= SLOTS_SWEEP {
             self.announced
@@ -198,7 +203,8 @@ impl Writer {
         }
         crate::metrics::read_receipt_batch();
         let txn = self.db.begin().await?;
-        let mut moved = vec![false; requests.len()];
+        let mut outcomes: Vec<Option<DomainResult<room::Model>>> =
+            requests.iter().map(|_| None).collect();
         let mut announced = Vec::new();
         for room_id in &rooms {
             let room_id = room_id.as_str();
@@ -206,30 +212,44 @@ impl Writer {
             let locked = room::Entity::update_many()
                 .col_expr(room::Column::LastSeq, Expr::col(room::Column::LastSeq))
                 .filter(room::Column::Id.eq(room_id))
-                .exec(&txn)
+                .exec_with_returning(&txn)
                 .await?
-                .rows_affected
-                > 0;
+                .into_iter()
+                .next();
             let mut candidates = turns.remove(room_id).unwrap_or_default();
-            if locked {
-                for (i, r) in requests.iter().enumerate() {
-                    if r.room_id != room_id || !store(&txn, r).await? {
-                        continue;
-                    }
-                    moved[i] = true;
-                    let slot = (r.room_id.clone(), r.user_id.clone());
-                    if self.waiting.contains_key(&slot) || candidates.contains(&r.user_id) {
-                        crate::metrics::read_receipt("deferred");
-                        continue;
-                    }
-                    match self.announced.get(&slot) {
-                        Some(last) if now.duration_since(*last) < RECEIPT_INTERVAL => {
-                            crate::metrics::read_receipt("deferred");
-                            self.wait(slot, *last + RECEIPT_INTERVAL);
-                        }
-                        _ => candidates.push(r.user_id.clone()),
+            let mine: Vec<usize> = (0..requests.len())
+                .filter(|i| requests[*i].room_id == room_id)
+                .collect();
+            match locked {
+                None => {
+                    for i in mine {
+                        outcomes[i] = Some(Err(DomainError::NotFound(format!(
+                            "room {room_id} not found"
+                        ))));
                     }
                 }
+                Some(room) if !mine.is_empty() => {
+                    let moved = store_room(&txn, &room, requests, &mine, &mut outcomes).await?;
+                    for i in mine {
+                        let r = &requests[i];
+                        if !moved.contains(&i) {
+                            continue;
+                        }
+                        let slot = (r.room_id.clone(), r.user_id.clone());
+                        if self.waiting.contains_key(&slot) || candidates.contains(&r.user_id) {
+                            crate::metrics::read_receipt("deferred");
+                            continue;
+                        }
+                        match self.announced.get(&slot) {
+                            Some(last) if now.duration_since(*last) < RECEIPT_INTERVAL => {
+                                crate::metrics::read_receipt("deferred");
+                                self.wait(slot, *last + RECEIPT_INTERVAL);
+                            }
+                            _ => candidates.push(r.user_id.clone()),
+                        }
+                    }
+                }
+                Some(_) => {}
             }
             if candidates.is_empty() {
                 continue;
@@ -238,11 +258,18 @@ impl Writer {
                 announced.push(a);
             }
         }
-        for _ in moved.iter().filter(|m| !**m) {
-            crate::metrics::read_receipt("unchanged");
-        }
         txn.commit().await?;
-        Ok((moved, announced))
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    Err(DomainError::Internal(anyhow::anyhow!(
+                        "read receipt left out of its batch"
+                    )))
+                })
+            })
+            .collect();
+        Ok((outcomes, announced))
     }
 
     fn wait(&mut self, slot: Slot, at: Instant) {
@@ -366,17 +393,89 @@ impl Writer {
     }
 }
 
-/// Stores a receipt if it moves the user's one forward (or is their first in the room).
-async fn store(conn: &impl ConnectionTrait, r: &ReceiptRequest) -> DomainResult<bool> {
-    let row = read_receipt::ActiveModel {
-        room_id: Set(r.room_id.clone()),
-        user_id: Set(r.user_id.clone()),
-        message_id: Set(r.message_id),
-        read_at: Set(Utc::now()),
-        announced_at: Set(None),
-    };
+/// Checks the receipts of one room (the requests at `mine`, the room locked) and stores those
+/// that pass in one multi-row upsert that moves a receipt only forward: each request's outcome
+/// goes to `outcomes`, and the indices of the requests that moved a receipt are returned (a
+/// user's second receipt in the batch moves only if it is past the first). Three statements
+/// whatever the number of receipts: the members among the senders with where they had read
+/// to, the messages among those named that are the room's, and the upsert.
+async fn store_room(
+    txn: &DatabaseTransaction,
+    room: &room::Model,
+    requests: &[ReceiptRequest],
+    mine: &[usize],
+    outcomes: &mut [Option<DomainResult<room::Model>>],
+) -> DomainResult<Vec<usize>> {
+    let room_id = room.id.as_str();
+    let mut users: Vec<String> = mine.iter().map(|i| requests[*i].user_id.clone()).collect();
+    users.sort_unstable();
+    users.dedup();
+    let mut message_ids: Vec<i64> = mine.iter().map(|i| requests[*i].message_id).collect();
+    message_ids.sort_unstable();
+    message_ids.dedup();
+    // Members among the senders, and where each had read to (their receipt, if any).
+    let joined = room_member::Entity::belongs_to(read_receipt::Entity)
+        .from((room_member::Column::RoomId, room_member::Column::UserId))
+        .to((read_receipt::Column::RoomId, read_receipt::Column::UserId))
+        .into();
+    let members: HashMap<String, Option<i64>> = room_member::Entity::find()
+        .select_only()
+        .column(room_member::Column::UserId)
+        .column(read_receipt::Column::MessageId)
+        .join(JoinType::LeftJoin, joined)
+        .filter(room_member::Column::RoomId.eq(room_id))
+        .filter(room_member::Column::UserId.is_in(users))
+        .into_tuple::<(String, Option<i64>)>()
+        .all(txn)
+        .await?
+        .into_iter()
+        .collect();
+    let in_room: HashSet<i64> = message::Entity::find()
+        .select_only()
+        .column(message::Column::Id)
+        .filter(message::Column::RoomId.eq(room_id))
+        .filter(message::Column::Id.is_in(message_ids))
+        .into_tuple::<i64>()
+        .all(txn)
+        .await?
+        .into_iter()
+        .collect();
+    // Each user's furthest receipt among those that pass.
+    let mut furthest: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut passed = Vec::with_capacity(mine.len());
+    for &i in mine {
+        let r = &requests[i];
+        if !r.admin && !members.contains_key(&r.user_id) {
+            outcomes[i] = Some(Err(DomainError::Forbidden(format!(
+                "not a member of room {room_id}"
+            ))));
+        } else if !in_room.contains(&r.message_id) {
+            outcomes[i] = Some(Err(DomainError::NotFound(format!(
+                "message {} not found in room {room_id}",
+                r.message_id
+            ))));
+        } else {
+            outcomes[i] = Some(Ok(room.clone()));
+            passed.push(i);
+            let f = furthest.entry(r.user_id.as_str()).or_insert(r.message_id);
+            *f = std::cmp::max(*f, r.message_id);
+        }
+    }
+    if passed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let at = Utc::now();
+    let rows = furthest
+        .iter()
+        .map(|(user_id, message_id)| read_receipt::ActiveModel {
+            room_id: Set(room_id.to_owned()),
+            user_id: Set((*user_id).to_owned()),
+            message_id: Set(*message_id),
+            read_at: Set(at),
+            announced_at: Set(None),
+        });
     let excluded = Alias::new("excluded");
-    let stored = read_receipt::Entity::insert(row)
+    let stored: HashSet<String> = read_receipt::Entity::insert_many(rows)
         .on_conflict(
             OnConflict::columns([read_receipt::Column::RoomId, read_receipt::Column::UserId])
                 .update_columns([
@@ -389,9 +488,33 @@ async fn store(conn: &impl ConnectionTrait, r: &ReceiptRequest) -> DomainResult<
                 )
                 .to_owned(),
         )
-        .exec_without_returning(conn)
-        .await?;
-    Ok(stored > 0)
+        .exec_with_returning(txn)
+        .await?
+        .into_iter()
+        .map(|r| r.user_id)
+        .collect();
+    // Which requests moved: those of users whose receipt moved, each past where the user had
+    // read to before it (their receipt before the batch, then their earlier ones in it).
+    let mut high: HashMap<&str, i64> = HashMap::new();
+    let mut moved = Vec::new();
+    for i in passed {
+        let r = &requests[i];
+        if !stored.contains(&r.user_id) {
+            crate::metrics::read_receipt("unchanged");
+            continue;
+        }
+        let before = high
+            .get(r.user_id.as_str())
+            .copied()
+            .or_else(|| members.get(&r.user_id).copied().flatten());
+        if before.is_some_and(|b| b >= r.message_id) {
+            crate::metrics::read_receipt("unchanged");
+            continue;
+        }
+        high.insert(r.user_id.as_str(), r.message_id);
+        moved.push(i);
+    }
+    Ok(moved)
 }
 
 /// A room's members, as a subquery.
