@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$CARGO_TARGET_DIR/release
+BIN=${BENCH_BIN:-$CARGO_TARGET_DIR/release}
 OUT=${BENCH_OUT:-$ROOT/bench/results}
 export TIDINGS_JWT_SECRET=${TIDINGS_JWT_SECRET:-tidings-bench-secret-0123456789abcdef}
 mkdir -p "$OUT"

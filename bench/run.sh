@@ -9,6 +9,7 @@
 #   BENCH_TARGETS="floor tidings" bench/run.sh fanout   # leave the Node reference out (fanout, push, latency, idle)
 #   bench/run.sh cluster        # 3 instances on a 3-shard Redis Cluster (not in the default set)
 #   bench/run.sh admin          # fan-out with the operator console closed and open (not in the default set)
+#   BENCH_BIN=target/before bench/run.sh storm   # the binaries in target/before, built before
 #
 # Results: bench/results/*.json (one report per run) and bench/results/fanout.svg.
 set -euo pipefail
@@ -32,9 +33,17 @@ cleanup() {
 trap cleanup EXIT
 
 # Built one package at a time: together, feature unification would rebuild shared crates.
-cargo build --release -q -p tidings
-cargo build --release -q -p tidings-bench
-(cd bench/node-ref && [ -d node_modules ] || npm ci --no-audit --no-fund -q)
+# BENCH_BIN=DIR runs the binaries already in DIR (`tidings`, `tidings-bench`) and builds
+# nothing: two builds compared back to back, each copied aside once.
+if [ -n "${BENCH_BIN:-}" ]; then
+  BIN=$BENCH_BIN
+else
+  cargo build --release -q -p tidings
+  cargo build --release -q -p tidings-bench
+fi
+case " $TARGETS " in
+  *" node "*) (cd bench/node-ref && [ -d node_modules ] || npm ci --no-audit --no-fund -q) ;;
+esac
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

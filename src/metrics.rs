@@ -68,6 +68,11 @@ const ADMIN_ACTION_KINDS: [&str; 3] = ["disconnect", "publish", "notify"];
 pub const MESSAGE_BATCHES: &str = "tidings_message_batches_total";
 /// Sends those transactions carried; over `MESSAGE_BATCHES`, the mean batch.
 pub const MESSAGE_BATCH_SENDS: &str = "tidings_message_batch_sends_total";
+/// Batches of the sign-in reader (each reads, and provisions, the users of the token sign-ins
+/// waiting together).
+pub const SIGN_IN_BATCHES: &str = "tidings_sign_in_batches_total";
+/// Sign-ins those batches carried; over `SIGN_IN_BATCHES`, the mean batch.
+pub const SIGN_IN_BATCH_USERS: &str = "tidings_sign_in_batch_users_total";
 /// 1 while the Redis bridge is connected; 0 when it is down or Redis is not configured.
 pub const REDIS_UP: &str = "tidings_redis_up";
 /// `login` and `register` calls refused before any password work, by the `limit` they hit:
@@ -295,6 +300,14 @@ fn describe() {
         "Sends carried by the message writer's transactions"
     );
     describe_counter!(
+        SIGN_IN_BATCHES,
+        "Batches of the sign-in reader, each reading the users of the token sign-ins waiting"
+    );
+    describe_counter!(
+        SIGN_IN_BATCH_USERS,
+        "Token sign-ins carried by the sign-in reader's batches"
+    );
+    describe_counter!(
         SIGN_IN_REFUSED,
         "Sign-ins (login, register) refused, by the limit they hit"
     );
@@ -333,6 +346,8 @@ fn register_at_zero() {
     counter!(COHORTS_STARTED).absolute(0);
     counter!(MESSAGE_BATCHES).absolute(0);
     counter!(MESSAGE_BATCH_SENDS).absolute(0);
+    counter!(SIGN_IN_BATCHES).absolute(0);
+    counter!(SIGN_IN_BATCH_USERS).absolute(0);
     for reason in GRAPHQL_REFUSAL_REASONS {
         counter!(GRAPHQL_REFUSED, "reason" => reason).absolute(0);
     }
@@ -440,6 +455,12 @@ pub fn channel_lagged(kind: &'static str, missed: u64) {
 /// A request was refused by a per-user rate limit.
 pub fn rate_limited(action: &'static str) {
     counter!(RATE_LIMITED, "action" => action).increment(1);
+}
+
+/// The sign-in reader read a batch of `users` sign-ins.
+pub fn sign_in_batch(users: usize) {
+    counter!(SIGN_IN_BATCHES).increment(1);
+    counter!(SIGN_IN_BATCH_USERS).increment(users as u64);
 }
 
 /// A sign-in was refused by `limit` (`address`, `username` or `busy`).

@@ -263,3 +263,91 @@ async fn es256_tokens_from_a_public_key_are_accepted_with_issuer_and_audience_ch
         assert_eq!(resp.status(), 401, "{bad}");
     }
 }
+
+/// Connect storms sign many users in at once: their users are read (and provisioned) together,
+/// and each sign-in still gets its own user, its own name and its own revocation check.
+#[tokio::test]
+async fn sign_ins_arriving_together_each_get_their_own_user_and_revocation() {
+    const CROWD: usize = 120;
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        // A crowd from one address: its sockets count as anonymous until they sign in.
+        let server = TestServer::start(&db, &[("TIDINGS_RATE_LIMITS", "off")]);
+        let admin = cli_token("ops", "admin");
+        // A user signed in before, then revoked: its old token must stay refused in the crowd.
+        let revoked = mint(json!({ "sub": "mallory", "exp": now() + 600, "iat": now() - 5 }));
+        server.ok(Some(&revoked), ME, json!({})).await;
+        let done = server
+            .ok(
+                Some(&admin),
+                "mutation { disconnectUser(userId: \"mallory\") }",
+                json!({}),
+            )
+            .await;
+        assert_eq!(done["disconnectUser"], true);
+        // A user stored as `user` whose new token says `admin`.
+        server
+            .ok(Some(&cli_token("rita", "user")), ME, json!({}))
+            .await;
+        let before =
+            sample(&metrics(&server).await, "tidings_sign_in_batches_total").unwrap_or(0.0);
+
+        let mut tokens: Vec<String> = (0..CROWD)
+            .map(|i| mint(json!({ "sub": format!("crowd-{i}"), "name": format!("c{i}"), "exp": now() + 600, "iat": now() })))
+            .collect();
+        // Two first sign-ins that want one name.
+        tokens.push(mint(
+            json!({ "sub": "idp|a", "name": "twin", "exp": now() + 600, "iat": now() }),
+        ));
+        tokens.push(mint(
+            json!({ "sub": "idp|b", "name": "twin", "exp": now() + 600, "iat": now() }),
+        ));
+        tokens.push(cli_token("rita", "admin"));
+        let sockets =
+            futures_util::future::join_all(tokens.iter().map(|t| GqlSocket::user(&server, t)));
+        let refused = async {
+            let mut ws = GqlSocket::open(&server, TRANSPORT_WS, "").await;
+            ws.send(json!({ "type": "connection_init", "payload": { "authToken": revoked } }))
+                .await;
+            ws.closed().await
+        };
+        let (sockets, refused) = tokio::join!(sockets, refused);
+        assert_eq!(sockets.len(), CROWD + 3, "{}", backend.name());
+        assert_eq!(
+            refused.code, 4403,
+            "a revoked token is refused in a crowd too"
+        );
+
+        for i in [0, CROWD / 2, CROWD - 1] {
+            let token = &tokens[i];
+            let me = server.ok(Some(token), ME, json!({})).await;
+            assert_eq!(me["me"]["id"], format!("crowd-{i}"));
+            assert_eq!(me["me"]["username"], format!("c{i}"), "{}", backend.name());
+        }
+        let a = server.ok(Some(&tokens[CROWD]), ME, json!({})).await;
+        let b = server.ok(Some(&tokens[CROWD + 1]), ME, json!({})).await;
+        let mut names = [a["me"]["username"].clone(), b["me"]["username"].clone()];
+        names.sort_by_key(|n| n.to_string());
+        assert!(
+            names == [json!("idp|a"), json!("twin")] || names == [json!("idp|b"), json!("twin")],
+            "one gets the name, the other its id: {names:?} on {}",
+            backend.name()
+        );
+        assert_eq!(
+            server.ok(Some(&tokens[CROWD + 2]), ME, json!({})).await["me"]["role"],
+            "admin",
+            "the token's role is stored"
+        );
+
+        let text = metrics(&server).await;
+        let batches = sample(&text, "tidings_sign_in_batches_total").unwrap_or(0.0) - before;
+        assert!(
+            batches < (CROWD + 4) as f64,
+            "{batches} batches for {} sign-ins: they were read one by one",
+            CROWD + 4
+        );
+        for ws in sockets {
+            ws.close().await;
+        }
+    }
+}

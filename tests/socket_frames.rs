@@ -28,8 +28,30 @@ struct RawSocket {
     tcp: TcpStream,
 }
 
+/// A masked client frame.
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        n @ 0..=125 => frame.push(0x80 | n as u8),
+        n => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
 impl RawSocket {
     async fn open(server: &TestServer) -> Self {
+        Self::open_sending(server, &[]).await
+    }
+
+    /// Opens with `first` (client frames) sent right behind the upgrade request, in the same
+    /// write, without waiting for the server's answer.
+    async fn open_sending(server: &TestServer, first: &[u8]) -> Self {
         let mut tcp = TcpStream::connect(&server.addr).await.expect("connect");
         let request = format!(
             "GET /graphql HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
@@ -37,7 +59,9 @@ impl RawSocket {
              Sec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n",
             server.addr
         );
-        tcp.write_all(request.as_bytes()).await.expect("handshake");
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(first);
+        tcp.write_all(&bytes).await.expect("handshake");
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
             let mut byte = [0u8; 1];
@@ -60,17 +84,7 @@ impl RawSocket {
 
     /// Sends a masked client frame.
     async fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
-        let mask = [0x12u8, 0x34, 0x56, 0x78];
-        let mut frame = vec![0x80 | opcode];
-        match payload.len() {
-            n @ 0..=125 => frame.push(0x80 | n as u8),
-            n => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let frame = client_frame(opcode, payload);
         self.tcp.write_all(&frame).await.expect("send");
     }
 
@@ -286,4 +300,28 @@ async fn a_websocket_ping_is_answered_with_a_pong_of_its_data() {
     assert!(pong.fin);
     assert_eq!(pong.opcode, 0xA);
     assert_eq!(pong.payload, b"are you there");
+}
+
+/// The server takes the TCP stream from hyper once the upgrade is answered: what the client
+/// sent behind the upgrade request, which hyper had already read, is still the socket's first
+/// frames.
+#[tokio::test]
+async fn frames_sent_with_the_upgrade_request_are_read_as_the_first_ones() {
+    let (server, _db, tokens) = server_with(&["gina"], "eager").await;
+    let init = json!({ "type": "connection_init", "payload": { "authToken": tokens[0] } });
+    let ping = json!({ "type": "ping", "payload": { "n": 1 } });
+    let mut first = client_frame(0x1, init.to_string().as_bytes());
+    first.extend(client_frame(0x1, ping.to_string().as_bytes()));
+    let mut socket = RawSocket::open_sending(&server, &first).await;
+    assert_eq!(socket.json().await["type"], "connection_ack");
+    assert_eq!(
+        socket.json().await,
+        json!({ "type": "pong", "payload": { "n": 1 } })
+    );
+    // And the socket reads on from the stream itself.
+    socket.subscribe("1", "eager").await;
+    members(&server, 1.0).await;
+    send(&server, &tokens[0], "eager", "after the takeover").await;
+    let text = socket.text().await;
+    assert!(text.contains("after the takeover"), "{text}");
 }

@@ -20,6 +20,7 @@ pub mod rooms;
 pub mod search;
 mod sends;
 pub mod sessions;
+mod signins;
 pub mod stats;
 pub mod typing;
 pub mod users;
@@ -75,6 +76,7 @@ pub struct Domain {
     limits: Arc<RateLimits>,
     sends: sends::SendWriter,
     receipts: receipts::ReceiptWriter,
+    signins: signins::SignInReader,
 }
 
 impl Domain {
@@ -100,7 +102,9 @@ impl Domain {
         let receipts = receipts::ReceiptWriter::start(db.clone(), hub.clone(), shutdown.clone());
         let leaderboard = Leaderboard::start(db.clone(), hub.clone(), shutdown).await?;
         let sends = sends::SendWriter::start(db.clone(), hub.clone(), rules.points_per_message);
+        let signins = signins::SignInReader::start(db.clone());
         Ok(Arc::new(Self {
+            signins,
             sends,
             receipts,
             db,

@@ -529,6 +529,8 @@ impl RoomsReader {
                 let mut ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
                 ids.sort();
                 ids.dedup();
+                // A few statement texts rather than one per batch size (see `padded`).
+                let ids = super::signins::padded(ids);
                 let found = room_member::Entity::find()
                     .filter(room_member::Column::UserId.is_in(ids))
                     .all(&db)

@@ -4,7 +4,6 @@
 //! case), and sign-ins (`login`, `register`) spend budgets per client address and per
 //! username before any password work.
 
-use chrono::Utc;
 use sea_orm::{
     sea_query::{Expr, ExprTrait, Func},
     ActiveValue::Set,
@@ -12,6 +11,7 @@ use sea_orm::{
 };
 
 use super::limits::Action;
+use super::signins::{new_user, Wanted};
 use super::{Domain, DomainError, DomainResult};
 use crate::auth::password::{self, PasswordError};
 use crate::auth::{AuthUser, Claims, ClientAddress, TokenError, TokenKeys, Viewer};
@@ -185,7 +185,7 @@ impl Domain {
         let role = claims.role.clone().unwrap_or_else(|| ROLE_USER.to_owned());
         validate_role(&role).map_err(ViewerError::Token)?;
         let user = self
-            .provision(&claims, &role)
+            .signed_in_user(&claims, &role)
             .await
             .map_err(ViewerError::Domain)?;
         // An admin disconnected this user: tokens issued until then are void.
@@ -206,6 +206,20 @@ impl Domain {
         Ok(SignedIn { viewer, user })
     }
 
+    /// The token's user as stored, provisioned on first sight: read with the other sign-ins
+    /// waiting (`signins`), or on its own when that batch cannot settle it.
+    async fn signed_in_user(&self, claims: &Claims, role: &str) -> DomainResult<user::Model> {
+        let wanted = Wanted {
+            id: claims.sub.clone(),
+            username: wanted_username(claims).to_owned(),
+            role: role.to_owned(),
+        };
+        match self.signins.read(wanted).await? {
+            Some(user) => Ok(user),
+            None => self.provision(claims, role).await,
+        }
+    }
+
     async fn provision(&self, claims: &Claims, role: &str) -> DomainResult<user::Model> {
         if let Some(found) = user::Entity::find_by_id(claims.sub.as_str())
             .one(&self.db)
@@ -220,13 +234,8 @@ impl Domain {
             }
             return Ok(found);
         }
-        // The name claim is what a person typed into an identity provider: it becomes a
-        // username only if `register` would accept it (no markup, no direction overrides).
-        let name = claims
-            .name
-            .as_deref()
-            .filter(|n| validate_username(n).is_ok());
-        let wanted = name.unwrap_or(&claims.sub).to_owned();
+        let name = valid_name(claims);
+        let wanted = wanted_username(claims).to_owned();
         // Numbered variants of a name stay within a username's length.
         let stem: String = match name {
             Some(n) => n.chars().take(USERNAME_MAX - NUMBERED_SUFFIX_MAX).collect(),
@@ -276,27 +285,19 @@ impl Domain {
     }
 }
 
-/// A new user's row, every column given. Left to their defaults, the columns a later migration
-/// added (`ALTER TABLE … ADD COLUMN … DEFAULT`) sometimes came back NULL from SQLite's
-/// `INSERT … RETURNING` on a fresh database.
-fn new_user(
-    id: &str,
-    username: String,
-    password_hash: Option<String>,
-    role: &str,
-) -> user::ActiveModel {
-    user::ActiveModel {
-        id: Set(id.to_owned()),
-        username: Set(username),
-        password_hash: Set(password_hash),
-        role: Set(role.to_owned()),
-        points: Set(0),
-        status: Set("ONLINE".to_owned()),
-        last_seen_at: Set(None),
-        created_at: Set(Utc::now()),
-        notification_seq: Set(0),
-        tokens_revoked_at: Set(None),
-    }
+/// The token's name claim, if it can be a username. It is what a person typed into an identity
+/// provider: it becomes a username only if `register` would accept it (no markup, no
+/// direction overrides).
+fn valid_name(claims: &Claims) -> Option<&str> {
+    claims
+        .name
+        .as_deref()
+        .filter(|n| validate_username(n).is_ok())
+}
+
+/// The username a token's user is first provisioned with: its name, else its id.
+fn wanted_username(claims: &Claims) -> &str {
+    valid_name(claims).unwrap_or(&claims.sub)
 }
 
 /// A verified token's viewer and its user as the database holds it.

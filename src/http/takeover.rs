@@ -15,6 +15,8 @@
 //!   write fails on the taken socket, so it ends the connection and frees what it held.
 //!   Any other response (and every response on HTTP/2, whose connection other streams share)
 //!   goes through hyper as usual.
+//! - A WebSocket takes the socket too, once hyper has answered its upgrade (`Peer::take_socket`,
+//!   from `websocket.rs`): its frames then go straight to the TCP stream's own halves.
 //!
 //! The writer holds no buffer while idle: each batch of frames is one chunk, written as it
 //! comes. It reads the socket only to notice that the client went away, into a small stack
@@ -166,6 +168,16 @@ impl axum::extract::connect_info::Connected<IncomingStream<'_, Listener>> for Pe
     }
 }
 
+impl Peer {
+    /// Takes the connection's TCP stream from hyper (`None` if a stream's response took it
+    /// already): hyper's reads then end and its writes fail. A WebSocket takes it once the
+    /// upgrade is answered, so its frames go straight to the stream rather than through this
+    /// lock and hyper's upgraded IO.
+    pub(crate) fn take_socket(&self) -> Option<TcpStream> {
+        self.socket.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
 /// Marks a response whose body is an HTTP stream (SSE or multipart), for `take_streams`.
 #[derive(Clone, Copy)]
 pub(crate) struct StreamResponse;
@@ -212,8 +224,7 @@ pub async fn take_streams(
     if version != Version::HTTP_11 || response.extensions().get::<StreamResponse>().is_none() {
         return response;
     }
-    let taken = peer.socket.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let Some(stream) = taken else {
+    let Some(stream) = peer.take_socket() else {
         return response;
     };
     writers

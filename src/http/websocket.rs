@@ -17,23 +17,103 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
+
+use super::takeover::Peer;
 
 type Io = TokioIo<Upgraded>;
 
 /// A socket's read half: tungstenite over the upgraded connection's reading side.
 pub(crate) type Reader = WebSocketStream<ReadOnly>;
 
+/// An upgraded connection's two sides. Once hyper has answered the upgrade, the TCP stream is
+/// taken from under it (`takeover::Peer`): each side is then the stream's own half, read and
+/// written without a lock, and nothing of hyper's stays behind. A server whose connections do
+/// not come through `takeover::Listener` (a router driven in-process) keeps hyper's upgraded
+/// IO, split in two.
+enum Side<T, S> {
+    Tcp(T),
+    Hyper(S),
+}
+
 /// A socket's write half: frames are written to it by `write_frames`.
-pub(crate) type Writer = tokio::io::WriteHalf<Io>;
+pub(crate) struct Writer(Side<OwnedWriteHalf, tokio::io::WriteHalf<Io>>);
+
+impl AsyncWrite for Writer {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.0 {
+            Side::Tcp(half) => Pin::new(half).poll_write(cx, buf),
+            Side::Hyper(half) => Pin::new(half).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.0 {
+            Side::Tcp(half) => Pin::new(half).poll_write_vectored(cx, bufs),
+            Side::Hyper(half) => Pin::new(half).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.0 {
+            Side::Tcp(half) => half.is_write_vectored(),
+            Side::Hyper(half) => half.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.0 {
+            Side::Tcp(half) => Pin::new(half).poll_flush(cx),
+            Side::Hyper(half) => Pin::new(half).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.0 {
+            Side::Tcp(half) => Pin::new(half).poll_shutdown(cx),
+            Side::Hyper(half) => Pin::new(half).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The upgraded connection's two halves, and what hyper had read past the upgrade request
+/// (a client may send its first frame without waiting for the `101`).
+async fn halves(upgraded: Upgraded, peer: Option<Peer>) -> (ReadOnly, Writer, Vec<u8>) {
+    let mut upgraded = TokioIo::new(upgraded);
+    let mut part = Vec::new();
+    if let Some(stream) = peer.as_ref().and_then(Peer::take_socket) {
+        // With the stream taken, hyper's IO reads what it had buffered, then ends: never an
+        // error, and never a wait.
+        if let Err(e) = upgraded.read_to_end(&mut part).await {
+            tracing::debug!(error = %e, "reading what hyper buffered failed");
+        }
+        let (read, write) = stream.into_split();
+        return (ReadOnly(Side::Tcp(read)), Writer(Side::Tcp(write)), part);
+    }
+    let (read, write) = tokio::io::split(upgraded);
+    (
+        ReadOnly(Side::Hyper(read)),
+        Writer(Side::Hyper(write)),
+        part,
+    )
+}
 
 /// A request that asks for a WebSocket (HTTP/1.1 `GET` with `Connection: upgrade`,
 /// `Upgrade: websocket`, `Sec-WebSocket-Version: 13` and a key), taken as an extractor.
@@ -44,6 +124,8 @@ pub(crate) struct Upgrade {
     offered: Vec<HeaderValue>,
     /// The one chosen by `protocols`.
     protocol: Option<HeaderValue>,
+    /// The connection, whose TCP stream is taken once it is upgraded (see `Writer`).
+    peer: Option<Peer>,
 }
 
 /// The request is not a WebSocket upgrade (each route answers that in its own words).
@@ -88,11 +170,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             .flat_map(|value| value.as_bytes().split(|&b| b == b','))
             .filter_map(|name| HeaderValue::from_bytes(name.trim_ascii()).ok())
             .collect();
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<Peer>>()
+            .map(|ConnectInfo(peer)| peer.clone());
         Ok(Upgrade {
             key,
             on_upgrade,
             offered,
             protocol: None,
+            peer,
         })
     }
 }
@@ -141,6 +228,7 @@ impl Upgrade {
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         let on_upgrade = self.on_upgrade;
+        let peer = self.peer;
         tokio::spawn(async move {
             let upgraded = match on_upgrade.await {
                 Ok(upgraded) => upgraded,
@@ -149,14 +237,17 @@ impl Upgrade {
                     return;
                 }
             };
-            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+            let (read, write, part) = halves(upgraded, peer).await;
             let config = WebSocketConfig::default()
                 .read_buffer_size(limits.buffer)
                 .write_buffer_size(0)
                 .max_message_size(Some(limits.max_bytes))
                 .max_frame_size(Some(limits.max_bytes));
-            let reader =
-                WebSocketStream::from_raw_socket(ReadOnly(read), Role::Server, Some(config)).await;
+            let reader = if part.is_empty() {
+                WebSocketStream::from_raw_socket(read, Role::Server, Some(config)).await
+            } else {
+                WebSocketStream::from_partially_read(read, part, Role::Server, Some(config)).await
+            };
             callback(reader, write).await;
         });
         let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
@@ -179,7 +270,7 @@ impl Upgrade {
 /// write to. What tungstenite would write on its own (a pong, a close's echo) is discarded
 /// here: the connection's reader queues those on the write half itself, in order with the
 /// rest.
-pub(crate) struct ReadOnly(tokio::io::ReadHalf<Io>);
+pub(crate) struct ReadOnly(Side<OwnedReadHalf, tokio::io::ReadHalf<Io>>);
 
 impl AsyncRead for ReadOnly {
     fn poll_read(
@@ -187,7 +278,10 @@ impl AsyncRead for ReadOnly {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        match &mut self.0 {
+            Side::Tcp(half) => Pin::new(half).poll_read(cx, buf),
+            Side::Hyper(half) => Pin::new(half).poll_read(cx, buf),
+        }
     }
 }
 
