@@ -9,6 +9,7 @@
 #   BENCH_TARGETS="floor tidings" bench/run.sh fanout   # leave the Node reference out (fanout, push, latency, idle)
 #   bench/run.sh cluster        # 3 instances on a 3-shard Redis Cluster (not in the default set)
 #   bench/run.sh admin          # fan-out with the operator console closed and open (not in the default set)
+#   bench/run.sh cohorts        # memory per connection and per cohort, 10,000 users in 100/1,000/5,000 rooms
 #   BENCH_BIN=target/before bench/run.sh storm   # the binaries in target/before, built before
 #
 # Results: bench/results/*.json (one report per run) and bench/results/fanout.svg.
@@ -264,6 +265,16 @@ for scenario in $SCENARIOS; do
       --subscribers 10000 --rooms 1000 --rate 500 --window 2000 --publishers 4 --duration 10 \
       --join-concurrency 64 --label chat-tidings-10000 --json "$OUT/chat-tidings-10000.json" || true
     stop "$SERVER_PID" ;;
+  cohorts) # what a cohort costs beside its members: the chat load's 10,000 users in 100, 1,000
+    # and 5,000 rooms on one instance (each room one cohort); the RSS per connection after the
+    # warm-up (every room has had events) against rooms per connection gives both costs
+    for rooms in 100 1000 5000; do
+      port=$(free_port); serve tidings "$port"
+      load --url "http://127.0.0.1:$port" --server-pid "$SERVER_PID" \
+        --subscribers 10000 --rooms $rooms --rate 50 --window 2000 --publishers 4 --duration 3 \
+        --join-concurrency 64 --label cohorts-$rooms --json "$OUT/cohorts-$rooms.json" || true
+      stop "$SERVER_PID"
+    done ;;
   redis) # the same through two instances sharing PostgreSQL and a Redis of our own
     start_redis
     db=$(pgdb redis)
