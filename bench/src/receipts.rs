@@ -316,6 +316,9 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
         .collect();
     let sent = Arc::new(AtomicU64::new(0));
     let answered = Arc::new(AtomicU64::new(0));
+    // When the last answer came, in µs from the start: the rate's window ends there (or at the
+    // end of the marking, if every call was answered before it).
+    let last_answer_us = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
@@ -342,6 +345,7 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
             latencies.clone(),
             slots.clone(),
         );
+        let last_answer_us = last_answer_us.clone();
         let offset = Duration::from_secs_f64(i as f64 / args.members as f64);
         markers.push(tokio::spawn(async move {
             let first = started + offset;
@@ -362,6 +366,7 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
                     latencies.clone(),
                     slots.clone(),
                 );
+                let last_answer_us = last_answer_us.clone();
                 requests.push(tokio::spawn(async move {
                     let Ok(_slot) = slots.acquire().await else {
                         return;
@@ -379,6 +384,8 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
                     match r {
                         Ok(_) => {
                             answered.fetch_add(1, Ordering::Relaxed);
+                            last_answer_us
+                                .fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                             if let Ok(mut h) = latencies.lock() {
                                 let _ = h.record(due.elapsed().as_micros() as u64);
                             }
@@ -399,8 +406,11 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
     for m in markers {
         let _ = m.await;
     }
-    let seconds = started.elapsed().as_secs_f64();
+    // Each member's loop ends at its first tick past the window (up to a second after it), so
+    // the window is the marking's, stretched only by answers that came after it.
+    let seconds = (last_answer_us.load(Ordering::Relaxed) as f64 / 1e6).max(duration.as_secs_f64());
     let cpu_after = args.server_pid.and_then(proc_stats::cpu_seconds);
+    let cpu_seconds = started.elapsed().as_secs_f64();
     let (all_window, receipts_window) = (
         tally.all.load(Ordering::Relaxed) - all_before,
         tally.receipts.load(Ordering::Relaxed) - receipts_before,
@@ -444,7 +454,9 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
         receipt_events_per_second: events as f64 / seconds,
         receipt_deliveries_per_second: receipts_window as f64 / seconds,
         deliveries_per_second: all_window as f64 / seconds,
-        server_cpu_cores: cpu_before.zip(cpu_after).map(|(a, b)| (b - a) / seconds),
+        server_cpu_cores: cpu_before
+            .zip(cpu_after)
+            .map(|(a, b)| (b - a) / cpu_seconds),
     };
     let text = serde_json::to_string_pretty(&report)?;
     match &args.json {
