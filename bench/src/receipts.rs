@@ -314,17 +314,15 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
         .iter()
         .map(|n| n.load(Ordering::Relaxed) > 0)
         .collect();
-    let sent = Arc::new(AtomicU64::new(0));
-    let answered = Arc::new(AtomicU64::new(0));
-    // When the last answer came, in µs from the start: the rate's window ends there (or at the
-    // end of the marking, if every call was answered before it).
-    let last_answer_us = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
     let in_flight = args.in_flight.unwrap_or(args.members).max(1);
-    let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let calls = Arc::new(Calls {
+        sent: AtomicU64::new(0),
+        answered: AtomicU64::new(0),
+        last_answer_us: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        latencies: std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?),
+        slots: tokio::sync::Semaphore::new(in_flight),
+    });
     let duration = Duration::from_secs_f64(args.duration);
     let started = tokio::time::Instant::now();
     let mut markers = Vec::new();
@@ -337,15 +335,7 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
             t.clone(),
             args.room.clone(),
         );
-        let (latest, sent, answered, failed, latencies, slots) = (
-            latest.clone(),
-            sent.clone(),
-            answered.clone(),
-            failed.clone(),
-            latencies.clone(),
-            slots.clone(),
-        );
-        let last_answer_us = last_answer_us.clone();
+        let (latest, calls) = (latest.clone(), calls.clone());
         let offset = Duration::from_secs_f64(i as f64 / args.members as f64);
         markers.push(tokio::spawn(async move {
             let first = started + offset;
@@ -358,21 +348,13 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
                 }
                 let (client, url, token, room) =
                     (client.clone(), url.clone(), token.clone(), room.clone());
-                let (latest, sent, answered, failed, latencies, slots) = (
-                    latest.clone(),
-                    sent.clone(),
-                    answered.clone(),
-                    failed.clone(),
-                    latencies.clone(),
-                    slots.clone(),
-                );
-                let last_answer_us = last_answer_us.clone();
+                let (latest, calls) = (latest.clone(), calls.clone());
                 requests.push(tokio::spawn(async move {
-                    let Ok(_slot) = slots.acquire().await else {
+                    let Ok(_slot) = calls.slots.acquire().await else {
                         return;
                     };
                     let id = latest.load(Ordering::Relaxed).to_string();
-                    sent.fetch_add(1, Ordering::Relaxed);
+                    calls.sent.fetch_add(1, Ordering::Relaxed);
                     let r = graphql(
                         &client,
                         &url,
@@ -383,22 +365,23 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
                     .await;
                     match r {
                         Ok(_) => {
-                            answered.fetch_add(1, Ordering::Relaxed);
-                            last_answer_us
+                            calls.answered.fetch_add(1, Ordering::Relaxed);
+                            calls
+                                .last_answer_us
                                 .fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                            if let Ok(mut h) = latencies.lock() {
+                            if let Ok(mut h) = calls.latencies.lock() {
                                 let _ = h.record(due.elapsed().as_micros() as u64);
                             }
                         }
                         Err(_) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
+                            calls.failed.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }));
             }
             for r in requests {
                 if r.await.is_err() {
-                    failed.fetch_add(1, Ordering::Relaxed);
+                    calls.failed.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }));
@@ -408,7 +391,8 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
     }
     // Each member's loop ends at its first tick past the window (up to a second after it), so
     // the window is the marking's, stretched only by answers that came after it.
-    let seconds = (last_answer_us.load(Ordering::Relaxed) as f64 / 1e6).max(duration.as_secs_f64());
+    let seconds =
+        (calls.last_answer_us.load(Ordering::Relaxed) as f64 / 1e6).max(duration.as_secs_f64());
     let cpu_after = args.server_pid.and_then(proc_stats::cpu_seconds);
     let cpu_seconds = started.elapsed().as_secs_f64();
     let (all_window, receipts_window) = (
@@ -436,16 +420,20 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
     if tally.beyond.load(Ordering::Relaxed) > 0 {
         anyhow::bail!("receipt positions beyond {POSITIONS}: the room is not fresh");
     }
-    let sent = sent.load(Ordering::Relaxed);
-    let answered = answered.load(Ordering::Relaxed);
-    let latency = latencies.lock().map(|h| latency_of(&h)).unwrap_or_default();
+    let sent = calls.sent.load(Ordering::Relaxed);
+    let answered = calls.answered.load(Ordering::Relaxed);
+    let latency = calls
+        .latencies
+        .lock()
+        .map(|h| latency_of(&h))
+        .unwrap_or_default();
     let report = ReceiptsReport {
         members: args.members,
         in_flight,
         seconds,
         mark_read_sent: sent,
         mark_read_answered: answered,
-        mark_read_failed: failed.load(Ordering::Relaxed),
+        mark_read_failed: calls.failed.load(Ordering::Relaxed),
         mark_read_offered_per_second: sent as f64 / args.duration,
         mark_read_answered_per_second: answered as f64 / seconds,
         mark_read_latency_ms: latency,
@@ -464,4 +452,17 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
         None => println!("{text}"),
     }
     Ok(report)
+}
+
+/// The `markRead` calls' counts and latencies, shared by every member's loop and call.
+struct Calls {
+    sent: AtomicU64,
+    answered: AtomicU64,
+    /// When the last answer came, in µs from the start: the rate's window ends there (or at
+    /// the end of the marking, if every call was answered before it).
+    last_answer_us: AtomicU64,
+    failed: AtomicU64,
+    latencies: std::sync::Mutex<Histogram<u64>>,
+    /// Calls in flight at most.
+    slots: tokio::sync::Semaphore,
 }
