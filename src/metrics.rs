@@ -73,6 +73,9 @@ pub const MESSAGE_BATCH_SENDS: &str = "tidings_message_batch_sends_total";
 pub const SIGN_IN_BATCHES: &str = "tidings_sign_in_batches_total";
 /// Sign-ins those batches carried; over `SIGN_IN_BATCHES`, the mean batch.
 pub const SIGN_IN_BATCH_USERS: &str = "tidings_sign_in_batch_users_total";
+/// Users whose presence this instance keeps: every user online on any instance (each instance
+/// learns every announcement), and those announced offline.
+pub const PRESENCE_KNOWN: &str = "tidings_presence_known_users";
 /// 1 while the Redis bridge is connected; 0 when it is down or Redis is not configured.
 pub const REDIS_UP: &str = "tidings_redis_up";
 /// `login` and `register` calls refused before any password work, by the `limit` they hit:
@@ -291,6 +294,10 @@ fn describe() {
         "Admin actions stored in the log, by action (disconnect, publish, notify)"
     );
     describe_gauge!(REDIS_UP, "1 while the Redis bridge is connected, else 0");
+    describe_gauge!(
+        PRESENCE_KNOWN,
+        "Users whose presence this instance keeps (online anywhere, or announced offline)"
+    );
     describe_counter!(
         MESSAGE_BATCHES,
         "Transactions of the message writer, each committing a batch of sends"
@@ -352,6 +359,7 @@ fn register_at_zero() {
         counter!(GRAPHQL_REFUSED, "reason" => reason).absolute(0);
     }
     gauge!(COHORT_MEMBERS).set(0.0);
+    gauge!(PRESENCE_KNOWN).set(0.0);
     for action in ADMIN_ACTION_KINDS {
         counter!(ADMIN_ACTIONS, "action" => action).absolute(0);
     }
@@ -486,6 +494,11 @@ pub fn cohort_member(joined: bool) {
     } else {
         g.decrement(1.0)
     }
+}
+
+/// Presence now keeps `users` users.
+pub fn presence_known(users: usize) {
+    gauge!(PRESENCE_KNOWN).set(users as f64);
 }
 
 /// A GraphQL request was refused by a budget (`GRAPHQL_REFUSED`'s reasons).

@@ -217,9 +217,52 @@ async fn presence_is_global_across_instances() {
         seen["presenceOf"][0],
         json!({ "status": "ONLINE", "connections": 1 })
     );
+    assert_eq!(known_users(&a).await, Some(2.0), "alice and bob, on A");
+    assert_eq!(known_users(&b).await, Some(2.0), "alice and bob, on B");
     on_b.close().await;
     let p = ws.data("p").await;
     assert_eq!(p["presence"]["status"], "OFFLINE");
+    // Back at once: what was kept of his going offline must not forget him later.
+    let again = GqlSocket::user(&b, &bob).await;
+    assert_eq!(ws.data("p").await["presence"]["status"], "ONLINE");
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(known_users(&a).await, Some(2.0), "bob still known on A");
+    let seen = a
+        .ok(
+            Some(&alice),
+            "{ presenceOf(userIds: [\"bob\"]) { status connections } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        seen["presenceOf"][0],
+        json!({ "status": "ONLINE", "connections": 1 })
+    );
+    again.close().await;
+    assert_eq!(ws.data("p").await["presence"]["status"], "OFFLINE");
+    // Offline, bob is forgotten a few seconds later on both instances (it reads the same).
+    for s in [&a, &b] {
+        eventually(Duration::from_secs(15), "bob forgotten", || async {
+            known_users(s).await == Some(1.0)
+        })
+        .await;
+    }
+    let seen = a
+        .ok(
+            Some(&alice),
+            "{ presenceOf(userIds: [\"bob\"]) { status connections } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        seen["presenceOf"][0],
+        json!({ "status": "OFFLINE", "connections": 0 })
+    );
+}
+
+/// The users whose presence `server` keeps.
+async fn known_users(server: &TestServer) -> Option<f64> {
+    sample(&metrics(server).await, "tidings_presence_known_users")
 }
 
 #[tokio::test]

@@ -8,8 +8,13 @@
 //! `lastSeenAt` is persisted when a user goes offline, and for everyone connected here once per
 //! `LAST_SEEN_EVERY` (one statement per batch of users), so it stays close to the truth even
 //! when an instance dies; while a user is online it reads as "now".
+//!
+//! Every instance keeps what it knows of every user online anywhere (each learns every
+//! announcement). A user announced offline is kept only `OFFLINE_KEPT`, so that an older
+//! announcement arriving late cannot bring them back; then forgotten, which reads the same
+//! (offline), so what an instance keeps follows the users online, not every user who ever was.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,10 +58,16 @@ struct Known {
     at: DateTime<Utc>,
 }
 
+/// How long a user announced offline is kept (see the top of this file).
+const OFFLINE_KEPT: Duration = Duration::from_secs(5);
+
 /// Presence: connections counted here, totals across every instance, and the announcements.
 pub struct PresenceTracker {
     local: Mutex<HashMap<String, Local>>,
     known: Mutex<HashMap<String, Known>>,
+    /// The users learnt offline, oldest first, with when they were learnt and the
+    /// announcement's time: each is forgotten `OFFLINE_KEPT` later unless learnt again since.
+    offline: Mutex<VecDeque<(tokio::time::Instant, String, DateTime<Utc>)>>,
     counts: Option<RedisCounts>,
     rooms: RoomsReader,
     grace: Duration,
@@ -80,6 +91,7 @@ impl PresenceTracker {
         let tracker = Arc::new(Self {
             local: Mutex::new(HashMap::new()),
             known: Mutex::new(HashMap::new()),
+            offline: Mutex::new(VecDeque::new()),
             counts: shared.map(RedisCounts::new),
             rooms: RoomsReader::start(db.clone()),
             grace,
@@ -96,6 +108,7 @@ impl PresenceTracker {
             tokio::spawn(tracker.clone().heartbeat());
         }
         tokio::spawn(tracker.clone().record_last_seen());
+        tokio::spawn(tracker.clone().forget_offline());
         tracker
     }
 
@@ -105,6 +118,56 @@ impl PresenceTracker {
 
     fn lock_known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
         self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_offline(
+        &self,
+    ) -> std::sync::MutexGuard<'_, VecDeque<(tokio::time::Instant, String, DateTime<Utc>)>> {
+        self.offline.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets, once a second, the users learnt offline `OFFLINE_KEPT` ago and not learnt
+    /// again since.
+    async fn forget_offline(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => break,
+            }
+            if let Some(before) = tokio::time::Instant::now().checked_sub(OFFLINE_KEPT) {
+                self.forget_offline_before(before);
+            }
+        }
+    }
+
+    fn forget_offline_before(&self, before: tokio::time::Instant) {
+        let mut expired = Vec::new();
+        {
+            let mut offline = self.lock_offline();
+            while offline
+                .front()
+                .is_some_and(|(learnt, ..)| *learnt <= before)
+            {
+                if let Some((_, user_id, at)) = offline.pop_front() {
+                    expired.push((user_id, at));
+                }
+            }
+        }
+        if expired.is_empty() {
+            return;
+        }
+        let mut known = self.lock_known();
+        for (user_id, at) in expired {
+            let current = known
+                .get(&user_id)
+                .is_some_and(|k| k.view.status == PresenceStatus::Offline && k.at == at);
+            if current {
+                known.remove(&user_id);
+            }
+        }
+        crate::metrics::presence_known(known.len());
     }
 
     /// Counts a new connection of `user` (as just read or provisioned by the sign-in); the
@@ -267,6 +330,10 @@ impl PresenceTracker {
         if known.get(&user.id).is_some_and(|k| k.at >= at) {
             return;
         }
+        if status == PresenceStatus::Offline {
+            let learnt = tokio::time::Instant::now();
+            self.lock_offline().push_back((learnt, user.id.clone(), at));
+        }
         known.insert(
             user.id.clone(),
             Known {
@@ -278,6 +345,7 @@ impl PresenceTracker {
                 at,
             },
         );
+        crate::metrics::presence_known(known.len());
     }
 
     /// Records an announcement from the hub.
@@ -357,6 +425,7 @@ impl PresenceTracker {
                 },
             );
         }
+        crate::metrics::presence_known(known.len());
     }
 
     /// Beats this instance's counts into Redis, and announces OFFLINE the users of instances
