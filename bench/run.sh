@@ -10,6 +10,7 @@
 #   bench/run.sh cluster        # 3 instances on a 3-shard Redis Cluster (not in the default set)
 #   bench/run.sh admin          # fan-out with the operator console closed and open (not in the default set)
 #   bench/run.sh cohorts        # memory per connection and per cohort, 10,000 users in 100/1,000/5,000 rooms
+#   bench/run.sh remote         # memory an instance holds per user connected to another instance
 #   BENCH_BIN=target/before bench/run.sh storm   # the binaries in target/before, built before
 #
 # Results: bench/results/*.json (one report per run) and bench/results/fanout.svg.
@@ -267,9 +268,18 @@ for scenario in $SCENARIOS; do
     stop "$SERVER_PID" ;;
   cohorts) # what a cohort costs beside its members: the chat load's 10,000 users in 100, 1,000
     # and 5,000 rooms on one instance (each room one cohort); the RSS per connection after the
-    # warm-up (every room has had events) against rooms per connection gives both costs
-    for rooms in 100 1000 5000; do
-      port=$(free_port); serve tidings "$port"
+    # warm-up (every room has had events) against rooms per connection gives both costs.
+    # COHORTS_ROOMS picks the room counts; COHORTS_CLUSTER=1 runs the instance on PostgreSQL
+    # and a Redis Cluster of its own, as the cluster scenario's instances run.
+    [ "${COHORTS_CLUSTER:-0}" = 1 ] && start_cluster
+    for rooms in ${COHORTS_ROOMS:-100 1000 5000}; do
+      port=$(free_port)
+      if [ "${COHORTS_CLUSTER:-0}" = 1 ]; then
+        start_tidings "$port" "$(pgdb cohorts)"
+        for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/health" | grep -q '"redis":"ok"' && break; sleep 0.1; done
+      else
+        serve tidings "$port"
+      fi
       load --url "http://127.0.0.1:$port" --server-pid "$SERVER_PID" \
         --subscribers 10000 --rooms $rooms --rate 50 --window 2000 --publishers 4 --duration 3 \
         --join-concurrency 64 --label cohorts-$rooms --json "$OUT/cohorts-$rooms.json" || true
@@ -333,6 +343,45 @@ for scenario in $SCENARIOS; do
     shard_stats fanout-after >>"$OUT/cluster-shards.txt"
     cat "$OUT/cluster-shards.txt"
     for s in "${cpids[@]}"; do stop "$s"; done ;;
+  remote) # what an instance holds for users connected to another one (presence knows every
+    # user of the deployment on every instance): two instances on one Redis Cluster and
+    # PostgreSQL, ~19,000 idle subscriptions (signed-in users) on the second; the first's RSS
+    # before and after, per remote user (remote-known.txt), and the second's per subscription
+    start_cluster
+    db=$(pgdb remote)
+    pa=$(free_port); start_tidings "$pa" "$db"; sa=$SERVER_PID
+    pb=$(free_port); start_tidings "$pb" "$db"; sb=$SERVER_PID
+    for p in "$pa" "$pb"; do
+      for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$p/health" | grep -q '"redis":"ok"' && break; sleep 0.1; done
+    done
+    sleep 1
+    before_a=$("$BIN/tidings-bench" rss "$sa"); before_b=$("$BIN/tidings-bench" rss "$sb")
+    rm -f "$WORK"/ready-remote-*
+    gens=()
+    for part in 0 1; do
+      load --url "http://127.0.0.1:$pb" --sub events --publish none --skip-join \
+        --subscribers 9500 --offset $((part * 9500)) --rooms 1 --room-prefix remote \
+        --connect-concurrency 200 --hold 10 --ready-file "$WORK/ready-remote-$part" \
+        --label "remote-part$part" --json "$WORK/remote-part$part.json" &
+      gens+=($!)
+    done
+    for _ in $(seq 1 900); do [ -f "$WORK/ready-remote-0" ] && [ -f "$WORK/ready-remote-1" ] && break; sleep 0.2; done
+    # The first instance learns each user from the announcements, which follow the connects.
+    sleep 4
+    after_a=$("$BIN/tidings-bench" rss "$sa"); after_b=$("$BIN/tidings-bench" rss "$sb")
+    online=$(curl -sf "http://127.0.0.1:$pa/metrics" | awk '/^tidings_presence_known_users /{print $2}')
+    for g in "${gens[@]}"; do wait "$g" || true; done
+    "$BIN/tidings-bench" merge --rss-before "$before_b" --rss-after "$after_b" \
+      --label remote-serving-19000 "$WORK/remote-part0.json" "$WORK/remote-part1.json" \
+      >"$OUT/remote-serving-19000.json"
+    connected=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["connected"])' "$OUT/remote-serving-19000.json")
+    {
+      echo "serving instance: rss_before_kib=$before_b rss_after_kib=$after_b connected=$connected"
+      echo "other instance: rss_before_kib=$before_a rss_after_kib=$after_a known_users=${online:-unknown}"
+      awk -v a="$before_a" -v b="$after_a" -v n="$connected" \
+        'BEGIN { printf "other instance, KiB per remote user: %.3f\n", (b - a) / n }'
+    } | tee "$OUT/remote-known.txt"
+    stop "$sa"; stop "$sb" ;;
   writes) # sendMessage writes/s: 64 in flight, 100 rooms of one subscriber each
     for backend in sqlite postgres; do
       port=$(free_port)

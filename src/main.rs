@@ -1,7 +1,9 @@
 //! The `tidings` command: `serve` (the default), `schema`, `migrate`, `token`.
 
 /// jemalloc: small objects of one size packed together, so thousands of long-lived connections
-/// fragment the heap less than with the system allocator.
+/// fragment the heap less than with the system allocator. The `system-allocator` feature
+/// leaves it out, for heap profilers that see only `malloc` (`heaptrack`).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -9,6 +11,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// background thread gives the pages freed after a burst (a storm of connects, a wide
 /// fan-out) back to the system within about a second, so the process's memory follows what
 /// is in use rather than its peak.
+#[cfg(not(feature = "system-allocator"))]
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";

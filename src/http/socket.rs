@@ -1289,7 +1289,14 @@ pub(crate) fn accept<P: Protocol>(
         static SIZED: std::sync::Once = std::sync::Once::new();
         SIZED.call_once(|| {
             let bytes = std::mem::size_of_val(&connection);
-            tracing::debug!(bytes, transport = ?P::TRANSPORT, "connection future");
+            tracing::debug!(
+                bytes,
+                reader = std::mem::size_of::<Reader>(),
+                link = std::mem::size_of::<Link>(),
+                protocol = std::mem::size_of::<P>(),
+                transport = ?P::TRANSPORT,
+                "connection future"
+            );
         });
         tokio::spawn(connection);
     })
