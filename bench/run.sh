@@ -11,6 +11,7 @@
 #   bench/run.sh admin          # fan-out with the operator console closed and open (not in the default set)
 #   bench/run.sh cohorts        # memory per connection and per cohort, 10,000 users in 100/1,000/5,000 rooms
 #   bench/run.sh remote         # memory an instance holds per user connected to another instance
+#   bench/run.sh keepalive      # memory per idle HTTP keep-alive connection
 #   BENCH_BIN=target/before bench/run.sh storm   # the binaries in target/before, built before
 #
 # Results: bench/results/*.json (one report per run) and bench/results/fanout.svg.
@@ -47,6 +48,21 @@ case " $TARGETS " in
   *" node "*) (cd bench/node-ref && [ -d node_modules ] || npm ci --no-audit --no-fund -q) ;;
 esac
 
+# free_cluster_port: a free port below 55000 whose cluster bus port (+10000) is free too
+free_cluster_port() {
+  python3 -c '
+import socket
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]
+    if p >= 55000:
+        continue
+    b = socket.socket()
+    try:
+        b.bind(("127.0.0.1", p + 10000))
+    except OSError:
+        continue
+    print(p); break'
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 wait_http() { # url
@@ -91,14 +107,17 @@ start_cluster() {
   CLUSTER_PORTS=(); local addrs=()
   for _ in 0 1 2; do
     local p
-    while :; do p=$(free_port); [ "$p" -lt 55000 ] && break; done
+    p=$(free_cluster_port)
     mkdir -p "$WORK/cluster-$p"
     redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
       --cluster-enabled yes --cluster-config-file nodes.conf --dir "$WORK/cluster-$p" \
       >"$WORK/cluster-$p.log" 2>&1 &
     PIDS+=($!); CLUSTER_PORTS+=("$p"); addrs+=("127.0.0.1:$p")
   done
-  sleep 0.5
+  for p in "${CLUSTER_PORTS[@]}"; do
+    for _ in $(seq 1 50); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    redis-cli -p "$p" ping >/dev/null 2>&1 || { echo "cluster node $p did not start:" >&2; cat "$WORK/cluster-$p.log" >&2; return 1; }
+  done
   redis-cli --cluster create "${addrs[@]}" --cluster-replicas 0 --cluster-yes >"$WORK/cluster-create.log"
   for _ in $(seq 1 100); do
     redis-cli -p "${CLUSTER_PORTS[0]}" cluster info | grep -q cluster_state:ok && break; sleep 0.1
@@ -331,6 +350,11 @@ for scenario in $SCENARIOS; do
     for _ in $(seq 1 900); do [ -f "$WORK/ready-chat-0" ] && [ -f "$WORK/ready-chat-1" ] && break; sleep 0.2; done
     sleep 2
     after=$(rss_sum)
+    # The instances' open TCP connections then: the WebSockets, and the publishers' HTTP
+    # keep-alive connections, which hold hyper's buffers.
+    for p in "${cports[@]}"; do
+      echo "instance $p: $(ss -Htn state established "( sport = :$p )" | wc -l) TCP connections at the RSS reading"
+    done | tee "$OUT/cluster-connections.txt"
     for g in "${gens[@]}"; do wait "$g" || true; done
     "$BIN/tidings-bench" merge --rss-before "$before" --rss-after "$after" \
       --label cluster-chat-30000 "$WORK/cluster-chat-part0.json" "$WORK/cluster-chat-part1.json" \
@@ -382,6 +406,13 @@ for scenario in $SCENARIOS; do
         'BEGIN { printf "other instance, KiB per remote user: %.3f\n", (b - a) / n }'
     } | tee "$OUT/remote-known.txt"
     stop "$sa"; stop "$sb" ;;
+  keepalive) # what an idle HTTP/1.1 keep-alive connection holds (hyper's buffers), as the
+    # publishers' connections of a chat load do between requests: 2,000 of them, after one
+    # GraphQL query each
+    port=$(free_port); serve tidings "$port"
+    python3 bench/keepalive.py --port "$port" --pid "$SERVER_PID" --connections 2000 \
+      --path '/graphql?query=%7B__typename%7D' | tee "$OUT/keepalive.txt"
+    stop "$SERVER_PID" ;;
   writes) # sendMessage writes/s: 64 in flight, 100 rooms of one subscriber each
     for backend in sqlite postgres; do
       port=$(free_port)
