@@ -149,6 +149,11 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_WS_IDLE_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
     pub ws_idle_timeout: Duration,
 
+    /// An HTTP connection that sends nothing for this long while the server waits for a request
+    /// (between keep-alive requests, or in the middle of one's head or body) is closed.
+    #[arg(long, env = "TIDINGS_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub http_idle_timeout: Duration,
+
     /// Frames queued for one connection before it counts as a slow consumer (closed, 1008).
     #[arg(long, env = "TIDINGS_WS_QUEUE", default_value_t = 1024)]
     pub ws_queue: usize,
@@ -363,6 +368,7 @@ impl Config {
             ws_init_timeout: Duration::from_secs(10),
             ws_ping_interval: Duration::from_secs(15),
             ws_idle_timeout: Duration::from_secs(45),
+            http_idle_timeout: Duration::from_secs(60),
             ws_queue: 1024,
             slow_consumer_timeout: Duration::from_secs(5),
             max_connections_per_user: 20,

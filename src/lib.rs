@@ -171,7 +171,8 @@ impl App {
         // With each connection's peer address (the client's address budgets need it), and the
         // handle that lets an HTTP stream take its socket from hyper.
         let service = router.into_make_service_with_connect_info::<http::takeover::Peer>();
-        axum::serve(http::takeover::Listener(listener), service)
+        let listener = http::takeover::Listener::new(listener, self.state.config.http_idle_timeout);
+        axum::serve(listener, service)
             .with_graceful_shutdown(signal)
             .await?;
         self.state.connections.wait_closed().await;

@@ -76,6 +76,8 @@ pub const SIGN_IN_BATCH_USERS: &str = "tidings_sign_in_batch_users_total";
 /// Users whose presence this instance keeps: every user online on any instance (each instance
 /// learns every announcement), and those announced offline.
 pub const PRESENCE_KNOWN: &str = "tidings_presence_known_users";
+/// HTTP connections closed for sending nothing for `TIDINGS_HTTP_IDLE_TIMEOUT`.
+pub const HTTP_IDLE_CLOSED: &str = "tidings_http_idle_closed_total";
 /// 1 while the Redis bridge is connected; 0 when it is down or Redis is not configured.
 pub const REDIS_UP: &str = "tidings_redis_up";
 /// `login` and `register` calls refused before any password work, by the `limit` they hit:
@@ -294,6 +296,10 @@ fn describe() {
         "Admin actions stored in the log, by action (disconnect, publish, notify)"
     );
     describe_gauge!(REDIS_UP, "1 while the Redis bridge is connected, else 0");
+    describe_counter!(
+        HTTP_IDLE_CLOSED,
+        "HTTP connections closed for sending nothing for TIDINGS_HTTP_IDLE_TIMEOUT"
+    );
     describe_gauge!(
         PRESENCE_KNOWN,
         "Users whose presence this instance keeps (online anywhere, or announced offline)"
@@ -360,6 +366,7 @@ fn register_at_zero() {
     }
     gauge!(COHORT_MEMBERS).set(0.0);
     gauge!(PRESENCE_KNOWN).set(0.0);
+    counter!(HTTP_IDLE_CLOSED).absolute(0);
     for action in ADMIN_ACTION_KINDS {
         counter!(ADMIN_ACTIONS, "action" => action).absolute(0);
     }
@@ -494,6 +501,11 @@ pub fn cohort_member(joined: bool) {
     } else {
         g.decrement(1.0)
     }
+}
+
+/// An HTTP connection was closed for being idle.
+pub fn http_idle_closed() {
+    counter!(HTTP_IDLE_CLOSED).increment(1);
 }
 
 /// Presence now keeps `users` users.

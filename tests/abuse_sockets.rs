@@ -400,3 +400,103 @@ async fn a_text_frame_with_invalid_utf8_closes_with_1007() {
         Value::from("alice")
     );
 }
+
+/// Reads until the server closes the connection (EOF or an error); how long that took, or
+/// `None` if it stayed open for `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(start) + within,
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// One `GET /health` on `stream`, its response read whole (by its length).
+async fn health_on(stream: &mut tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: tidings\r\n\r\n")
+        .await
+        .expect("write a request");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("a response within 5 s")
+            .expect("read a response");
+        assert!(
+            n > 0,
+            "closed before answering: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().expect("a length"))
+                })
+                .expect("a content-length");
+            if got.len() >= end + 4 + length {
+                assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_idle_http_connection_is_closed_and_a_busy_one_is_not() {
+    let db = TestDb::new(&Backend::Sqlite).await;
+    let server = TestServer::start(&db, &[("TIDINGS_HTTP_IDLE_TIMEOUT", "1s")]);
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let connect = || async {
+        tokio::net::TcpStream::connect(addr.as_str())
+            .await
+            .expect("connect")
+    };
+
+    // Kept alive after a request, then silent.
+    let mut kept = connect().await;
+    health_on(&mut kept).await;
+    // Half a request's head, then silent (slowloris).
+    let mut half = connect().await;
+    {
+        use tokio::io::AsyncWriteExt;
+        half.write_all(b"GET /health HTTP/1.1\r\nHost: tid")
+            .await
+            .expect("write half a head");
+    }
+    // Busy: a request every 400 ms for twice the timeout, on one connection.
+    let mut busy = connect().await;
+    for _ in 0..5 {
+        health_on(&mut busy).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    health_on(&mut busy).await;
+
+    for (what, stream) in [("kept alive", &mut kept), ("half a head", &mut half)] {
+        let took = closed_within(stream, Duration::from_secs(5)).await;
+        let took = took.unwrap_or_else(|| panic!("{what}: still open 5 s on"));
+        assert!(took < Duration::from_secs(5), "{what}: {took:?}");
+    }
+    let closed = counter(&server, "tidings_http_idle_closed_total").await;
+    assert!(closed >= 2.0, "counted: {closed}");
+    // The server serves on.
+    let mut fresh = connect().await;
+    health_on(&mut fresh).await;
+}

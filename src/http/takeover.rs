@@ -23,6 +23,7 @@
 //! buffer; a client that stops reading is cut once a write has waited for the slow-consumer
 //! timeout, as a socket's writer is.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -40,8 +41,21 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
-/// Accepts TCP connections as `PeerIo`.
-pub struct Listener(pub TcpListener);
+/// Accepts TCP connections as `PeerIo`, each closed once it has sent nothing for `idle_after`
+/// while hyper waits to read from it.
+pub struct Listener {
+    listener: TcpListener,
+    idle_after: Duration,
+}
+
+impl Listener {
+    pub fn new(listener: TcpListener, idle_after: Duration) -> Self {
+        Listener {
+            listener,
+            idle_after,
+        }
+    }
+}
 
 impl axum::serve::Listener for Listener {
     type Io = PeerIo;
@@ -49,10 +63,16 @@ impl axum::serve::Listener for Listener {
 
     async fn accept(&mut self) -> (PeerIo, SocketAddr) {
         loop {
-            match self.0.accept().await {
+            match self.listener.accept().await {
                 Ok((stream, addr)) => {
                     let socket = Arc::new(Mutex::new(Some(stream)));
-                    return (PeerIo { socket }, addr);
+                    let io = PeerIo {
+                        socket,
+                        idle: None,
+                        idle_after: self.idle_after,
+                        heard: true,
+                    };
+                    return (io, addr);
                 }
                 Err(e) if is_connection_error(&e) => {}
                 Err(e) => {
@@ -65,7 +85,7 @@ impl axum::serve::Listener for Listener {
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
+        self.listener.local_addr()
     }
 }
 
@@ -82,8 +102,21 @@ type Socket = Arc<Mutex<Option<TcpStream>>>;
 
 /// A connection's socket as hyper sees it: the TCP stream, until a stream's response takes it.
 /// Then reads end and writes fail, and hyper closes its side of the connection.
+///
+/// hyper (as `axum::serve` runs it) closes no connection for being idle, and waits as long as
+/// a client likes for a request's head: each open connection holds hyper's buffers (about
+/// 20 KiB, PERFORMANCE.md), so a client could hold thousands without sending anything. A read
+/// that finds nothing arms a timer, which each byte read disarms; a read still waiting
+/// `idle_after` later fails with `TimedOut`, and hyper closes the connection. The time a
+/// request takes to answer counts too (hyper reads on while it answers, to notice a client
+/// that leaves), which the request's own budget (`TIDINGS_GRAPHQL_TIMEOUT`) keeps far shorter.
 pub struct PeerIo {
     socket: Socket,
+    /// The idle timer, made by the first read that waits.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    idle_after: Duration,
+    /// Bytes came since the timer was last armed: the next read that waits arms it again.
+    heard: bool,
 }
 
 impl PeerIo {
@@ -99,14 +132,34 @@ fn taken() -> io::Error {
 
 impl AsyncRead for PeerIo {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.socket().as_mut() {
+        let read = match self.socket().as_mut() {
             Some(stream) => Pin::new(stream).poll_read(cx, buf),
-            None => Poll::Ready(Ok(())),
+            None => return Poll::Ready(Ok(())),
+        };
+        if read.is_ready() {
+            self.heard = true;
+            return read;
         }
+        let this = &mut *self;
+        let deadline = tokio::time::Instant::now() + this.idle_after;
+        let timer = this
+            .idle
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if std::mem::take(&mut this.heard) {
+            timer.as_mut().reset(deadline);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            crate::metrics::http_idle_closed();
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "idle HTTP connection",
+            )));
+        }
+        Poll::Pending
     }
 }
 
