@@ -3,7 +3,10 @@
 //! changes its reader watches, to move its expiry timer and let its protocol re-check what it
 //! follows.
 
+use std::future::Future;
 use std::time::Duration;
+
+use futures_util::future::Either;
 
 use chrono::Utc;
 use tokio::sync::watch;
@@ -35,13 +38,20 @@ impl Renewals {
     }
 
     /// Resolves with the new viewer when the credentials are renewed (never before sign-in).
-    pub(crate) async fn changed(&mut self) -> Viewer {
-        if let Some((_, changes)) = self.cell.as_mut() {
-            if changes.changed().await.is_ok() {
-                return changes.borrow_and_update().clone();
-            }
+    ///
+    /// Boxed while there are credentials to watch, and nothing without: a connection's reader
+    /// keeps this wait in its future for its whole life, and most connections (those whose
+    /// operations all share a cohort's execution) have none.
+    pub(crate) fn changed(&mut self) -> impl Future<Output = Viewer> + Send + '_ {
+        match self.cell.as_mut() {
+            Some((_, changes)) => Either::Left(Box::pin(async move {
+                if changes.changed().await.is_ok() {
+                    return changes.borrow_and_update().clone();
+                }
+                std::future::pending().await
+            })),
+            None => Either::Right(std::future::pending()),
         }
-        std::future::pending().await
     }
 
     /// The new viewer, if the credentials were renewed since the reader last looked.

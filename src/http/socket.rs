@@ -1283,7 +1283,13 @@ pub(crate) fn accept<P: Protocol>(
     };
     let max = state.config.max_frame_bytes;
     ws.on_upgrade(sized(max), move |reader, writer| async move {
-        let connection = serve::<P>(reader, writer, state, opening, admission);
+        let connection = serve::<P>(Box::new(Opened {
+            stream: reader,
+            sink: writer,
+            state,
+            opening,
+            admission,
+        }));
         // What every open connection holds in its task, whatever it does: PERFORMANCE.md's
         // idle memory starts here.
         static SIZED: std::sync::Once = std::sync::Once::new();
@@ -1318,14 +1324,28 @@ pub(crate) fn admit(
         .inspect_err(|refusal| tracing::debug!(?address, ?refusal, "connection refused"))
 }
 
-/// One connection, from its upgrade to its close.
-async fn serve<P: Protocol>(
+/// What a connection starts from, once upgraded.
+struct Opened<P: Protocol> {
     stream: Reader,
     sink: Writer,
     state: AppState,
     opening: P::Opening,
     admission: Admission,
-) {
+}
+
+/// One connection, from its upgrade to its close.
+///
+/// Its arguments come boxed: an async fn keeps room for its arguments in its future for as
+/// long as it runs, and these are moved out at once (the stream into `read_loop`'s future,
+/// the rest into the link), so unboxed they would stay in every connection's task unused.
+async fn serve<P: Protocol>(opened: Box<Opened<P>>) {
+    let Opened {
+        stream,
+        sink,
+        state,
+        opening,
+        admission,
+    } = *opened;
     let ticket = state.connections.open(P::TRANSPORT);
     let (writer, out) = SocketWriter::start(
         sink,
