@@ -86,6 +86,14 @@ fn args(addr: SocketAddr, extra: &[&str]) -> Gen2Args {
     Gen2::parse_from(argv).args
 }
 
+/// Forty subscribers of `events`, connected and held, nothing published.
+fn forty_idle(addr: SocketAddr, extra: &[&str]) -> Gen2Args {
+    let mut a = args(addr, extra);
+    a.subscribers = 40;
+    a.sub = gen2::Subscription::Events;
+    a
+}
+
 fn assert_every_delivery_once(report: &Gen2Report, what: &str) {
     assert_eq!(report.connected, report.subscribers, "{what}: {report:?}");
     assert!(report.published > 10, "{what}: {report:?}");
@@ -129,22 +137,9 @@ async fn gen2_against_tidings_loses_nothing() {
     let events = gen2::run(Mode::Push, events).await.expect("push on events");
     assert_every_delivery_once(&events, "events, /api/publish");
 
-    let connects = gen2::run(
-        Mode::Connects,
-        args(
-            addr,
-            &[
-                "--subscribers",
-                "40",
-                "--sub",
-                "events",
-                "--room-prefix",
-                "c",
-            ],
-        ),
-    )
-    .await
-    .expect("connects");
+    let connects = gen2::run(Mode::Connects, forty_idle(addr, &["--room-prefix", "c"]))
+        .await
+        .expect("connects");
     assert_eq!(connects.connected, 40, "{connects:?}");
     assert_eq!(connects.subscriber_errors, 0, "{connects:?}");
     assert!(connects.connects_per_second > 0.0, "{connects:?}");
@@ -158,12 +153,9 @@ async fn gen2_against_the_floor_loses_nothing() {
         .expect("push");
     assert_every_delivery_once(&push, "floor");
 
-    let connects = gen2::run(
-        Mode::Connects,
-        args(addr, &["--subscribers", "40", "--sub", "events"]),
-    )
-    .await
-    .expect("connects");
+    let connects = gen2::run(Mode::Connects, forty_idle(addr, &[]))
+        .await
+        .expect("connects");
     assert_eq!(connects.connected, 40, "{connects:?}");
     assert_eq!(connects.subscriber_errors, 0, "{connects:?}");
 }
