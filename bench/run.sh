@@ -12,6 +12,7 @@
 #   bench/run.sh cohorts        # memory per connection and per cohort, 10,000 users in 100/1,000/5,000 rooms
 #   bench/run.sh remote         # memory an instance holds per user connected to another instance
 #   bench/run.sh keepalive      # memory per idle HTTP keep-alive connection
+#   BENCH_TARGETS="floor tidings" bench/run.sh gen2   # push, storm and idle by the second generator
 #   BENCH_BIN=target/before bench/run.sh storm   # the binaries in target/before, built before
 #
 # Results: bench/results/*.json (one report per run) and bench/results/fanout.svg.
@@ -181,6 +182,35 @@ idle_run() {
     "$WORK/$label-part1.json" >"$OUT/$label-19000.json"
   grep -E '"(connected|connect_failures|connects_per_second|server_rss_per_connection_kib)"' \
     "$OUT/$label-19000.json" | tr -d '\n'; echo " <- $label"
+  stop "$SERVER_PID"
+}
+
+gen2() { "$BIN/tidings-bench" gen2 "$@"; }
+
+# gen2_connects TARGET NAME CONCURRENCY: 19,000 `events` subscriptions held on one fresh TARGET
+# server, opened by two gen2 processes (each may hold 20,000 files), each CONCURRENCY at a
+# time; the server's RSS per subscription and the connects/s over both in $OUT/gen2-NAME-TARGET-19000.json.
+gen2_connects() {
+  local target=$1 name=$2 cc=$3
+  port=$(free_port); serve "$target" "$port"
+  sleep 1
+  before=$("$BIN/tidings-bench" rss "$SERVER_PID")
+  rm -f "$WORK"/gen2-ready-*
+  gens=()
+  for part in 0 1; do
+    gen2 connects --timeout 240 --url "http://127.0.0.1:$port" --sub events --skip-join \
+      --subscribers 9500 --offset $((part * 9500)) --rooms 1 --room-prefix idle \
+      --connect-concurrency "$cc" --hold 8 --ready-file "$WORK/gen2-ready-$part" \
+      --label "gen2-$name-$target-part$part" --json "$WORK/gen2-$name-$target-part$part.json" &
+    gens+=($!)
+  done
+  for _ in $(seq 1 900); do [ -f "$WORK/gen2-ready-0" ] && [ -f "$WORK/gen2-ready-1" ] && break; sleep 0.2; done
+  sleep 2
+  after=$("$BIN/tidings-bench" rss "$SERVER_PID")
+  for g in "${gens[@]}"; do wait "$g" || true; done
+  gen2 merge --rss-before "$before" --rss-after "$after" --label "gen2-$name-$target-19000" \
+    "$WORK/gen2-$name-$target-part0.json" "$WORK/gen2-$name-$target-part1.json" \
+    >"$OUT/gen2-$name-$target-19000.json" || true
   stop "$SERVER_PID"
 }
 
@@ -461,6 +491,30 @@ for scenario in $SCENARIOS; do
         --members 1000 --duration 10 --json "$OUT/receipts-$backend-1000.json" || true
       stop "$SERVER_PID"
     done ;;
+  gen2) # the same targets measured by the second generator (bench/src/gen2.rs, a WebSocket
+    # client of its own), each run on a fresh server, the targets side by side per scenario:
+    # push (1,000 subscribers of one room, 2,000 messages/s offered open loop, 10 s), a connect
+    # storm (19,000 held, 1,000 at a time: 500 per process) and idle subscriptions (19,000, 200
+    # at a time per process, as idle_run)
+    for target in $TARGETS; do
+      port=$(free_port); serve "$target" "$port"
+      gen2 push --timeout 240 --url "http://127.0.0.1:$port" --server-pid "$SERVER_PID" $(join_flag "$target") \
+        --subscribers 1000 --rate 2000 --window 4000 --duration 10 --drain 20 \
+        --connect-concurrency 200 --join-concurrency 64 \
+        --label "gen2-push-$target-1000" --json "$OUT/gen2-push-$target-1000.json" || true
+      stop "$SERVER_PID"
+    done
+    for target in $TARGETS; do gen2_connects "$target" storm 500; done
+    for target in $TARGETS; do gen2_connects "$target" idle 200; done
+    python3 - "$OUT"/gen2-*.json <<'PY'
+import json, sys
+for path in sys.argv[1:]:
+    r = json.load(open(path))
+    print(f"{r['label']}: {r['connected']}/{r['subscribers']} connected, {r['connects_per_second']:.0f} connects/s, "
+          f"{r['deliveries_per_second']:.0f} deliveries/s, p99 {r['latency']['p99_ms']:.0f} ms, "
+          f"lost {r['lost']}, dup {r['duplicated']}, {r['server_rss_per_connection_kib']:.2f} KiB/conn")
+PY
+    ;;
   *) echo "unknown scenario $scenario" >&2; exit 2 ;;
   esac
 done

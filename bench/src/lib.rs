@@ -3,6 +3,7 @@
 pub mod abuse;
 pub mod chart;
 pub mod floor;
+pub mod gen2;
 pub mod load;
 pub mod proc_stats;
 pub mod receipts;

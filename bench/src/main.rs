@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-use tidings_bench::{abuse, chart, floor, load, proc_stats, receipts};
+use tidings_bench::{abuse, chart, floor, gen2, load, proc_stats, receipts};
 
 #[derive(Parser)]
 #[command(name = "tidings-bench", version, about)]
@@ -33,6 +33,8 @@ enum Command {
     /// Read receipts: every member of one room marks it read once a second while subscribed
     /// to its events; receipt events and deliveries per second, and the server's CPU.
     Receipts(receipts::ReceiptsArgs),
+    /// A second generator with a WebSocket client of its own: push, connects (idle), merge.
+    Gen2(gen2::Gen2Cli),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,5 +75,6 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(receipts::run(args)).map(|_| ())
         }
+        Command::Gen2(cli) => gen2::main(cli),
     }
 }
