@@ -227,15 +227,8 @@ async fn presence_is_global_across_instances() {
     assert_eq!(ws.data("p").await["presence"]["status"], "ONLINE");
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(known_users(&a).await, Some(2.0), "bob still known on A");
-    let seen = a
-        .ok(
-            Some(&alice),
-            "{ presenceOf(userIds: [\"bob\"]) { status connections } }",
-            json!({}),
-        )
-        .await;
     assert_eq!(
-        seen["presenceOf"][0],
+        presence_of(&a, &alice, "bob").await,
         json!({ "status": "ONLINE", "connections": 1 })
     );
     again.close().await;
@@ -247,17 +240,22 @@ async fn presence_is_global_across_instances() {
         })
         .await;
     }
-    let seen = a
-        .ok(
-            Some(&alice),
-            "{ presenceOf(userIds: [\"bob\"]) { status connections } }",
-            json!({}),
-        )
-        .await;
     assert_eq!(
-        seen["presenceOf"][0],
+        presence_of(&a, &alice, "bob").await,
         json!({ "status": "OFFLINE", "connections": 0 })
     );
+}
+
+/// `user`'s status and connections as `server` answers `viewer`.
+async fn presence_of(server: &TestServer, viewer: &str, user: &str) -> serde_json::Value {
+    let seen = server
+        .ok(
+            Some(viewer),
+            "query($u: ID!) { presenceOf(userIds: [$u]) { status connections } }",
+            json!({ "u": user }),
+        )
+        .await;
+    seen["presenceOf"][0].clone()
 }
 
 /// The users whose presence `server` keeps.

@@ -4,58 +4,18 @@
 
 use std::net::SocketAddr;
 
+mod common;
+
 use clap::Parser;
-use tidings_bench::floor::FloorArgs;
+use common::*;
 use tidings_bench::gen2::{self, Gen2Args, Gen2Report, Mode};
 
 const SECRET: &str = "tidings-bench-gen2-secret-0123456789";
 
 #[derive(Parser)]
-struct Serve {
-    #[command(flatten)]
-    config: tidings::config::Config,
-}
-
-#[derive(Parser)]
 struct Gen2 {
     #[command(flatten)]
     args: Gen2Args,
-}
-
-async fn start_tidings(dir: &tempfile::TempDir) -> SocketAddr {
-    let db = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-    let config = Serve::parse_from([
-        "tidings",
-        "--bind",
-        "127.0.0.1:0",
-        "--database-url",
-        &db,
-        "--jwt-secret",
-        SECRET,
-        "--rate-limits",
-        "off",
-    ])
-    .config;
-    let listener = tidings::bind(config.bind).expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let app = tidings::App::build(config).await.expect("app");
-    tokio::spawn(app.serve(listener, std::future::pending()));
-    addr
-}
-
-async fn start_floor() -> SocketAddr {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-        l.local_addr().expect("addr").port()
-    };
-    let bind: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    tokio::spawn(tidings_bench::floor::serve(FloorArgs {
-        bind,
-        threads: 1,
-        buffer: 1024,
-    }));
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    bind
 }
 
 fn args(addr: SocketAddr, extra: &[&str]) -> Gen2Args {
@@ -119,7 +79,7 @@ fn assert_every_delivery_once(report: &Gen2Report, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gen2_against_tidings_loses_nothing() {
     let dir = tempfile::tempdir().expect("dir");
-    let addr = start_tidings(&dir).await;
+    let addr = start_tidings(&dir, SECRET).await;
     let pid = std::process::id().to_string();
 
     let push = gen2::run(

@@ -4,43 +4,18 @@
 
 use std::net::SocketAddr;
 
+mod common;
+
 use clap::Parser;
-use tidings_bench::floor::FloorArgs;
+use common::*;
 use tidings_bench::load::{self, LoadArgs, Proto, Publish, Sub};
 
 const SECRET: &str = "tidings-bench-smoke-secret-0123456789";
 
 #[derive(Parser)]
-struct Serve {
-    #[command(flatten)]
-    config: tidings::config::Config,
-}
-
-#[derive(Parser)]
 struct Load {
     #[command(flatten)]
     args: LoadArgs,
-}
-
-async fn start_tidings(dir: &tempfile::TempDir) -> SocketAddr {
-    let db = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-    let config = Serve::parse_from([
-        "tidings",
-        "--bind",
-        "127.0.0.1:0",
-        "--database-url",
-        &db,
-        "--jwt-secret",
-        SECRET,
-        "--rate-limits",
-        "off",
-    ])
-    .config;
-    let listener = tidings::bind(config.bind).expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let app = tidings::App::build(config).await.expect("app");
-    tokio::spawn(app.serve(listener, std::future::pending()));
-    addr
 }
 
 fn args(addr: SocketAddr, extra: &[&str]) -> LoadArgs {
@@ -86,7 +61,7 @@ fn assert_clean(report: &load::Report, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generator_against_tidings_loses_nothing() {
     let dir = tempfile::tempdir().expect("dir");
-    let addr = start_tidings(&dir).await;
+    let addr = start_tidings(&dir, SECRET).await;
     let pid = std::process::id().to_string();
 
     let gql = load::run(args(addr, &["--server-pid", &pid, "--room-prefix", "g"]))
@@ -109,17 +84,7 @@ async fn generator_against_tidings_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generator_against_the_floor_loses_nothing() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-        l.local_addr().expect("addr").port()
-    };
-    let bind: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    tokio::spawn(tidings_bench::floor::serve(FloorArgs {
-        bind,
-        threads: 1,
-        buffer: 1024,
-    }));
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let bind = start_floor().await;
     let report = load::run(args(bind, &["--skip-join"]))
         .await
         .expect("floor run");
@@ -135,7 +100,7 @@ struct Receipts {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_generator_offers_every_call_and_counts_every_event() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let addr = start_tidings(&dir).await;
+    let addr = start_tidings(&dir, SECRET).await;
     let url = format!("http://{addr}");
     let args = Receipts::parse_from([
         "receipts",
