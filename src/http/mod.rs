@@ -5,6 +5,7 @@ mod api;
 pub mod client;
 pub(crate) mod cohort;
 mod error;
+mod frames;
 mod graphql;
 mod health;
 mod legacy;

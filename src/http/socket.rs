@@ -46,14 +46,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tungstenite::Message;
 
+use super::frames::{Incoming, ReadError, Reader};
 use super::renewal::{self, Renewals};
-use super::websocket::{self, Frame, ReadLimits, Reader, Upgrade, Writer};
+use super::websocket::{self, Frame, Upgrade, Writer};
 use super::{client, AppState};
 use crate::auth::{bearer, Viewer};
 use crate::domain::channels::ANONYMOUS_FOLLOWS_MAX;
@@ -64,21 +63,8 @@ use crate::domain::DomainError;
 use crate::hub::event::SocketLoad;
 use crate::metrics::Transport;
 
-/// Read-buffer chunk: frames from clients are small, and the buffer stays allocated for the
-/// connection's life (tungstenite's 128 KiB default would be zero-filled and then resident for
-/// every socket); a larger frame grows it to the frame's size.
-const READ_BUFFER: usize = 512;
 /// How long queued frames may take to drain before a close goes out regardless.
 const DRAIN_BEFORE_CLOSE: Duration = Duration::from_secs(5);
-
-/// Sizes a socket's read buffer for small frames and caps what a client may send
-/// (`max_bytes`: larger closes with 1009).
-fn sized(max_bytes: usize) -> ReadLimits {
-    ReadLimits {
-        buffer: READ_BUFFER,
-        max_bytes,
-    }
-}
 
 /// Open WebSocket connections, so shutdown can wait for them to close, and by user, so an
 /// admin can disconnect one.
@@ -988,12 +974,16 @@ impl Drop for StreamBody {
 }
 
 /// How to close after a read error: 1009 for a message over the size limit, 1007 for a text
-/// message that is not UTF-8 (RFC 6455, 8.1).
-fn read_error(e: tungstenite::Error) -> End {
+/// message that is not UTF-8 (RFC 6455, 8.1), 1002 for a frame that breaks the protocol.
+fn read_error(e: ReadError) -> End {
     match e {
-        tungstenite::Error::Capacity(_) => End::CloseNow(1009, "message too big".into()),
-        tungstenite::Error::Utf8(_) => End::CloseNow(1007, "invalid UTF-8".into()),
-        _ => End::Gone,
+        ReadError::TooBig => End::CloseNow(1009, "message too big".into()),
+        ReadError::NotUtf8 => End::CloseNow(1007, "invalid UTF-8".into()),
+        ReadError::Protocol(reason) => End::CloseNow(1002, reason.into()),
+        ReadError::Io(e) => {
+            tracing::debug!(error = %e, "reading the socket failed");
+            End::Gone
+        }
     }
 }
 
@@ -1282,7 +1272,7 @@ pub(crate) fn accept<P: Protocol>(
         Err(refusal) => return refusal.into_response(),
     };
     let max = state.config.max_frame_bytes;
-    ws.on_upgrade(sized(max), move |reader, writer| async move {
+    ws.on_upgrade(max, move |reader, writer| async move {
         let connection = serve::<P>(Box::new(Opened {
             stream: reader,
             sink: writer,
@@ -1407,23 +1397,22 @@ async fn read_loop<P: Protocol>(protocol: &mut P, link: &mut Link, mut stream: R
                     None => Some(End::Gone),
                     // Boxed: the handlers' database calls make large futures, which would
                     // otherwise stay part of every idle connection's read loop.
-                    Some(Ok(Message::Text(text))) => {
-                        Box::pin(protocol.on_text(link, text.as_str())).await
+                    Some(Ok(Incoming::Text(text))) => {
+                        Box::pin(protocol.on_text(link, &text)).await
                     }
-                    Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
+                    Some(Ok(Incoming::Binary(bytes))) => match std::str::from_utf8(&bytes) {
                         Ok(text) => Box::pin(protocol.on_text(link, text)).await,
                         Err(_) => Some(End::Close(P::NOT_TEXT.0, P::NOT_TEXT.1.into())),
                     },
-                    Some(Ok(Message::Ping(data))) => {
+                    Some(Ok(Incoming::Ping(data))) => {
                         out.offer(Frame::Pong(data));
                         None
                     }
-                    Some(Ok(Message::Pong(_) | Message::Frame(_))) => None,
+                    Some(Ok(Incoming::Pong)) => None,
                     // The peer closes: the close is answered with its own code, at once.
-                    Some(Ok(Message::Close(frame))) => Some(match frame {
-                        Some(frame) => End::CloseNow(frame.code.into(), String::new()),
-                        None => End::CloseNow(1000, String::new()),
-                    }),
+                    Some(Ok(Incoming::Close(code))) => {
+                        Some(End::CloseNow(code.unwrap_or(1000), String::new()))
+                    }
                     Some(Err(e)) => Some(read_error(e)),
                 };
                 if let Some(end) = end {

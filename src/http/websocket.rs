@@ -4,9 +4,9 @@
 //! **Why not axum's `WebSocket`**: it writes each message through tungstenite, which copies it
 //! into its own buffer, so under fan-out every member's frame had to be a `String` of its own
 //! (`{"id":…,"type":"next","payload":` + a copy of the shared payload + `}`), built and then
-//! copied again. Here the upgrade is answered by this module, tungstenite only *reads* (client
-//! frames are masked, fragmented, size-capped and UTF-8-checked: all that stays tungstenite's),
-//! and the server's frames are written by hand on the write half: a server frame is unmasked,
+//! copied again. Here the upgrade is answered by this module, client frames are read by
+//! `frames::Reader` (which holds no buffer while idle), and the server's frames are written by
+//! hand on the write half: a server frame is unmasked,
 //! so it is a two-to-ten-byte header and the bytes. A member's frame is then its own prefix,
 //! the payload every member shares (one allocation per event, never copied in user space) and
 //! a suffix, written as one WebSocket message with a vectored write; the frames queued for a
@@ -25,15 +25,11 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio_tungstenite::WebSocketStream;
-use tungstenite::protocol::{Role, WebSocketConfig};
 
+use super::frames::Reader;
 use super::takeover::Peer;
 
 type Io = TokioIo<Upgraded>;
-
-/// A socket's read half: tungstenite over the upgraded connection's reading side.
-pub(crate) type Reader = WebSocketStream<ReadOnly>;
 
 /// An upgraded connection's two sides. Once hyper has answered the upgrade, the TCP stream is
 /// taken from under it (`takeover::Peer`): each side is then the stream's own half, read and
@@ -105,14 +101,10 @@ async fn halves(upgraded: Upgraded, peer: Option<Peer>) -> (ReadOnly, Writer, Ve
             tracing::debug!(error = %e, "reading what hyper buffered failed");
         }
         let (read, write) = stream.into_split();
-        return (ReadOnly(Side::Tcp(read)), Writer(Side::Tcp(write)), part);
+        return (ReadOnly::Tcp(read), Writer(Side::Tcp(write)), part);
     }
     let (read, write) = tokio::io::split(upgraded);
-    (
-        ReadOnly(Side::Hyper(read)),
-        Writer(Side::Hyper(write)),
-        part,
-    )
+    (ReadOnly::Hyper(read), Writer(Side::Hyper(write)), part)
 }
 
 /// A request that asks for a WebSocket (HTTP/1.1 `GET` with `Connection: upgrade`,
@@ -198,14 +190,6 @@ fn header_contains(headers: &HeaderMap, name: HeaderName, value: &str) -> bool {
     })
 }
 
-/// How a socket reads: its read buffer's first size and the largest message a client may send
-/// (larger closes with 1009).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ReadLimits {
-    pub(crate) buffer: usize,
-    pub(crate) max_bytes: usize,
-}
-
 impl Upgrade {
     /// Chooses the first of `supported` that the client offers.
     pub(crate) fn protocols(mut self, supported: &[&'static str]) -> Self {
@@ -222,7 +206,8 @@ impl Upgrade {
 
     /// Answers `101 Switching Protocols`; once the connection is upgraded, `callback` gets its
     /// two halves (in a task of its own).
-    pub(crate) fn on_upgrade<C, F>(self, limits: ReadLimits, callback: C) -> Response
+    /// A client message over `max_bytes` closes the socket with 1009.
+    pub(crate) fn on_upgrade<C, F>(self, max_bytes: usize, callback: C) -> Response
     where
         C: FnOnce(Reader, Writer) -> F + Send + 'static,
         F: std::future::Future<Output = ()> + Send + 'static,
@@ -238,17 +223,7 @@ impl Upgrade {
                 }
             };
             let (read, write, part) = halves(upgraded, peer).await;
-            let config = WebSocketConfig::default()
-                .read_buffer_size(limits.buffer)
-                .write_buffer_size(0)
-                .max_message_size(Some(limits.max_bytes))
-                .max_frame_size(Some(limits.max_bytes));
-            let reader = if part.is_empty() {
-                WebSocketStream::from_raw_socket(read, Role::Server, Some(config)).await
-            } else {
-                WebSocketStream::from_partially_read(read, part, Role::Server, Some(config)).await
-            };
-            callback(reader, write).await;
+            callback(Reader::new(read, part, max_bytes), write).await;
         });
         let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
         let mut response = Response::new(Body::empty());
@@ -266,40 +241,33 @@ impl Upgrade {
     }
 }
 
-/// The reading side of an upgraded connection, as tungstenite wants a stream it can also
-/// write to. What tungstenite would write on its own (a pong, a close's echo) is discarded
-/// here: the connection's reader queues those on the write half itself, in order with the
-/// rest.
-pub(crate) struct ReadOnly(Side<OwnedReadHalf, tokio::io::ReadHalf<Io>>);
+/// The reading side of an upgraded connection.
+pub(crate) enum ReadOnly {
+    Tcp(OwnedReadHalf),
+    Hyper(tokio::io::ReadHalf<Io>),
+    #[cfg(test)]
+    Test(tokio::io::ReadHalf<tokio::io::DuplexStream>),
+}
 
-impl AsyncRead for ReadOnly {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match &mut self.0 {
-            Side::Tcp(half) => Pin::new(half).poll_read(cx, buf),
-            Side::Hyper(half) => Pin::new(half).poll_read(cx, buf),
-        }
+impl ReadOnly {
+    #[cfg(test)]
+    pub(crate) fn from_test(read: tokio::io::ReadHalf<tokio::io::DuplexStream>) -> Self {
+        ReadOnly::Test(read)
     }
 }
 
-impl AsyncWrite for ReadOnly {
-    fn poll_write(
+impl AsyncRead for ReadOnly {
+    fn poll_read(
         self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadOnly::Tcp(half) => Pin::new(half).poll_read(cx, buf),
+            ReadOnly::Hyper(half) => Pin::new(half).poll_read(cx, buf),
+            #[cfg(test)]
+            ReadOnly::Test(half) => Pin::new(half).poll_read(cx, buf),
+        }
     }
 }
 
