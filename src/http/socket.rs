@@ -1329,13 +1329,15 @@ struct Opened<P: Protocol> {
 /// long as it runs, and these are moved out at once (the stream into `read_loop`'s future,
 /// the rest into the link), so unboxed they would stay in every connection's task unused.
 async fn serve<P: Protocol>(opened: Box<Opened<P>>) {
+    // Moved out of its box by a function of its own, which frees the box on return: moved out
+    // here, the emptied box would stay allocated until `serve` ends.
     let Opened {
         stream,
         sink,
         state,
         opening,
         admission,
-    } = *opened;
+    } = unbox(opened);
     let ticket = state.connections.open(P::TRANSPORT);
     let (writer, out) = SocketWriter::start(
         sink,
@@ -1365,6 +1367,10 @@ async fn serve<P: Protocol>(opened: Box<Opened<P>>) {
     Box::pin(writer.finish(end)).await;
     domain.connection_closed(ticket.id);
     drop(ticket);
+}
+
+fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
 }
 
 /// Reads frames and hands them to the protocol, and keeps the connection's deadlines, until

@@ -143,7 +143,9 @@ struct Connection {
     /// Where the connection comes from: its operations' sign-ins count against it.
     client: Option<ClientAddress>,
     operations: Operations,
-    tasks: JoinSet<()>,
+    /// The operations that run as tasks of their own (and cohort members' joins), while any
+    /// runs: an idle connection keeps no set.
+    tasks: Option<JoinSet<()>>,
     next_op: u64,
 }
 
@@ -166,7 +168,7 @@ impl socket::Protocol for Connection {
             upgrade_token,
             client,
             operations: Arc::default(),
-            tasks: JoinSet::new(),
+            tasks: None,
             next_op: 0,
         })
     }
@@ -269,9 +271,14 @@ impl socket::Protocol for Connection {
     }
 
     async fn background(&mut self) {
-        if self.tasks.join_next().await.is_none() {
-            std::future::pending::<()>().await;
+        if let Some(tasks) = self.tasks.as_mut() {
+            if tasks.join_next().await.is_some() {
+                return;
+            }
+            // Every task has ended: the set goes (a cohort member's join is one such task).
+            self.tasks = None;
         }
+        std::future::pending::<()>().await
     }
 
     /// Subscriptions sharing an execution are checked again under the renewed credentials;
@@ -388,7 +395,9 @@ impl Connection {
         let handle = match cohort::shareable(&request) {
             Some(shareable) => {
                 let state = link.state.clone();
-                self.tasks.spawn(op.join_cohort(state, viewer, shareable))
+                self.tasks
+                    .get_or_insert_with(JoinSet::new)
+                    .spawn(op.join_cohort(state, viewer, shareable))
             }
             None => {
                 let schema = link.state.schema.clone();
@@ -399,7 +408,9 @@ impl Connection {
                 if let Some(client) = self.client {
                     request = request.data(client);
                 }
-                self.tasks.spawn(op.run(schema, request))
+                self.tasks
+                    .get_or_insert_with(JoinSet::new)
+                    .spawn(op.run(schema, request))
             }
         };
         listed.insert(id, self.next_op, Running::Task(handle), slot);
