@@ -110,6 +110,137 @@ async fn an_admin_gets_this_instance_once_a_second_without_redis() {
     assert!(sockets.iter().all(|s| s["transport"] == "graphql_ws"));
 }
 
+/// The figures beyond the connections: subscriptions by kind, shared executions, traffic,
+/// latency, refusals, and each socket's queue.
+const FIGURES: &str = "subscription { serverStats { instances { instance \
+    subscriptions { name value } cohorts cohortMembers eventsPublished eventsDelivered \
+    publishedPerSecond deliveredPerSecond latencyP50Ms latencyP99Ms slowConsumers \
+    refusals { name value } sockets { userId transport queued } } \
+    total { subscriptions { name value } cohorts cohortMembers publishedPerSecond \
+    deliveredPerSecond latencyP50Ms latencyP99Ms refusals { name value } } } }";
+
+/// A number above zero.
+fn positive(v: &Value) -> bool {
+    v.as_f64().is_some_and(|n| n > 0.0)
+}
+
+#[tokio::test]
+async fn server_stats_count_subscriptions_cohorts_traffic_latency_and_refusals() {
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        let server = TestServer::start(&db, &[("TIDINGS_MAX_ANONYMOUS_PER_ADDRESS", "1")]);
+        let channel = "subscription { events(channels: [\"public:figures\"]) { data } }";
+        // Two equal subscriptions of alice's: one shared execution, two members.
+        let mut alice = GqlSocket::user(&server, &cli_token("alice", "user")).await;
+        alice.subscribe("e1", channel, json!({})).await;
+        alice.subscribe("e2", channel, json!({})).await;
+        // Delivery latency is measured on /ws sockets (README, metrics): bob follows the channel
+        // there.
+        let mut bob = LegacyClient::user(&server, &cli_token("bob", "user")).await;
+        bob.send(json!({ "type": "subscribe", "channel": "public:figures" }))
+            .await;
+        assert_eq!(
+            bob.next_of("subscribed").await["data"]["channel"],
+            "public:figures"
+        );
+        let mut admin = GqlSocket::user(&server, &cli_token("root", "admin")).await;
+        admin.subscribe("s", FIGURES, json!({})).await;
+        // The address's one connection not signed in, then one refused over the same budget.
+        let stream = || {
+            http()
+                .post(server.url("/graphql"))
+                .header("accept", "text/event-stream")
+                .json(&json!({ "query": channel }))
+                .send()
+        };
+        let anonymous = stream().await.expect("POST /graphql");
+        assert_eq!(anonymous.status(), 200);
+        let refused = stream().await.expect("POST /graphql");
+        assert_eq!(refused.status(), 429);
+
+        // Events published all along, so that every one-second reading sees some.
+        let publisher_token = cli_token("backend", "admin");
+        let url = server.url("/api/publish");
+        let publisher = tokio::spawn(async move {
+            for n in 0.. {
+                let event = json!({ "channel": "public:figures", "type": "tick", "data": n });
+                let published = http()
+                    .post(&url)
+                    .bearer_auth(&publisher_token)
+                    .json(&event)
+                    .send()
+                    .await
+                    .expect("publish");
+                assert_eq!(published.status(), 200);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let s = stats_until(
+            &mut admin,
+            &format!(
+                "traffic, latency and the refusal are counted on {}",
+                backend.name()
+            ),
+            |s| {
+                let i = &s["instances"][0];
+                figure(&i["subscriptions"], "channel") > 0
+                    && positive(&i["cohorts"])
+                    && i["cohortMembers"].as_i64() >= Some(2)
+                    && positive(&i["publishedPerSecond"])
+                    && positive(&i["deliveredPerSecond"])
+                    && i["latencyP50Ms"].is_number()
+                    && i["latencyP99Ms"].is_number()
+                    && figure(&i["refusals"], "connections:address_full") >= 1
+            },
+        )
+        .await;
+        publisher.abort();
+        let here = &s["instances"][0];
+        assert!(positive(&here["eventsPublished"]), "{here:#}");
+        assert!(positive(&here["eventsDelivered"]), "{here:#}");
+        let p50 = here["latencyP50Ms"].as_f64().expect("p50");
+        let p99 = here["latencyP99Ms"].as_f64().expect("p99");
+        assert!(0.0 <= p50 && p50 <= p99, "p50 {p50}, p99 {p99}");
+        assert_eq!(here["slowConsumers"], 0);
+        assert_eq!(
+            figure(&here["refusals"], "connections:address_full"),
+            1,
+            "{here:#}"
+        );
+        // The sum of one instance is that instance.
+        let total = &s["total"];
+        for field in [
+            "cohorts",
+            "cohortMembers",
+            "publishedPerSecond",
+            "deliveredPerSecond",
+        ] {
+            assert_eq!(total[field], here[field], "{field}");
+        }
+        assert_eq!(total["latencyP99Ms"], here["latencyP99Ms"]);
+        assert_eq!(
+            figure(&total["refusals"], "connections:address_full"),
+            1,
+            "{total:#}"
+        );
+        // The shared executions are what /metrics counts.
+        let text = metrics(&server).await;
+        assert_eq!(
+            sample(&text, "tidings_cohort_members"),
+            here["cohortMembers"].as_f64(),
+            "{text}"
+        );
+        // Every signed-in socket is listed with its queue's depth, a number.
+        let sockets = here["sockets"].as_array().expect("sockets");
+        let alices: Vec<&Value> = sockets.iter().filter(|s| s["userId"] == "alice").collect();
+        assert_eq!(alices.len(), 1, "{sockets:#?}");
+        assert_eq!(alices[0]["transport"], "graphql_ws");
+        assert!(alices[0]["queued"].is_u64(), "{sockets:#?}");
+        assert!(sockets.iter().all(|s| s["queued"].is_u64()), "{sockets:#?}");
+        drop(anonymous);
+    }
+}
+
 #[tokio::test]
 async fn every_instance_reports_over_redis_and_one_that_stops_is_marked_and_left_out() {
     let redis = TestRedis::start();

@@ -163,3 +163,77 @@ async fn event_streams_and_multipart_subscriptions_pass_through_nginx_unbuffered
         assert_eq!(part["payload"]["data"]["messageAdded"]["body"], body);
     }
 }
+
+/// graphql-sse's single connection mode through nginx: the stream lives on the instance that
+/// reserved it, and the shipped config sends every request to `/graphql/stream` from one
+/// client to one instance, so the reservation, the stream, its operations and their stop all
+/// meet there.
+#[tokio::test]
+async fn a_single_connection_stream_works_through_nginx() {
+    let redis = TestRedis::start();
+    let (a, b, _db) = bridged_pair(&Backend::Sqlite, &redis, &[]).await;
+    let proxy = nginx([&a.addr, &b.addr]);
+    let alice = cli_token("alice", "user");
+    let bob = cli_token("bob", "user");
+    join(&a, &alice, "lobby").await;
+    join(&a, &bob, "lobby").await;
+    let url = format!("http://{}/graphql/stream", proxy.addr);
+
+    // Reserve, then open the stream, each a request of its own.
+    let reserved = http()
+        .put(&url)
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .expect("PUT through nginx");
+    assert_eq!(reserved.status(), 201);
+    let token = reserved.text().await.expect("the stream token");
+    let opened = http()
+        .get(&url)
+        .header("x-graphql-event-stream-token", &token)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("GET through nginx");
+    assert_eq!(
+        opened.status(),
+        200,
+        "the stream opens where it was reserved"
+    );
+    let mut stream = Stream::new(opened);
+
+    // An operation posted with the token runs on that stream.
+    let started = http()
+        .post(&url)
+        .bearer_auth(&bob)
+        .header("x-graphql-event-stream-token", &token)
+        .json(&json!({
+            "query": "subscription { messageAdded(roomId: \"lobby\") { body } }",
+            "extensions": { "operationId": "m" },
+        }))
+        .send()
+        .await
+        .expect("POST through nginx");
+    assert_eq!(started.status(), 202);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (instance, body) in [(&a, "via a"), (&b, "via b")] {
+        send(instance, &alice, "lobby", body).await;
+        let event = stream.next(body).await;
+        assert_eq!(event["id"], "m", "{event}");
+        assert_eq!(event["payload"]["data"]["messageAdded"]["body"], body);
+    }
+
+    // DELETE stops it: the operation completes on the stream.
+    let stopped = http()
+        .delete(&url)
+        .header("x-graphql-event-stream-token", &token)
+        .query(&[("operationId", "m")])
+        .send()
+        .await
+        .expect("DELETE through nginx");
+    assert_eq!(stopped.status(), 200);
+    assert_eq!(
+        stream.event("the operation's complete").await,
+        Some(("complete".into(), json!({ "id": "m" })))
+    );
+}

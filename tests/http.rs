@@ -41,21 +41,60 @@ async fn graphql_response_json_is_served_when_accepted_with_400_for_invalid_requ
         resp.headers()["content-type"],
         "application/graphql-response+json"
     );
-    let resp = post("application/graphql-response+json", "{ nope }")
-        .await
-        .expect("post");
-    assert_eq!(resp.status(), 400);
-    let body: Value = resp.json().await.expect("json");
-    assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
-    let resp = post("application/json", "{ nope }").await.expect("post");
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-type"], "application/json");
-    let resp = post("application/json", "{ me { id ").await.expect("post");
-    let body: Value = resp.json().await.expect("json");
-    assert_eq!(
-        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
-        "parse errors carry a code too"
-    );
+    // A request that never executed, because it does not validate or does not parse: 400,
+    // and no `data` entry at all (GraphQL over HTTP: it SHOULD be absent).
+    for (query, what) in [
+        ("{ nope }", "a validation error"),
+        ("{ me { id ", "a parse error"),
+    ] {
+        let resp = post("application/graphql-response+json", query)
+            .await
+            .expect("post");
+        assert_eq!(resp.status(), 400, "{what}");
+        assert_eq!(
+            resp.headers()["content-type"],
+            "application/graphql-response+json",
+            "{what}"
+        );
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+            "{what}: {body}"
+        );
+        assert!(
+            body.get("data").is_none(),
+            "{what} has a data entry: {body}"
+        );
+    }
+    // Under application/json the same requests are 200, and the body is async-graphql's
+    // response as it is: `data` is there, null.
+    for (query, what) in [
+        ("{ nope }", "a validation error"),
+        ("{ me { id ", "a parse error"),
+    ] {
+        let resp = post("application/json", query).await.expect("post");
+        assert_eq!(resp.status(), 200, "{what}");
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+            "{what}: parse errors carry a code too: {body}"
+        );
+        assert_eq!(body.get("data"), Some(&Value::Null), "{what}: {body}");
+    }
+    // An error while executing is not a request error: 200 and a `data` entry under either.
+    for accept in ["application/graphql-response+json", "application/json"] {
+        let resp = post(accept, "{ notifications { id } }")
+            .await
+            .expect("post");
+        assert_eq!(resp.status(), 200, "{accept}");
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+            "{accept}: {body}"
+        );
+        assert!(body.get("data").is_some(), "{accept}: {body}");
+    }
 }
 
 #[tokio::test]

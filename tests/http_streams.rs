@@ -561,6 +561,354 @@ async fn streams_are_held_to_the_connection_and_subscription_budgets() {
     );
 }
 
+/// `POST /graphql` asking for a stream with `accept`, without reading it.
+async fn stream_post(
+    server: &TestServer,
+    token: &str,
+    accept: &str,
+    query: &str,
+) -> reqwest::Response {
+    http()
+        .post(server.url("/graphql"))
+        .bearer_auth(token)
+        .header("accept", accept)
+        .json(&json!({ "query": query }))
+        .send()
+        .await
+        .expect("POST /graphql")
+}
+
+/// The answer to a stream refused by the per-user connection budget: 429, `RATE_LIMITED`,
+/// with `Retry-After`, before anything streams.
+async fn assert_refused_per_user(response: reqwest::Response, what: &str) {
+    assert_eq!(response.status(), 429, "{what}");
+    assert_eq!(header(&response, "retry-after"), "5", "{what}");
+    assert!(
+        header(&response, "content-type").starts_with("application/json"),
+        "{what}: refused before anything streams"
+    );
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{what}: {body}"
+    );
+    assert_eq!(
+        body["errors"][0]["message"], "too many connections for this user",
+        "{what}: {body}"
+    );
+}
+
+#[tokio::test]
+async fn a_users_streams_over_the_connection_limit_are_refused_until_one_closes() {
+    let db = TestDb::new(&Backend::Sqlite).await;
+    let server = TestServer::start(&db, &[("TIDINGS_MAX_CONNECTIONS_PER_USER", "2")]);
+    let alice = cli_token("alice", "user");
+    let channel = "subscription { events(channels: [\"public:cap\"]) { data } }";
+    // Two connections of alice's, over two transports: the cap counts them together.
+    let first = sse_post(&server, Some(&alice), channel, json!({})).await;
+    let _socket = GqlSocket::user(&server, &alice).await;
+
+    // A third, over any stream, is refused before it streams, as a socket is closed with 1008.
+    let sse = stream_post(&server, &alice, "text/event-stream", channel).await;
+    assert_refused_per_user(sse, "an event stream").await;
+    let multipart = stream_post(&server, &alice, MULTIPART_ACCEPT, channel).await;
+    assert_refused_per_user(multipart, "a multipart subscription").await;
+    let reserve = http()
+        .put(server.url("/graphql/stream"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .expect("PUT /graphql/stream");
+    assert_refused_per_user(reserve, "a single connection stream").await;
+    let mut socket = GqlSocket::open(&server, TRANSPORT_WS, "").await;
+    socket
+        .send(json!({ "type": "connection_init", "payload": { "authToken": alice } }))
+        .await;
+    assert_eq!(
+        socket.closed().await,
+        Closed {
+            code: 1008,
+            reason: "too many connections".into()
+        }
+    );
+    // Nothing refused was counted as a connection.
+    let text = metrics(&server).await;
+    for transport in ["sse", "graphql_ws"] {
+        assert_eq!(
+            sample(
+                &text,
+                &format!("tidings_connections{{transport=\"{transport}\"}}")
+            ),
+            Some(1.0),
+            "{transport}: {text}"
+        );
+    }
+    assert_eq!(
+        sample(&text, "tidings_connections{transport=\"multipart\"}").unwrap_or(0.0),
+        0.0,
+        "{text}"
+    );
+
+    // Another user is not held to alice's budget.
+    let _bob = sse_post(&server, Some(&cli_token("bob", "user")), channel, json!({})).await;
+
+    // Once alice's stream closes, a new one of hers is admitted and streams.
+    drop(first);
+    eventually(WAIT, "alice's closed stream counted out", || async {
+        sample(
+            &metrics(&server).await,
+            "tidings_connections{transport=\"sse\"}",
+        ) == Some(1.0)
+    })
+    .await;
+    let mut again = sse_post(&server, Some(&alice), channel, json!({})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let published = http()
+        .post(server.url("/api/publish"))
+        .bearer_auth(cli_token("backend", "admin"))
+        .json(&json!({ "channel": "public:cap", "type": "t", "data": { "n": 7 } }))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(published.status(), 200);
+    assert_eq!(
+        again.next("the event on the admitted stream").await["data"]["events"]["data"]["n"],
+        7
+    );
+}
+
+/// `request` with `Accept` set to `value`, byte for byte.
+fn with_accept(request: reqwest::RequestBuilder, value: &[u8]) -> reqwest::RequestBuilder {
+    let value = reqwest::header::HeaderValue::from_bytes(value).expect("a header value");
+    request.header("accept", value)
+}
+
+/// Accept headers no client should send: an empty parameter and a bad quality, a media
+/// range cut short, an empty value, a byte that is not ASCII.
+const MALFORMED_ACCEPTS: [&[u8]; 5] = [
+    b"text/event-stream;;q=x",
+    b"*/",
+    b"",
+    b"text/\xffhtml",
+    b"\xe9v\xe9nement/stream, application/json;q=\xff",
+];
+
+#[tokio::test]
+async fn a_malformed_accept_gets_a_json_answer_or_a_406_and_never_a_500() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let alice = cli_token("alice", "user");
+    let query = json!({ "query": "{ me { username } }" });
+    for accept in MALFORMED_ACCEPTS {
+        let shown = String::from_utf8_lossy(accept).into_owned();
+        // Only a value that starts with text/event-stream asks for a stream; anything else
+        // POSTed to /graphql is answered as plain JSON.
+        let asks_for_stream = accept.starts_with(b"text/event-stream");
+
+        let post = with_accept(
+            http()
+                .post(server.url("/graphql"))
+                .bearer_auth(&alice)
+                .json(&query),
+            accept,
+        );
+        let response = post.send().await.expect("POST /graphql");
+        assert_eq!(response.status(), 200, "POST /graphql, Accept {shown:?}");
+        if asks_for_stream {
+            assert_eq!(
+                header(&response, "content-type"),
+                "text/event-stream; charset=utf-8",
+                "{shown:?}"
+            );
+            let mut stream = Stream::new(response);
+            assert_eq!(
+                stream.next("the query's result").await["data"]["me"]["username"],
+                "alice"
+            );
+            assert_eq!(
+                stream.event("complete").await.map(|e| e.0),
+                Some("complete".into())
+            );
+        } else {
+            assert_eq!(
+                header(&response, "content-type"),
+                "application/json",
+                "{shown:?}"
+            );
+            let body: Value = response.json().await.expect("JSON");
+            assert_eq!(body["data"]["me"]["username"], "alice", "{shown:?}: {body}");
+        }
+
+        // A query over GET, the same way (a malformed Accept is not a browser's text/html).
+        let get = with_accept(
+            http()
+                .get(server.url("/graphql"))
+                .bearer_auth(&alice)
+                .query(&[("query", "{ me { username } }")]),
+            accept,
+        );
+        let response = get.send().await.expect("GET /graphql");
+        assert_eq!(response.status(), 200, "GET /graphql, Accept {shown:?}");
+        let content_type = header(&response, "content-type");
+        if asks_for_stream {
+            assert!(content_type.starts_with("text/event-stream"), "{shown:?}");
+        } else {
+            assert_eq!(content_type, "application/json", "{shown:?}");
+        }
+        drop(response);
+
+        // /graphql/stream serves streams only: without one asked for, 406 with a coded error.
+        for method in [reqwest::Method::POST, reqwest::Method::GET] {
+            let mut request = http()
+                .request(method.clone(), server.url("/graphql/stream"))
+                .bearer_auth(&alice);
+            request = if method == reqwest::Method::POST {
+                request.json(&query)
+            } else {
+                request.query(&[("query", "{ me { username } }")])
+            };
+            let response = with_accept(request, accept)
+                .send()
+                .await
+                .expect("/graphql/stream");
+            if asks_for_stream {
+                assert_eq!(response.status(), 200, "{method} {shown:?}");
+                let mut stream = Stream::new(response);
+                assert_eq!(
+                    stream.next("the query's result").await["data"]["me"]["username"],
+                    "alice",
+                    "{method} {shown:?}"
+                );
+            } else {
+                assert_eq!(response.status(), 406, "{method} {shown:?}");
+                let body: Value = response.json().await.expect("JSON");
+                assert_eq!(
+                    body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+                    "{method} {shown:?}: {body}"
+                );
+            }
+        }
+    }
+    // A malformed Accept naming application/graphql-response+json still gets that type.
+    let response = with_accept(
+        http()
+            .post(server.url("/graphql"))
+            .bearer_auth(&alice)
+            .json(&query),
+        b"application/graphql-response+json;;q=",
+    )
+    .send()
+    .await
+    .expect("POST /graphql");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "content-type"),
+        "application/graphql-response+json"
+    );
+    // The server kept serving throughout.
+    assert_eq!(health(&server).await["status"], "ok");
+    let me = server
+        .ok(Some(&alice), "{ me { username } }", json!({}))
+        .await;
+    assert_eq!(me["me"]["username"], "alice");
+}
+
+#[tokio::test]
+async fn get_graphql_with_an_event_stream_accept_streams_queries_and_subscriptions() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let alice = cli_token("alice", "user");
+    let bob = cli_token("bob", "user");
+    room_with(&server, "lobby", &[&alice, &bob]).await;
+    let get = |query: &str, vars: Value| {
+        http()
+            .get(server.url("/graphql"))
+            .bearer_auth(&bob)
+            .header("accept", "text/event-stream")
+            .query(&[("query", query), ("variables", &vars.to_string())])
+            .send()
+    };
+
+    // A query: one `next`, then `complete`, then the stream ends.
+    let response = get("{ me { username } }", json!({})).await.expect("GET");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "content-type"),
+        "text/event-stream; charset=utf-8"
+    );
+    let mut once = Stream::new(response);
+    assert_eq!(
+        once.event("the query's result").await,
+        Some((
+            "next".into(),
+            json!({ "data": { "me": { "username": "bob" } } })
+        ))
+    );
+    assert_eq!(
+        once.event("complete").await,
+        Some(("complete".into(), Value::Null))
+    );
+    assert_eq!(once.event("the end").await, None);
+
+    // A subscription: live messages as they are sent.
+    let response = get(MESSAGE_ADDED, json!({ "r": "lobby" }))
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 200);
+    let mut live = Stream::new(response);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = send(&server, &alice, "lobby", "over GET").await;
+    let data = live.next("the live message").await;
+    assert_eq!(data["data"]["messageAdded"]["id"], sent["id"], "{data}");
+    assert_eq!(data["data"]["messageAdded"]["body"], "over GET");
+}
+
+#[tokio::test]
+async fn a_stream_token_nobody_reserved_is_not_found_by_header_or_parameter() {
+    let (server, _db) = server(&Backend::Sqlite).await;
+    let alice = cli_token("alice", "user");
+    let url = server.url("/graphql/stream");
+    for token in ["0123456789abcdef0123456789abcdef", "not a token at all"] {
+        let by_header = http()
+            .get(&url)
+            .bearer_auth(&alice)
+            .header("accept", "text/event-stream")
+            .header("x-graphql-event-stream-token", token)
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(by_header.status(), 404, "{token}");
+        let body: Value = by_header.json().await.expect("JSON");
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "NOT_FOUND",
+            "{body}"
+        );
+        let by_parameter = http()
+            .get(&url)
+            .bearer_auth(&alice)
+            .header("accept", "text/event-stream")
+            .query(&[("token", token)])
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(by_parameter.status(), 404, "{token}");
+        let deleted = http()
+            .delete(&url)
+            .query(&[("token", token), ("operationId", "x")])
+            .send()
+            .await
+            .expect("DELETE");
+        assert_eq!(deleted.status(), 404, "{token}");
+    }
+    // Nothing was opened for them.
+    assert_eq!(
+        sample(
+            &metrics(&server).await,
+            "tidings_connections{transport=\"sse\"}"
+        )
+        .unwrap_or(0.0),
+        0.0
+    );
+}
+
 #[tokio::test]
 async fn a_token_expiry_or_an_admins_disconnect_ends_the_stream_with_an_error() {
     let (server, _db) = server(&Backend::Sqlite).await;

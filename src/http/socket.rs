@@ -90,7 +90,7 @@ pub struct Connections {
 type UserConnection = (u64, Transport, Outbox);
 
 /// How long a refused client is asked to wait before it tries again.
-const RETRY_AFTER_SECONDS: u64 = 5;
+pub(crate) const RETRY_AFTER_SECONDS: u64 = 5;
 
 /// Why an upgrade was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

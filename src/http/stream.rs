@@ -246,11 +246,19 @@ async fn open(
             "UNAUTHENTICATED",
             &why,
         )),
-        Err(Refused::TooMany) => Err(request_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "RATE_LIMITED",
-            "too many connections for this user",
-        )),
+        Err(Refused::TooMany) => {
+            // Refused like the other connection budgets: 429 with `Retry-After`.
+            let mut response = request_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                "too many connections for this user",
+            );
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(socket::RETRY_AFTER_SECONDS),
+            );
+            Err(response)
+        }
         Err(Refused::Internal) => Err(request_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "INTERNAL",

@@ -165,6 +165,53 @@ const send = async (token, room, body, base = BASE) =>
     )
   ).sendMessage.id;
 
+/**
+ * A client script's subscription over graphql-sse (distinct connections mode) at `base`:
+ * `next(what)` is its next `next` event's data, within `STEP_MS`; `close()` ends it.
+ */
+async function streamOf(token, query, base = BASE) {
+  const controller = new AbortController();
+  const response = await fetch(`${base}/graphql`, {
+    method: "POST",
+    headers: { "content-type": "application/json", accept: "text/event-stream", authorization: `Bearer ${token}` },
+    body: JSON.stringify({ query }),
+    signal: controller.signal,
+  });
+  assert.equal(response.status, 200, `the stream of ${query}`);
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  let pending = null;
+  return {
+    async next(what, timeout = STEP_MS) {
+      const deadline = Date.now() + timeout;
+      for (;;) {
+        const at = buffer.indexOf("\n\n");
+        if (at >= 0) {
+          const lines = buffer.slice(0, at).split("\n");
+          buffer = buffer.slice(at + 2);
+          const event = lines.find((l) => l.startsWith("event:"))?.slice(6).trim();
+          if (!event) continue; // a keep-alive comment
+          assert.equal(event, "next", `waiting for ${what}`);
+          return JSON.parse(lines.filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join(""));
+        }
+        const left = deadline - Date.now();
+        if (left <= 0) assert.fail(`not within ${timeout} ms: ${what}; the stream had ${JSON.stringify(buffer)}`);
+        pending ??= reader.read();
+        const chunk = await Promise.race([pending, sleep(left).then(() => null)]);
+        if (chunk === null) continue;
+        pending = null;
+        if (chunk.done) assert.fail(`the stream ended waiting for ${what}`);
+        buffer += chunk.value;
+      }
+    },
+    close() {
+      pending?.catch(() => {});
+      reader.cancel().catch(() => {});
+      controller.abort();
+    },
+  };
+}
+
 // --- page helpers -----------------------------------------------------------------------------
 
 const byTestId = (page, id) => page.getByTestId(id);
@@ -709,6 +756,91 @@ scenarios.admin = () => {
       async () => num((await cards(page)).find((c) => c.instance === "total"), "connections"),
       (n) => n === 2,
     );
+  });
+
+  /** Answers the console's confirmation with `button` (`confirm-yes` or `confirm-no`). */
+  async function answer(page, button) {
+    await byTestId(page, "confirm-dialog").waitFor({ timeout: STEP_MS });
+    await byTestId(page, button).click();
+    await byTestId(page, "confirm-dialog").waitFor({ state: "detached", timeout: STEP_MS });
+  }
+  /** The action log's rows as the page shows them, newest first. */
+  const logRows = (page) =>
+    page
+      .locator("[data-testid=action-log] tbody tr")
+      .evaluateAll((rows) => rows.map((r) => ({ action: r.dataset.action, target: r.dataset.target, text: r.innerText })));
+
+  pageTest("the console publishes and notifies a role and everyone once confirmed, and a cancelled action does nothing", async () => {
+    const page = pages.find((p) => p.name === "admin").page;
+    // A client script of bob's: channel events from A, its notifications from B.
+    const events = await streamOf(BOB, 'subscription { events(channels: ["public:console"]) { type data } }', BASE);
+    const notes = await streamOf(BOB, "subscription { notifications { kind title body } }", OTHER);
+    try {
+      await sleep(500); // both subscriptions started
+
+      await byTestId(page, "publish-channel").fill("public:console");
+      await byTestId(page, "publish-type").fill("announcement");
+      await byTestId(page, "publish-data").fill('{"text": "from the console"}');
+      await byTestId(page, "publish-submit").click();
+      await answer(page, "confirm-yes");
+      await eventually("the publish's result", () => byTestId(page, "action-result").innerText(), (t) => t === "Published to public:console.");
+      assert.deepEqual((await events.next("the published event")).data.events, {
+        type: "announcement",
+        data: { text: "from the console" },
+      });
+
+      await byTestId(page, "notify-audience").selectOption("role");
+      await byTestId(page, "notify-target").fill("user");
+      await byTestId(page, "notify-title").fill("For every user");
+      await byTestId(page, "notify-body").fill("by role");
+      await byTestId(page, "notify-submit").click();
+      await answer(page, "confirm-yes");
+      // alice and bob have the role `user`.
+      await eventually("the role notification's result", () => byTestId(page, "action-result").innerText(), (t) => t === "Notified 2 people.");
+      assert.deepEqual((await notes.next("the role's notification")).data.notifications, {
+        kind: "admin",
+        title: "For every user",
+        body: "by role",
+      });
+
+      // Cancelled: nothing is sent, nothing logged.
+      await byTestId(page, "notify-audience").selectOption("everyone");
+      await byTestId(page, "notify-title").fill("Never sent");
+      await byTestId(page, "notify-body").fill("");
+      await byTestId(page, "notify-submit").click();
+      await answer(page, "confirm-no");
+      await eventually("the cancellation", () => byTestId(page, "action-result").innerText(), (t) => t === "Cancelled.");
+
+      await byTestId(page, "notify-title").fill("For everyone");
+      await byTestId(page, "notify-submit").click();
+      await answer(page, "confirm-yes");
+      // alice, bob and root.
+      await eventually("the notification to everyone", () => byTestId(page, "action-result").innerText(), (t) => t === "Notified 3 people.");
+      const next = (await notes.next("the notification to everyone, with nothing before it")).data.notifications;
+      assert.equal(next.title, "For everyone", "the cancelled notification never came");
+
+      const rows = await eventually(
+        "the log lists the four actions, newest first",
+        () => logRows(page),
+        (rows) => rows.length === 4,
+      );
+      assert.deepEqual(
+        rows.map((r) => [r.action, r.target]),
+        [
+          ["notify", "everyone"],
+          ["notify", "role:user"],
+          ["publish", "public:console"],
+          ["disconnect", "alice"],
+        ],
+      );
+      assert.ok(rows.every((r) => r.text.includes("root")), JSON.stringify(rows));
+      assert.ok(rows[1].text.includes("For every user"), rows[1].text);
+      assert.ok(rows[2].text.includes("announcement"), rows[2].text);
+      assert.ok(!rows.some((r) => r.text.includes("Never sent")), JSON.stringify(rows));
+    } finally {
+      events.close();
+      notes.close();
+    }
   });
 
   pageTest("an instance that stops reporting is marked, and left out of the sum", async () => {
