@@ -272,6 +272,14 @@ async fn reactions_count_per_emoji_and_say_whether_the_viewer_reacted() {
             "<script>",
             "👨‍👩‍👧‍👦",
             "'; DROP TABLE reactions; --",
+            // Pictographs glued by joiners into a sequence nobody defined.
+            "☕\u{200D}☕\u{200D}☕",
+            // The last code point of the emoji blocks, unassigned.
+            "\u{1FAFF}",
+            // Two emoji side by side.
+            "👍❤️",
+            "☕☕",
+            "🇫🇷🇩🇪",
         ] {
             assert_eq!(
                 server
@@ -281,6 +289,37 @@ async fn reactions_count_per_emoji_and_say_whether_the_viewer_reacted() {
                 "{emoji:?}"
             );
         }
+        // One emoji of Unicode's list, skin tones, joined sequences, flags and keycaps
+        // included; typed without its presentation selector, it is the same emoji.
+        let accepted = ["👍🏽", "👩‍💻", "🏳️‍🌈", "🐻‍❄️", "🇫🇷", "1️⃣", "☕", "❤️"];
+        let m2 = id_of(&send(&server, &alice, "lobby", "more reactions").await);
+        for emoji in accepted {
+            server
+                .ok(Some(&bob), REACT, json!({ "id": m2, "e": emoji }))
+                .await;
+        }
+        let reactions = server
+            .ok(Some(&alice), REACT, json!({ "id": m2, "e": "❤" }))
+            .await["react"]["reactions"]
+            .clone();
+        let mut counted: Vec<(String, i64)> = reactions
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|r| {
+                (
+                    r["emoji"].as_str().expect("an emoji").to_owned(),
+                    r["count"].as_i64().expect("a count"),
+                )
+            })
+            .collect();
+        let mut expected: Vec<(String, i64)> =
+            accepted.iter().map(|e| ((*e).to_owned(), 1)).collect();
+        expected[7].1 = 2;
+        counted.sort();
+        expected.sort();
+        assert_eq!(counted, expected, "{}", backend.name());
+
         // Not a member of the room: FORBIDDEN. No such message: NOT_FOUND.
         assert_eq!(
             server
@@ -392,6 +431,110 @@ async fn read_receipts_move_forward_unread_counts_follow_and_the_room_hears_once
                 .err_code(Some(&alice), MARK, json!({ "r": "other", "id": elsewhere }))
                 .await,
             "FORBIDDEN"
+        );
+    }
+}
+
+#[tokio::test]
+async fn receipts_list_every_member_up_to_fifty_members_then_counts_only() {
+    const RECEIPTS: &str = "query($r: ID!) { room(id: $r) { memberCount \
+        readReceipts { user { username } messageId } readCounts { messageId readers } } }";
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let tokens: Vec<String> = (0..=50)
+            .map(|n| cli_token(&format!("m{n:02}"), "user"))
+            .collect();
+        for token in &tokens[..50] {
+            join(&server, token, "big").await;
+        }
+        let early = id_of(&send(&server, &tokens[0], "big", "early").await);
+        let late = id_of(&send(&server, &tokens[0], "big", "late").await);
+        // Members 0–24 read up to the late message, members 25–49 up to the early one.
+        for (n, token) in tokens[..50].iter().enumerate() {
+            let upto = if n < 25 { &late } else { &early };
+            server
+                .ok(Some(token), MARK, json!({ "r": "big", "id": upto }))
+                .await;
+        }
+        let room = |token: String| {
+            let server = &server;
+            async move {
+                server
+                    .ok(Some(&token), RECEIPTS, json!({ "r": "big" }))
+                    .await["room"]
+                    .clone()
+            }
+        };
+        let at_fifty = room(tokens[49].clone()).await;
+        assert_eq!(at_fifty["memberCount"], 50, "{}", backend.name());
+        let listed: Vec<(String, String)> = at_fifty["readReceipts"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|r| {
+                (
+                    r["user"]["username"].as_str().expect("a name").to_owned(),
+                    r["messageId"].as_str().expect("an id").to_owned(),
+                )
+            })
+            .collect();
+        // Most advanced first, then by user.
+        let everyone: Vec<(String, String)> = (0..50)
+            .map(|n| {
+                let upto = if n < 25 { &late } else { &early };
+                (format!("m{n:02}"), upto.clone())
+            })
+            .collect();
+        assert_eq!(
+            listed,
+            everyone,
+            "{}: every member's receipt",
+            backend.name()
+        );
+        let counts = json!([
+            { "messageId": late, "readers": 25 },
+            { "messageId": early, "readers": 25 },
+        ]);
+        assert_eq!(at_fifty["readCounts"], counts);
+
+        // A 51st member: counts only.
+        join(&server, &tokens[50], "big").await;
+        server
+            .ok(Some(&tokens[50]), MARK, json!({ "r": "big", "id": late }))
+            .await;
+        let at_fifty_one = room(tokens[0].clone()).await;
+        assert_eq!(at_fifty_one["memberCount"], 51);
+        assert_eq!(
+            at_fifty_one["readReceipts"],
+            json!([]),
+            "{}: no list beyond fifty members",
+            backend.name()
+        );
+        assert_eq!(
+            at_fifty_one["readCounts"],
+            json!([
+                { "messageId": late, "readers": 26 },
+                { "messageId": early, "readers": 25 },
+            ])
+        );
+
+        // Back to fifty: the list again, the leaver's receipt gone with them.
+        server
+            .ok(
+                Some(&tokens[0]),
+                "mutation($r: ID!) { leaveRoom(roomId: $r) }",
+                json!({ "r": "big" }),
+            )
+            .await;
+        let again = room(tokens[50].clone()).await;
+        assert_eq!(again["memberCount"], 50);
+        assert_eq!(again["readReceipts"].as_array().map(Vec::len), Some(50));
+        assert_eq!(
+            again["readCounts"],
+            json!([
+                { "messageId": late, "readers": 25 },
+                { "messageId": early, "readers": 25 },
+            ])
         );
     }
 }
@@ -768,6 +911,157 @@ async fn changes_cross_instances_and_a_redis_outage_loses_none() {
 }
 
 #[tokio::test]
+async fn receipts_marked_on_two_instances_within_a_second_reach_the_room_once_a_second() {
+    for backend in backends() {
+        let redis = TestRedis::start();
+        let (a, b, _db) = bridged_pair(&backend, &redis, &[]).await;
+        let alice = cli_token("alice", "user");
+        let bob = cli_token("bob", "user");
+        join(&a, &alice, "lobby").await;
+        join(&b, &bob, "lobby").await;
+        let early = id_of(&send(&a, &alice, "lobby", "early").await);
+        let late = id_of(&send(&a, &alice, "lobby", "late").await);
+        // Alice listens on both instances, from after those four positions.
+        let mut on_a = GqlSocket::user(&a, &alice).await;
+        on_a.subscribe("e", EVENTS, json!({ "r": "lobby", "a": "4" }))
+            .await;
+        let mut on_b = GqlSocket::user(&b, &alice).await;
+        on_b.subscribe("e", EVENTS, json!({ "r": "lobby", "a": "4" }))
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        // Bob marks the room read on A, then further on B, within the second.
+        let started = std::time::Instant::now();
+        a.ok(Some(&bob), MARK, json!({ "r": "lobby", "id": early }))
+            .await;
+        b.ok(Some(&bob), MARK, json!({ "r": "lobby", "id": late }))
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "both marks within the second ({:?})",
+            started.elapsed()
+        );
+        for ws in [&mut on_a, &mut on_b] {
+            let first = next_event(ws, "e").await;
+            assert_eq!(
+                first["__typename"],
+                "ReadReceiptMoved",
+                "{}",
+                backend.name()
+            );
+            assert_eq!(first["receipt"]["user"]["username"], "bob");
+            assert_eq!(first["receipt"]["messageId"], early.as_str());
+            assert_eq!(position(&first), 5);
+        }
+        // Nothing else until the second has passed since the first announcement.
+        let quiet = Duration::from_millis(900).saturating_sub(started.elapsed());
+        on_a.expect_silence(quiet).await;
+        on_b.expect_silence(Duration::from_millis(10)).await;
+        for ws in [&mut on_a, &mut on_b] {
+            let next = next_event(ws, "e").await;
+            assert_eq!(next["__typename"], "ReadReceiptMoved");
+            assert_eq!(
+                next["receipt"]["messageId"],
+                late.as_str(),
+                "the latest receipt"
+            );
+            assert_eq!(position(&next), 6);
+        }
+        assert!(started.elapsed() >= Duration::from_millis(900));
+        on_a.expect_silence(Duration::from_millis(1200)).await;
+        on_b.expect_silence(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_that_leaves_one_instance_resumes_every_change_on_the_other() {
+    for backend in backends() {
+        let redis = TestRedis::start();
+        let (a, b, _db) = bridged_pair(&backend, &redis, &[]).await;
+        let alice = cli_token("alice", "user");
+        let bob = cli_token("bob", "user");
+        join(&a, &alice, "lobby").await;
+        join(&b, &bob, "lobby").await;
+        let first = id_of(&send(&a, &alice, "lobby", "first").await);
+
+        let mut on_a = GqlSocket::user(&a, &bob).await;
+        on_a.subscribe("e", EVENTS, json!({ "r": "lobby", "a": "0" }))
+            .await;
+        let seen = events_until(&mut on_a, "e", 3).await;
+        let last_seen = position(seen.last().expect("events"));
+        on_a.close().await;
+
+        // While bob is away, every kind of change, on both instances.
+        let second = id_of(&send(&b, &alice, "lobby", "second").await);
+        a.ok(
+            Some(&alice),
+            EDIT,
+            json!({ "id": first, "b": "first, edited" }),
+        )
+        .await;
+        b.ok(Some(&alice), REACT, json!({ "id": second, "e": "🎉" }))
+            .await;
+        a.ok(Some(&alice), REACT, json!({ "id": first, "e": "👍" }))
+            .await;
+        b.ok(Some(&alice), MARK, json!({ "r": "lobby", "id": second }))
+            .await;
+        a.ok(Some(&alice), DELETE, json!({ "id": second })).await;
+
+        let mut on_b = GqlSocket::user(&b, &bob).await;
+        on_b.subscribe(
+            "e",
+            EVENTS,
+            json!({ "r": "lobby", "a": last_seen.to_string() }),
+        )
+        .await;
+        let resumed = events_until(&mut on_b, "e", last_seen + 6).await;
+        let kinds: Vec<_> = resumed
+            .iter()
+            .map(|e| e["__typename"].as_str().expect("a type").to_owned())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "MessagePosted",
+                "MessageEdited",
+                "ReactionsChanged",
+                "ReactionsChanged",
+                "ReadReceiptMoved",
+                "MessageDeleted"
+            ],
+            "{}",
+            backend.name()
+        );
+        let positions: Vec<i64> = resumed.iter().map(position).collect();
+        assert_eq!(
+            positions,
+            (last_seen + 1..=last_seen + 6).collect::<Vec<_>>(),
+            "no gap, no duplicate"
+        );
+        assert_eq!(resumed[0]["message"]["id"], second.as_str());
+        assert_eq!(resumed[1]["message"]["body"], "first, edited");
+        assert_eq!(resumed[2]["messageId"], second.as_str());
+        assert_eq!(resumed[3]["messageId"], first.as_str());
+        assert_eq!(resumed[4]["receipt"]["messageId"], second.as_str());
+        assert_eq!(resumed[5]["messageId"], second.as_str());
+
+        // Then live on B, changes made on A included, on the same sequence and only once.
+        a.ok(Some(&alice), UNREACT, json!({ "id": first, "e": "👍" }))
+            .await;
+        send(&a, &alice, "lobby", "third").await;
+        let live = [
+            next_event(&mut on_b, "e").await,
+            next_event(&mut on_b, "e").await,
+        ];
+        assert_eq!(live[0]["__typename"], "ReactionsChanged");
+        assert_eq!(position(&live[0]), last_seen + 7);
+        assert_eq!(live[1]["message"]["body"], "third");
+        assert_eq!(position(&live[1]), last_seen + 8);
+        on_b.expect_silence(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
 async fn search_finds_every_word_best_first_in_rooms_the_viewer_reads() {
     for backend in backends() {
         let (server, _db) = server(&backend).await;
@@ -846,6 +1140,72 @@ async fn search_finds_every_word_best_first_in_rooms_the_viewer_reads() {
             "UNAUTHENTICATED"
         );
     }
+}
+
+#[tokio::test]
+async fn search_gives_the_same_order_on_both_backends_for_simple_queries() {
+    // Each query with the bodies it finds, best first: the same list on every backend.
+    let expected: [(&str, &[&str]); 7] = [
+        (
+            // One hit each: shorter first; the same length, newest first.
+            "coffee",
+            &[
+                "coffee",
+                "milk with coffee",
+                "coffee with milk",
+                "a long slow morning with coffee and toast and jam",
+            ],
+        ),
+        // Accents are kept: café is not cafe, and upper case still folds.
+        ("café", &["café au lait"]),
+        ("CAFÉ", &["café au lait"]),
+        ("cafe", &["cafe latte"]),
+        // A version, an e-mail address and a host are their words, wherever they stand.
+        ("v1.2", &["v1 of the 2 plans", "release v1.2 is out"]),
+        ("alice@example.com", &["write to alice@example.com today"]),
+        (
+            "example.com",
+            &[
+                "see https://example.com/docs",
+                "write to alice@example.com today",
+            ],
+        ),
+    ];
+    let mut seen = Vec::new();
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let alice = register(&server, "alice").await;
+        join(&server, &alice, "lobby").await;
+        for body in [
+            "coffee",
+            "coffee with milk",
+            "milk with coffee",
+            "a long slow morning with coffee and toast and jam",
+            "café au lait",
+            "cafe latte",
+            "release v1.2 is out",
+            "v1 of the 2 plans",
+            "v1.3 is next",
+            "write to alice@example.com today",
+            "see https://example.com/docs",
+        ] {
+            send(&server, &alice, "lobby", body).await;
+        }
+        let mut found = Vec::new();
+        for (query, bodies) in expected {
+            let page = server.ok(Some(&alice), SEARCH, json!({ "q": query })).await
+                ["searchMessages"]
+                .as_array()
+                .expect("a list")
+                .iter()
+                .map(|m| m["body"].as_str().expect("a body").to_owned())
+                .collect::<Vec<_>>();
+            assert_eq!(page, bodies, "{query:?} on {}", backend.name());
+            found.push(page);
+        }
+        seen.push(found);
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
 }
 
 #[tokio::test]
@@ -953,6 +1313,246 @@ async fn legacy_sockets_get_the_changes_as_their_own_frames() {
         assert_eq!(deleted["message_id"], m.as_str());
         assert!(deleted["data"]["deleted_at"].is_string());
     }
+}
+
+/// Asserts `frame` has exactly these keys.
+fn assert_keys(frame: &Value, keys: &[&str]) {
+    let mut got: Vec<&str> = frame
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    got.sort_unstable();
+    let mut want = keys.to_vec();
+    want.sort_unstable();
+    assert_eq!(got, want, "{frame}");
+}
+
+#[tokio::test]
+async fn conversations_and_arena_sockets_get_the_changes_in_their_rooms_shape_with_a_timestamp() {
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let alice = cli_token("alice", "user");
+        let bob = cli_token("bob", "user");
+        let carol = cli_token("carol", "user");
+        join(&server, &alice, "general").await;
+        // Carol's chat app speaks conversations; bob's game client, arena (in `general`).
+        let mut conversations = LegacyClient::at(&server, &format!("/ws/auth?token={carol}")).await;
+        conversations
+            .send(json!({ "type": "join_conversation", "conversation_id": "general" }))
+            .await;
+        conversations.next_of("conversation_joined").await;
+        let mut arena = LegacyClient::at(&server, &format!("/api/ws/bob?token={bob}")).await;
+
+        let m = id_of(&send(&server, &alice, "general", "gg").await);
+        assert_eq!(
+            conversations.next_of("new_message").await["message"]["id"],
+            m.as_str(),
+            "{}",
+            backend.name()
+        );
+        assert_eq!(arena.next_of("chat").await["message"], "gg");
+
+        server
+            .ok(Some(&alice), EDIT, json!({ "id": m, "b": "gg wp" }))
+            .await;
+        for (socket, dialect) in [(&mut conversations, "conversations"), (&mut arena, "arena")] {
+            let edited = socket.next_of("message_edited").await;
+            assert_keys(
+                &edited,
+                &[
+                    "type",
+                    "room",
+                    "position",
+                    "id",
+                    "from",
+                    "username",
+                    "text",
+                    "edited_at",
+                    "timestamp",
+                ],
+            );
+            assert_eq!(edited["room"], "general", "{dialect}");
+            assert_eq!(edited["id"], m.as_str());
+            assert_eq!(edited["from"], "alice");
+            assert_eq!(edited["username"], "alice");
+            assert_eq!(edited["text"], "gg wp");
+            assert!(edited["edited_at"].is_string() && edited["timestamp"].is_string());
+        }
+
+        server
+            .ok(Some(&bob), REACT, json!({ "id": m, "e": "🎉" }))
+            .await;
+        for (socket, viewer_reacted) in [(&mut conversations, false), (&mut arena, true)] {
+            let reactions = socket.next_of("reactions").await;
+            assert_keys(
+                &reactions,
+                &[
+                    "type",
+                    "room",
+                    "position",
+                    "message_id",
+                    "reactions",
+                    "timestamp",
+                ],
+            );
+            assert_eq!(reactions["room"], "general");
+            assert_eq!(reactions["message_id"], m.as_str());
+            assert_eq!(
+                reactions["reactions"],
+                json!([{ "emoji": "🎉", "count": 1, "viewer_reacted": viewer_reacted }]),
+                "each socket sees whether its own user reacted"
+            );
+        }
+
+        server
+            .ok(Some(&alice), MARK, json!({ "r": "general", "id": m }))
+            .await;
+        for socket in [&mut conversations, &mut arena] {
+            let read = socket.next_of("read").await;
+            assert_keys(
+                &read,
+                &[
+                    "type",
+                    "room",
+                    "position",
+                    "user_id",
+                    "username",
+                    "message_id",
+                    "at",
+                    "timestamp",
+                ],
+            );
+            assert_eq!(read["room"], "general");
+            assert_eq!(read["user_id"], "alice");
+            assert_eq!(read["username"], "alice");
+            assert_eq!(read["message_id"], m.as_str());
+        }
+
+        server.ok(Some(&alice), DELETE, json!({ "id": m })).await;
+        let mut positions = Vec::new();
+        for socket in [&mut conversations, &mut arena] {
+            let deleted = socket.next_of("message_deleted").await;
+            assert_keys(
+                &deleted,
+                &[
+                    "type",
+                    "room",
+                    "position",
+                    "message_id",
+                    "deleted_at",
+                    "timestamp",
+                ],
+            );
+            assert_eq!(deleted["room"], "general");
+            assert_eq!(deleted["message_id"], m.as_str());
+            assert!(deleted["deleted_at"].is_string());
+            positions.push(deleted["position"].clone());
+        }
+        assert_eq!(
+            positions[0], positions[1],
+            "one position, whatever the dialect"
+        );
+    }
+}
+
+#[tokio::test]
+async fn legacy_sockets_take_a_reaction_back_with_unreact() {
+    for backend in backends() {
+        let (server, _db) = server(&backend).await;
+        let alice = register(&server, "alice").await;
+        join(&server, &alice, "lobby").await;
+        let m = id_of(&send(&server, &alice, "lobby", "react and take back").await);
+        let mut legacy = LegacyClient::user(&server, &alice).await;
+        legacy
+            .send(json!({ "type": "join_room", "room": "lobby" }))
+            .await;
+        legacy.next_of("joined_room").await;
+        for emoji in ["👍", "🎉"] {
+            legacy
+                .send(json!({ "type": "react", "message_id": m, "emoji": emoji }))
+                .await;
+            legacy.next_of("reactions").await;
+        }
+        legacy
+            .send(json!({ "type": "unreact", "message_id": m, "emoji": "👍" }))
+            .await;
+        let after = legacy.next_of("reactions").await;
+        assert_eq!(after["message_id"], m.as_str(), "{}", backend.name());
+        assert_eq!(
+            after["reactions"],
+            json!([{ "emoji": "🎉", "count": 1, "viewer_reacted": true }])
+        );
+        assert_eq!(after["data"]["reactions"], after["reactions"]);
+        // Taking back what is not there changes nothing and tells nobody.
+        legacy
+            .send(json!({ "type": "unreact", "message_id": m, "emoji": "👍" }))
+            .await;
+        legacy.sync().await;
+        legacy
+            .expect_none_of("reactions", Duration::from_millis(300))
+            .await;
+        let seen = server
+            .ok(
+                Some(&alice),
+                "query { messages(roomId: \"lobby\") { id reactions { emoji count } } }",
+                json!({}),
+            )
+            .await["messages"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|x| x["id"] == m.as_str())
+            .expect("the message")["reactions"]
+            .clone();
+        assert_eq!(seen, json!([{ "emoji": "🎉", "count": 1 }]));
+    }
+}
+
+#[tokio::test]
+async fn a_legacy_socket_over_its_rate_hears_rate_limited_and_stays_open() {
+    let db = TestDb::new(&Backend::Sqlite).await;
+    let server = TestServer::start(
+        &db,
+        &[
+            ("TIDINGS_RATE_REACTIONS", "1/1h"),
+            ("TIDINGS_BURST_REACTIONS", "1"),
+        ],
+    );
+    let alice = register(&server, "alice").await;
+    join(&server, &alice, "lobby").await;
+    let m = id_of(&send(&server, &alice, "lobby", "limited").await);
+    let mut legacy = LegacyClient::user(&server, &alice).await;
+    legacy
+        .send(json!({ "type": "join_room", "room": "lobby" }))
+        .await;
+    legacy.next_of("joined_room").await;
+    legacy
+        .send(json!({ "type": "react", "message_id": m, "emoji": "👍" }))
+        .await;
+    legacy.next_of("reactions").await;
+    legacy
+        .send(json!({ "type": "unreact", "message_id": m, "emoji": "👍" }))
+        .await;
+    let refused = legacy.next_of("error").await;
+    assert_eq!(refused["code"], "RATE_LIMITED", "{refused}");
+    assert!(refused["message"].is_string());
+    assert_eq!(refused["data"]["code"], "RATE_LIMITED", "mirrored in data");
+    legacy.sync().await;
+    legacy
+        .expect_none_of("reactions", Duration::from_millis(300))
+        .await;
+    // Messages have their own bucket: the socket still chats.
+    legacy
+        .send(json!({ "type": "message", "room": "lobby", "text": "still here" }))
+        .await;
+    assert_eq!(legacy.next_of("message").await["text"], "still here");
+    let text = metrics(&server).await;
+    assert_eq!(
+        sample(&text, "tidings_rate_limited_total{action=\"reaction\"}"),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]

@@ -1,8 +1,10 @@
 //! The read receipts scenario: `--members` users in one room, each subscribed to `roomEvents`
-//! over graphql-ws, each marking the room read up to its latest message once a second, while
-//! one member posts a few messages a second (so every receipt moves). The server announces a
-//! member's receipts at most once per second; the report says how many receipt events the room
-//! got per second, how many deliveries that made, the markRead latency, and the server's CPU.
+//! over graphql-ws, each marking the room read up to its latest message `--marks-per-second`
+//! times a second (default once), while one member posts a few messages a second (so receipts
+//! move). The server announces a member's receipts at most once per second, folding the ones in
+//! between into the next; the report says how many receipt events the room got per second and
+//! per member, how many receipts the server folded (`deferred`), how many deliveries that made,
+//! the markRead latency, and the server's CPU.
 //!
 //! Like 1,000 separate clients, each member sends its `markRead` on its own schedule whether or
 //! not the others (or its own previous one) have been answered: the load is offered open loop,
@@ -42,6 +44,9 @@ pub struct ReceiptsArgs {
     /// Seconds of marking read.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
+    /// `markRead` calls each member makes per second, evenly spaced.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub marks_per_second: u32,
     /// HS256 secret the server verifies tokens with.
     #[arg(
         long,
@@ -67,11 +72,14 @@ pub struct ReceiptsArgs {
 #[derive(Debug, Serialize)]
 pub struct ReceiptsReport {
     pub members: usize,
+    /// `markRead` calls each member makes per second.
+    pub marks_per_second: u32,
     /// `markRead` requests in flight at most.
     pub in_flight: usize,
     /// The marking window: from the first scheduled `markRead` to the last answer.
     pub seconds: f64,
-    /// `markRead` requests sent (each member once a second, on its own schedule).
+    /// `markRead` requests sent (each member `marks_per_second` times a second, on its own
+    /// schedule).
     pub mark_read_sent: u64,
     /// `markRead` requests answered without an error.
     pub mark_read_answered: u64,
@@ -90,6 +98,14 @@ pub struct ReceiptsReport {
     pub receipt_events_incomplete: u64,
     /// Distinct receipt events (positions) the room got, per second.
     pub receipt_events_per_second: f64,
+    /// Receipt events per member per second, over the marking and the one interval after it
+    /// in which the receipts its last second folded are announced: at most 1 when the server
+    /// announces each member's receipts at most once a second, whatever `marks_per_second`.
+    pub receipt_events_per_member_per_second: f64,
+    /// Receipts the server stored without announcing them at once, folded into the member's
+    /// next announcement (`tidings_read_receipts_total{outcome="deferred"}` over the run;
+    /// `None` when the server's `/metrics` cannot be read).
+    pub deferred: Option<u64>,
     /// Receipt events handed to subscribers, per second (events × subscribers).
     pub receipt_deliveries_per_second: f64,
     /// Every room event handed to subscribers, per second.
@@ -99,6 +115,25 @@ pub struct ReceiptsReport {
 }
 
 const EVENTS: &str = "subscription($r: ID!) { roomEvents(roomId: $r) { __typename position } }";
+
+/// The receipts the server folded so far: `tidings_read_receipts_total{outcome="deferred"}`
+/// from its `/metrics`.
+async fn deferred_receipts(client: &reqwest::Client, url: &str) -> Option<u64> {
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .error_for_status()
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix("tidings_read_receipts_total{outcome=\"deferred\"} ")?;
+        value.trim().parse::<f64>().ok().map(|v| v as u64)
+    })
+}
 
 async fn graphql(
     client: &reqwest::Client,
@@ -305,6 +340,7 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu_before = args.server_pid.and_then(proc_stats::cpu_seconds);
+    let deferred_before = deferred_receipts(&client, &args.url).await;
     let (all_before, receipts_before) = (
         tally.all.load(Ordering::Relaxed),
         tally.receipts.load(Ordering::Relaxed),
@@ -326,8 +362,11 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
     let duration = Duration::from_secs_f64(args.duration);
     let started = tokio::time::Instant::now();
     let mut markers = Vec::new();
-    // Member i marks read at offset i/members of every second, whether or not its previous
-    // `markRead` has been answered (open loop): each one is a request of its own.
+    // Member i marks read at offset i/members of every period (a second over
+    // `marks_per_second`), whether or not its previous `markRead` has been answered (open
+    // loop): each one is a request of its own.
+    let period = Duration::from_secs_f64(1.0 / f64::from(args.marks_per_second));
+    let most = (args.duration * f64::from(args.marks_per_second) - 1e-6).ceil();
     for (i, t) in tokens.iter().enumerate() {
         let (client, url, token, room) = (
             client.clone(),
@@ -336,14 +375,17 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
             args.room.clone(),
         );
         let (latest, calls) = (latest.clone(), calls.clone());
-        let offset = Duration::from_secs_f64(i as f64 / args.members as f64);
+        let offset = period.mul_f64(i as f64 / args.members as f64);
         markers.push(tokio::spawn(async move {
             let first = started + offset;
-            let mut tick = tokio::time::interval_at(first, Duration::from_secs(1));
+            let mut tick = tokio::time::interval_at(first, period);
             let mut requests = Vec::new();
             loop {
                 let due = tick.tick().await;
-                if due.duration_since(started) >= duration {
+                // Past the window, or as many marks as it holds (a period of a third of a
+                // second is rounded down to the nanosecond: without the count, nine of them
+                // end before three seconds and a tenth would go out).
+                if due.duration_since(started) >= duration || requests.len() as f64 >= most {
                     break;
                 }
                 let (client, url, token, room) =
@@ -389,7 +431,7 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
     for m in markers {
         let _ = m.await;
     }
-    // Each member's loop ends at its first tick past the window (up to a second after it), so
+    // Each member's loop ends at its first tick past the window (up to a period after it), so
     // the window is the marking's, stretched only by answers that came after it.
     let seconds =
         (calls.last_answer_us.load(Ordering::Relaxed) as f64 / 1e6).max(duration.as_secs_f64());
@@ -403,6 +445,7 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, Ordering::Relaxed);
     let _ = poster.await;
+    let deferred_after = deferred_receipts(&client, &args.url).await;
     for s in subs {
         s.abort();
     }
@@ -427,8 +470,12 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
         .lock()
         .map(|h| latency_of(&h))
         .unwrap_or_default();
+    // A member's receipts of the marking's last second are announced up to one interval
+    // after it.
+    let announcing = args.duration + 1.0;
     let report = ReceiptsReport {
         members: args.members,
+        marks_per_second: args.marks_per_second,
         in_flight,
         seconds,
         mark_read_sent: sent,
@@ -440,6 +487,12 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<ReceiptsReport> {
         receipt_events: events,
         receipt_events_incomplete: incomplete,
         receipt_events_per_second: events as f64 / seconds,
+        receipt_events_per_member_per_second: events as f64
+            / args.members.max(1) as f64
+            / announcing,
+        deferred: deferred_before
+            .zip(deferred_after)
+            .map(|(a, b)| b.saturating_sub(a)),
         receipt_deliveries_per_second: receipts_window as f64 / seconds,
         deliveries_per_second: all_window as f64 / seconds,
         server_cpu_cores: cpu_before

@@ -123,4 +123,50 @@ async fn receipts_generator_offers_every_call_and_counts_every_event() {
     assert_eq!(report.mark_read_answered, 60);
     assert!(report.receipt_events > 0, "{report:?}");
     assert_eq!(report.receipt_events_incomplete, 0, "{report:?}");
+    assert_eq!(report.marks_per_second, 1);
+    assert!(report.deferred.is_some(), "{report:?}");
+    assert!(
+        report.receipt_events_per_member_per_second <= 1.0,
+        "{report:?}"
+    );
+
+    // Three marks a second each: all offered and answered, folded by the server so that the
+    // room still hears each member at most once a second. (After the first run, in the same
+    // test: the server's counters are this process's, shared by every server it starts.)
+    let args = Receipts::parse_from([
+        "receipts",
+        "--url",
+        &url,
+        "--secret",
+        SECRET,
+        "--members",
+        "20",
+        "--duration",
+        "3",
+        "--marks-per-second",
+        "3",
+        "--room",
+        "receipts3",
+    ])
+    .args;
+    let report = tidings_bench::receipts::run(args)
+        .await
+        .expect("receipts run, three marks a second");
+    assert_eq!(report.marks_per_second, 3);
+    assert_eq!(
+        report.mark_read_sent, 180,
+        "each member three times a second"
+    );
+    assert_eq!(report.mark_read_failed, 0, "{report:?}");
+    assert_eq!(report.mark_read_answered, 180);
+    assert!(report.receipt_events > 0, "{report:?}");
+    assert_eq!(report.receipt_events_incomplete, 0, "{report:?}");
+    assert!(
+        report.receipt_events_per_member_per_second <= 1.0,
+        "each member's receipts reach the room at most once a second: {report:?}"
+    );
+    assert!(
+        report.deferred.is_some_and(|d| d > 0),
+        "marks within a second are folded: {report:?}"
+    );
 }

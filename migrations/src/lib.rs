@@ -13,6 +13,7 @@ mod m20261201_000007_message_changes;
 mod m20261201_000008_message_search;
 mod m20261202_000009_admin_actions;
 mod m20261202_000010_replay_and_receipts;
+mod m20261203_000011_search_words;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000008_message_search::Migration),
             Box::new(m20261202_000009_admin_actions::Migration),
             Box::new(m20261202_000010_replay_and_receipts::Migration),
+            Box::new(m20261203_000011_search_words::Migration),
         ]
     }
 }

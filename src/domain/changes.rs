@@ -83,11 +83,13 @@ struct Payload {
     reactions: Vec<(String, i64)>,
 }
 
-/// A single emoji: one pictograph (with its presentation selector and skin tone), a sequence of
-/// them joined by zero-width joiners, a flag (two regional indicators or a tag sequence), or a
-/// keycap; at most `MAX_EMOJI_BYTES` bytes. Text, shortcodes (`:smile:`) and several emoji are
-/// refused.
-pub fn validate_emoji(emoji: &str) -> DomainResult<&str> {
+/// A single emoji of Unicode's list (the `emojis` crate's copy of the RGI set): one pictograph,
+/// with its skin tone if it has one, a ZWJ sequence the list names (👩‍💻, 🏳️‍🌈), a flag or a
+/// keycap; at most `MAX_EMOJI_BYTES` bytes. Text, shortcodes (`:smile:`), several emoji side by
+/// side, pictographs glued by joiners into a sequence nobody defined (☕‍☕) and unassigned code
+/// points are refused. An emoji typed without its presentation selector (❤ for ❤️) is the
+/// same emoji: the answer is its fully qualified form, so both count as one reaction.
+pub fn validate_emoji(emoji: &str) -> DomainResult<&'static str> {
     let refuse = || {
         DomainError::bad_input(format!(
             "emoji must be a single emoji of at most {MAX_EMOJI_BYTES} bytes"
@@ -96,84 +98,11 @@ pub fn validate_emoji(emoji: &str) -> DomainResult<&str> {
     if emoji.is_empty() || emoji.len() > MAX_EMOJI_BYTES {
         return Err(refuse());
     }
-    let chars: Vec<char> = emoji.chars().collect();
-    let ok = is_flag(&chars) || is_keycap(&chars) || is_tag_flag(&chars) || is_zwj_sequence(&chars);
-    if ok {
-        Ok(emoji)
-    } else {
-        Err(refuse())
+    let known = emojis::get(emoji).ok_or_else(refuse)?.as_str();
+    if known.len() > MAX_EMOJI_BYTES {
+        return Err(refuse());
     }
-}
-
-fn is_regional(c: char) -> bool {
-    ('\u{1F1E6}'..='\u{1F1FF}').contains(&c)
-}
-
-fn is_modifier(c: char) -> bool {
-    ('\u{1F3FB}'..='\u{1F3FF}').contains(&c)
-}
-
-const VS16: char = '\u{FE0F}';
-const ZWJ: char = '\u{200D}';
-
-fn is_pictographic(c: char) -> bool {
-    if is_regional(c) || is_modifier(c) {
-        return false;
-    }
-    matches!(c as u32,
-        0x00A9 | 0x00AE | 0x203C | 0x2049 | 0x2122 | 0x2139 | 0x2194..=0x2199 | 0x21A9..=0x21AA
-        | 0x231A..=0x231B | 0x2328 | 0x23CF | 0x23E9..=0x23F3 | 0x23F8..=0x23FA | 0x24C2
-        | 0x25AA..=0x25AB | 0x25B6 | 0x25C0 | 0x25FB..=0x25FE | 0x2600..=0x27BF
-        | 0x2934..=0x2935 | 0x2B05..=0x2B07 | 0x2B1B..=0x2B1C | 0x2B50 | 0x2B55 | 0x3030
-        | 0x303D | 0x3297 | 0x3299 | 0x1F000..=0x1FAFF)
-}
-
-fn is_flag(chars: &[char]) -> bool {
-    matches!(chars, [a, b] if is_regional(*a) && is_regional(*b))
-}
-
-fn is_keycap(chars: &[char]) -> bool {
-    let base = |c: &char| c.is_ascii_digit() || *c == '#' || *c == '*';
-    match chars {
-        [b, '\u{20E3}'] | [b, VS16, '\u{20E3}'] => base(b),
-        _ => false,
-    }
-}
-
-fn is_tag_flag(chars: &[char]) -> bool {
-    match chars {
-        ['\u{1F3F4}', tags @ .., '\u{E007F}'] => {
-            !tags.is_empty() && tags.iter().all(|c| ('\u{E0020}'..='\u{E007E}').contains(c))
-        }
-        _ => false,
-    }
-}
-
-/// Pictographs, each with an optional VS16 and skin tone, joined by ZWJ.
-fn is_zwj_sequence(chars: &[char]) -> bool {
-    let mut rest = chars;
-    loop {
-        let [first, tail @ ..] = rest else {
-            return false;
-        };
-        if !is_pictographic(*first) {
-            return false;
-        }
-        rest = tail;
-        if let [VS16, tail @ ..] = rest {
-            rest = tail;
-        }
-        if let [m, tail @ ..] = rest {
-            if is_modifier(*m) {
-                rest = tail;
-            }
-        }
-        match rest {
-            [] => return true,
-            [ZWJ, tail @ ..] => rest = tail,
-            _ => return false,
-        }
-    }
+    Ok(known)
 }
 
 impl Domain {
@@ -995,9 +924,11 @@ mod tests {
 
     #[test]
     fn one_emoji_is_accepted_and_text_or_several_are_not() {
-        for ok in ["👍", "❤️", "👍🏽", "👩‍💻", "🇫🇷", "1️⃣", "☕"] {
-            assert!(validate_emoji(ok).is_ok(), "{ok:?} is one emoji");
+        for ok in ["👍", "❤️", "👍🏽", "👩‍💻", "🇫🇷", "1️⃣", "☕", "🏳️‍🌈", "🐻‍❄️", "👩🏽‍💻"]
+        {
+            assert_eq!(validate_emoji(ok).ok(), Some(ok), "{ok:?} is one emoji");
         }
+        assert_eq!(validate_emoji("❤").ok(), Some("❤️"), "fully qualified");
         for bad in [
             "",
             "a",
@@ -1010,6 +941,12 @@ mod tests {
             "👨‍👩‍👧‍👦👍",
             "‍",
             "👍‍",
+            "☕‍☕‍☕",
+            "\u{1FAFF}",
+            "🇿🇿",
+            "☕☕",
+            "👨‍👩‍👧",
+            "🏴󠁧󠁢󠁳󠁣󠁴󠁿",
         ] {
             assert!(validate_emoji(bad).is_err(), "{bad:?} is not one emoji");
         }

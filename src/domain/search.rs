@@ -6,6 +6,15 @@
 //! FTS5 string, or handed to `plainto_tsquery` as a bound value. Operators, quotes, column
 //! filters and any other query syntax a user types are separators, never syntax, and every
 //! word must match (AND) on both backends.
+//!
+//! Both backends give the same results in the same order for simple queries: both index the
+//! body cut into the same words, accents kept (migration `m20261203_000011_search_words`), and
+//! both rank shorter messages and more occurrences higher. bm25 divides by the length;
+//! `ts_rank` does so with normalisation 1 (by 1 + log of the length). bm25 adds up each word's
+//! score, whatever the distance between the words, so PostgreSQL ranks with the query's words
+//! joined by OR (`ts_rank` then averages their scores) while it matches with all of them;
+//! with AND it would rank by proximity. Ties: newest first, on both. What still differs: bm25
+//! weighs rare words higher (its IDF) and saturates repeated words a little more slowly.
 
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, Statement, Value,
@@ -86,8 +95,10 @@ impl Domain {
         let backend = self.db.get_database_backend();
         let (matching, rank, mut values): (&str, &str, Vec<Value>) = match backend {
             DbBackend::Postgres => (
-                "FROM messages m, plainto_tsquery('simple', $1) q WHERE m.search @@ q",
-                "ts_rank(m.search, q) DESC",
+                "FROM messages m, plainto_tsquery('simple', $1) q, \
+                 CAST(replace(q::text, '&', '|') AS tsquery) any_word \
+                 WHERE m.search @@ q",
+                "ts_rank(m.search, any_word, 1) DESC",
                 vec![terms.join(" ").into()],
             ),
             _ => (
