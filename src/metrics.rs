@@ -96,8 +96,10 @@ const RENEWAL_OUTCOMES: [&str; 3] = ["renewed", "refused", "forbidden"];
 /// over `TIDINGS_MAX_BODY_BYTES`).
 pub const GRAPHQL_REFUSED: &str = "tidings_graphql_refused_total";
 const GRAPHQL_REFUSAL_REASONS: [&str; 5] = ["batch", "cost", "page", "timeout", "body"];
-/// WebSocket upgrades refused by a connection budget, by `reason`: `server_full`
-/// (`TIDINGS_MAX_CONNECTIONS`, 503) or `address_full` (`TIDINGS_MAX_ANONYMOUS_PER_ADDRESS`, 429).
+/// Connections (WebSockets, HTTP streams) refused by a connection budget, by `reason`:
+/// `server_full` (`TIDINGS_MAX_CONNECTIONS`, 503), `address_full`
+/// (`TIDINGS_MAX_ANONYMOUS_PER_ADDRESS`, 429) or `user_full` (`TIDINGS_MAX_CONNECTIONS_PER_USER`:
+/// a socket closes with its protocol's code, a stream gets 429).
 pub const CONNECTIONS_REFUSED: &str = "tidings_connections_refused_total";
 /// Subscriptions (GraphQL operations, `/ws` channels) refused by a budget, by `budget`:
 /// `socket` (what one socket may follow) or `user` (what one user may, over all their sockets).
@@ -115,7 +117,7 @@ pub const READ_RECEIPTS: &str = "tidings_read_receipts_total";
 /// every one whose turn has come (receipts per batch = receipts / batches).
 pub const READ_RECEIPT_BATCHES: &str = "tidings_read_receipt_batches_total";
 const RECEIPT_OUTCOMES: [&str; 3] = ["announced", "deferred", "unchanged"];
-const REFUSAL_REASONS: [&str; 2] = ["server_full", "address_full"];
+const REFUSAL_REASONS: [&str; 3] = ["server_full", "address_full", "user_full"];
 const SUBSCRIPTION_BUDGETS: [&str; 2] = ["socket", "user"];
 
 /// Latency buckets, in seconds: a local delivery takes well under a millisecond, one across
@@ -522,7 +524,7 @@ pub fn graphql_refused(reason: &'static str) {
 fn describe_budgets() {
     describe_counter!(
         CONNECTIONS_REFUSED,
-        "WebSocket upgrades refused by a connection budget, by reason"
+        "Connections (WebSockets, HTTP streams) refused by a connection budget, by reason"
     );
     describe_counter!(
         SUBSCRIPTIONS_REFUSED,

@@ -631,8 +631,17 @@ async fn a_users_streams_over_the_connection_limit_are_refused_until_one_closes(
             reason: "too many connections".into()
         }
     );
-    // Nothing refused was counted as a connection.
+    // Nothing refused was counted as a connection; each of the four refusals (SSE, multipart,
+    // a reserved stream, graphql-ws) was counted as one.
     let text = metrics(&server).await;
+    assert_eq!(
+        sample(
+            &text,
+            "tidings_connections_refused_total{reason=\"user_full\"}"
+        ),
+        Some(4.0),
+        "{text}"
+    );
     for transport in ["sse", "graphql_ws"] {
         assert_eq!(
             sample(

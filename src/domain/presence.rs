@@ -205,6 +205,7 @@ impl PresenceTracker {
                 remaining
             };
             self.count(user_id, here).await;
+            crate::metrics::connection_refused("user_full");
             return Err(DomainError::TooManyConnections);
         }
         let status = PresenceStatus::chosen(&announced.status);
