@@ -482,13 +482,16 @@ for scenario in $SCENARIOS; do
       printf '%s ' "$(basename "$f" .json)"; grep -oE '"deliveries_per_second": *[0-9.]+' "$f"
     done ;;
   receipts) # 1,000 members of one room subscribed to roomEvents, each marking it read once a
-    # second (bench/src/receipts.rs): receipt events and deliveries per second, server CPU
+    # second (RECEIPTS_MARKS=N: N times a second, which the debounce folds to one receipt event
+    # per member and second; bench/src/receipts.rs): receipt events and deliveries per second,
+    # server CPU
     for backend in sqlite postgres; do
       port=$(free_port)
       if [ $backend = sqlite ]; then db=$(sqlite "rc$port"); else db=$(pgdb receipts); fi
       start_tidings "$port" "$db"
       "$BIN/tidings-bench" receipts --url "http://127.0.0.1:$port" --server-pid "$SERVER_PID" \
-        --members 1000 --duration 10 --json "$OUT/receipts-$backend-1000.json" || true
+        --members 1000 --duration 10 --marks-per-second "${RECEIPTS_MARKS:-1}" \
+        --json "$OUT/receipts-$backend-1000${RECEIPTS_MARKS:+-x$RECEIPTS_MARKS}.json" || true
       stop "$SERVER_PID"
     done ;;
   gen2) # the same targets measured by the second generator (bench/src/gen2.rs, a WebSocket
