@@ -868,6 +868,25 @@ async fn get_graphql_with_an_event_stream_accept_streams_queries_and_subscriptio
     let data = live.next("the live message").await;
     assert_eq!(data["data"]["messageAdded"]["id"], sent["id"], "{data}");
     assert_eq!(data["data"]["messageAdded"]["body"], "over GET");
+
+    // Without a query there is nothing to stream: 400, as a POST without one gets.
+    let response = http()
+        .get(server.url("/graphql"))
+        .bearer_auth(&bob)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("a JSON body");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{body}"
+    );
+    assert_eq!(
+        body["errors"][0]["message"], "the request has no query",
+        "{body}"
+    );
 }
 
 #[tokio::test]

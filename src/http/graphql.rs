@@ -60,7 +60,15 @@ async fn graphql_get(
     }
     let has_request = query.contains_key("query") || query.contains_key("extensions");
     let wants = stream::wants(&headers);
-    if !has_request && wants != Wants::EventStream {
+    if !has_request {
+        // An event stream asked for without a query has nothing to run, as a POST without one.
+        if wants == Wants::EventStream {
+            return request_error(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                "the request has no query",
+            );
+        }
         return super::ws::not_an_upgrade();
     }
     let request = match stream::request_from_params(&query) {
