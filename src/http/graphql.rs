@@ -316,10 +316,7 @@ async fn answer(
             false
         }
     };
-    let accepts_graphql_json = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains(GRAPHQL_RESPONSE_JSON));
+    let accepts_graphql_json = stream::wants_graphql_response_json(headers);
     let (content_type, status) = if accepts_graphql_json {
         // GraphQL over HTTP: a request that never executed (parse or validation error) is 400.
         let status = if request_failed {

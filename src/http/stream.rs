@@ -70,23 +70,112 @@ pub enum Wants {
     Multipart,
 }
 
-/// Reads `Accept` (absent: JSON).
+/// Reads `Accept` (absent: JSON): the client's preferred of what it accepts, by quality
+/// (`q`). A stream only when asked for by name (`*/*` is JSON), and never at `q=0`.
 pub fn wants(headers: &HeaderMap) -> Wants {
     let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
         return Wants::Json;
     };
-    let media = |m: &str| {
-        accept
-            .split(',')
-            .any(|part| part.trim().to_ascii_lowercase().starts_with(m))
+    let ranges = media_ranges(accept);
+    let q = |matches: &dyn Fn(&MediaRange) -> bool| {
+        ranges
+            .iter()
+            .filter(|r| matches(r))
+            .map(|r| r.q)
+            .fold(0.0_f32, f32::max)
     };
-    if media("text/event-stream") {
+    let sse = q(&|r| r.essence == "text/event-stream");
+    let multipart = q(&|r| r.essence == "multipart/mixed" && r.subscription_spec);
+    let json = q(&|r| {
+        matches!(
+            r.essence.as_str(),
+            "application/json" | GRAPHQL_RESPONSE_JSON | "application/*" | "*/*"
+        )
+    });
+    if sse > 0.0 && sse >= multipart && sse >= json {
         Wants::EventStream
-    } else if media("multipart/mixed") && accept.contains("subscriptionSpec") {
+    } else if multipart > 0.0 && multipart >= json {
         Wants::Multipart
     } else {
         Wants::Json
     }
+}
+
+/// Whether a JSON answer goes as `application/graphql-response+json` (GraphQL over HTTP):
+/// the client accepts it, at a quality no lower than `application/json`'s.
+pub fn wants_graphql_response_json(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let ranges = media_ranges(accept);
+    let q = |essence: &str| {
+        ranges
+            .iter()
+            .filter(|r| r.essence == essence)
+            .map(|r| r.q)
+            .fold(0.0_f32, f32::max)
+    };
+    let graphql = q(GRAPHQL_RESPONSE_JSON);
+    graphql > 0.0 && graphql >= q("application/json")
+}
+
+const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+
+/// One media range of an `Accept` header, as far as choosing an answer needs it.
+struct MediaRange {
+    /// `type/subtype`, lowercase.
+    essence: String,
+    /// Its quality, 0 to 1 (1 when absent or unreadable).
+    q: f32,
+    /// It carries `subscriptionSpec` (Apollo's multipart subscriptions).
+    subscription_spec: bool,
+}
+
+/// The media ranges of an `Accept` value (RFC 9110 §12.5.1). Written here rather than taken
+/// from a crate: the `headers` crate has no `Accept`, and this needs only the essence, `q` and
+/// one parameter's presence. Commas inside a quoted parameter (`boundary="a,b"`) are not split.
+fn media_ranges(accept: &str) -> Vec<MediaRange> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in accept.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(&accept[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&accept[start..]);
+    parts
+        .into_iter()
+        .filter_map(|part| {
+            let mut params = part.split(';');
+            let essence = params.next()?.trim().to_ascii_lowercase();
+            if essence.is_empty() {
+                return None;
+            }
+            let mut range = MediaRange {
+                essence,
+                q: 1.0,
+                subscription_spec: false,
+            };
+            for param in params {
+                let (name, value) = param.split_once('=').unwrap_or((param, ""));
+                let name = name.trim();
+                if name.eq_ignore_ascii_case("q") {
+                    range.q = value
+                        .trim()
+                        .parse::<f32>()
+                        .map_or(1.0, |q| q.clamp(0.0, 1.0));
+                } else if name.eq_ignore_ascii_case("subscriptionSpec") {
+                    range.subscription_spec = true;
+                }
+            }
+            Some(range)
+        })
+        .collect()
 }
 
 /// How one operation's results are framed on its stream: each result is `prefix`, the
@@ -1090,6 +1179,68 @@ async fn join_cohort(
                 out.push(framing.complete.clone(), None).await;
             }
             reports.send(Report::Ended(seq));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, value.parse().expect("a header value"));
+        headers
+    }
+
+    #[test]
+    fn the_answer_is_the_clients_preferred_by_quality() {
+        let cases = [
+            ("text/event-stream", Wants::EventStream),
+            ("application/json, text/event-stream", Wants::EventStream),
+            ("text/event-stream;q=0, application/json", Wants::Json),
+            ("text/event-stream;q=0.5, application/json", Wants::Json),
+            ("text/event-stream;;q=x", Wants::EventStream),
+            (
+                "multipart/mixed;boundary=\"graphql\";subscriptionSpec=\"1.0\",application/json;q=0.9",
+                Wants::Multipart,
+            ),
+            ("multipart/mixed;boundary=\"a,b\";subscriptionSpec=1.0", Wants::Multipart),
+            ("multipart/mixed", Wants::Json),
+            ("multipart/mixed;subscriptionSpec=1.0;q=0, */*", Wants::Json),
+            ("*/*", Wants::Json),
+            ("*/", Wants::Json),
+            ("", Wants::Json),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(wants(&accept(value)), expected, "{value}");
+        }
+        assert_eq!(wants(&HeaderMap::new()), Wants::Json);
+    }
+
+    #[test]
+    fn graphql_response_json_only_when_not_below_application_json() {
+        let cases = [
+            ("application/graphql-response+json", true),
+            ("application/graphql-response+json, application/json", true),
+            (
+                "application/json;q=0.9, application/graphql-response+json",
+                true,
+            ),
+            (
+                "application/graphql-response+json;q=0.5, application/json",
+                false,
+            ),
+            ("application/graphql-response+json;q=0, */*", false),
+            ("application/json", false),
+            ("*/*", false),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(
+                wants_graphql_response_json(&accept(value)),
+                expected,
+                "{value}"
+            );
         }
     }
 }
