@@ -1325,37 +1325,29 @@ struct Opened<P: Protocol> {
 
 /// One connection, from its upgrade to its close.
 ///
-/// Its arguments come boxed: an async fn keeps room for its arguments in its future for as
-/// long as it runs, and these are moved out at once (the stream into `read_loop`'s future,
-/// the rest into the link), so unboxed they would stay in every connection's task unused.
+/// Every open connection is this future, so what it keeps across its awaits is what an idle
+/// connection costs (PERFORMANCE.md, "Memory of an idle subscription"); its shape follows from
+/// that. Its start comes boxed and is unpacked by a plain function (`start`), so neither the
+/// box nor the moved-out parts stay in the future; the opened protocol is bound inside a block
+/// of its own, so the result it came in does not stay beside it; and the reader is lent to
+/// `read_loop`, not moved into it (an async fn's argument is kept twice: as passed and as
+/// bound).
 async fn serve<P: Protocol>(opened: Box<Opened<P>>) {
-    // Moved out of its box by a function of its own, which frees the box on return: moved out
-    // here, the emptied box would stay allocated until `serve` ends.
-    let Opened {
-        stream,
-        sink,
-        state,
-        opening,
-        admission,
-    } = unbox(opened);
-    let ticket = state.connections.open(P::TRANSPORT);
-    let (writer, out) = SocketWriter::start(
-        sink,
-        state.config.ws_queue,
-        state.config.slow_consumer_timeout,
-        P::TRANSPORT,
-    );
-    let mut link = Link::new(state, &ticket, out, admission);
-    // Boxed: opening runs once, and its future need not stay part of every connection.
-    let end = match Box::pin(P::open(&mut link, opening)).await {
-        Ok(mut protocol) => {
-            let end = read_loop(&mut protocol, &mut link, stream).await;
-            // What the protocol runs stops before the connection is counted out.
-            drop(protocol);
-            end
-        }
-        Err(end) => end,
+    let (ticket, writer, mut link, mut stream, opening) = start(opened);
+    let end = 'run: {
+        let mut protocol = {
+            // Boxed: opening runs once, and its future need not stay part of every connection.
+            let opened = Box::pin(P::open(&mut link, opening)).await;
+            match opened {
+                Ok(protocol) => protocol,
+                Err(end) => break 'run end,
+            }
+        };
+        // What the protocol runs stops (with `protocol`, at the block's end) before the
+        // connection is counted out.
+        read_loop(&mut protocol, &mut link, &mut stream).await
     };
+    drop(stream);
     let domain = link.state.domain.clone();
     drop(link);
     match &end {
@@ -1369,33 +1361,69 @@ async fn serve<P: Protocol>(opened: Box<Opened<P>>) {
     drop(ticket);
 }
 
-// Boxed on purpose: the box is what this frees.
-#[allow(clippy::boxed_local)]
-fn unbox<T>(boxed: Box<T>) -> T {
-    *boxed
+/// A connection's parts, from its boxed start (which this frees as it returns).
+#[allow(clippy::boxed_local, clippy::type_complexity)]
+fn start<P: Protocol>(
+    opened: Box<Opened<P>>,
+) -> (ConnectionTicket, SocketWriter, Link, Reader, P::Opening) {
+    let Opened {
+        stream,
+        sink,
+        state,
+        opening,
+        admission,
+    } = *opened;
+    let ticket = state.connections.open(P::TRANSPORT);
+    let (writer, out) = SocketWriter::start(
+        sink,
+        state.config.ws_queue,
+        state.config.slow_consumer_timeout,
+        P::TRANSPORT,
+    );
+    let link = Link::new(state, &ticket, out, admission);
+    (ticket, writer, link, stream, opening)
+}
+
+/// What woke a connection's reader.
+enum Wake {
+    Read(Option<Result<Incoming, ReadError>>),
+    Timer,
+    Shutdown,
+    Attention(End),
+    Background,
+    /// Boxed: renewals are rare, and a `Viewer` would make every wake-up as large.
+    Renewed(Box<Viewer>),
 }
 
 /// Reads frames and hands them to the protocol, and keeps the connection's deadlines, until
 /// the connection ends.
-async fn read_loop<P: Protocol>(protocol: &mut P, link: &mut Link, mut stream: Reader) -> End {
-    let config = link.state.config.clone();
-    let now = Instant::now();
-    let mut last_heard = now;
+///
+/// It waits on everything at once, and only then handles what woke it: what the wait holds
+/// (the waiting futures and the `select!`'s own state) is then never kept while a handler
+/// awaits, so an idle connection holds the larger of the two, not both.
+async fn read_loop<P: Protocol>(protocol: &mut P, link: &mut Link, stream: &mut Reader) -> End {
+    let mut last_heard = Instant::now();
     let mut deadlines = Deadlines {
-        ping: now + config.ws_ping_interval,
+        ping: last_heard + link.state.config.ws_ping_interval,
         init: (link.viewer.is_none() && P::CLOSES.init_timeout.is_some())
-            .then(|| now + config.ws_init_timeout),
+            .then(|| last_heard + link.state.config.ws_init_timeout),
         expires: None,
         warn: None,
     };
-    deadlines.token(link.viewer.as_ref(), config.token_warning);
+    deadlines.token(link.viewer.as_ref(), link.state.config.token_warning);
     let timer = tokio::time::sleep_until(deadlines.next());
     tokio::pin!(timer);
-    let shutdown = link.state.shutdown.clone();
-    let out = link.out.clone();
     loop {
-        tokio::select! {
-            frame = stream.next() => {
+        let wake = tokio::select! {
+            frame = stream.next() => Wake::Read(frame),
+            () = &mut timer => Wake::Timer,
+            _ = link.state.shutdown.cancelled() => Wake::Shutdown,
+            end = link.out.attention(P::CLOSES.unauthorised.0) => Wake::Attention(end),
+            () = protocol.background() => Wake::Background,
+            viewer = link.renewals.changed() => Wake::Renewed(Box::new(viewer)),
+        };
+        match wake {
+            Wake::Read(frame) => {
                 last_heard = Instant::now();
                 // A renewal that came first applies to this frame.
                 if let Some(viewer) = link.renewals.take() {
@@ -1405,15 +1433,13 @@ async fn read_loop<P: Protocol>(protocol: &mut P, link: &mut Link, mut stream: R
                     None => Some(End::Gone),
                     // Boxed: the handlers' database calls make large futures, which would
                     // otherwise stay part of every idle connection's read loop.
-                    Some(Ok(Incoming::Text(text))) => {
-                        Box::pin(protocol.on_text(link, &text)).await
-                    }
+                    Some(Ok(Incoming::Text(text))) => Box::pin(protocol.on_text(link, &text)).await,
                     Some(Ok(Incoming::Binary(bytes))) => match std::str::from_utf8(&bytes) {
                         Ok(text) => Box::pin(protocol.on_text(link, text)).await,
                         Err(_) => Some(End::Close(P::NOT_TEXT.0, P::NOT_TEXT.1.into())),
                     },
                     Some(Ok(Incoming::Ping(data))) => {
-                        out.offer(Frame::Pong(data));
+                        link.out.offer(Frame::Pong(data));
                         None
                     }
                     Some(Ok(Incoming::Pong)) => None,
@@ -1428,10 +1454,10 @@ async fn read_loop<P: Protocol>(protocol: &mut P, link: &mut Link, mut stream: R
                 }
                 if deadlines.init.is_some() && link.viewer.is_some() {
                     deadlines.init = None;
-                    deadlines.token(link.viewer.as_ref(), config.token_warning);
+                    deadlines.token(link.viewer.as_ref(), link.state.config.token_warning);
                 }
             }
-            () = &mut timer => {
+            Wake::Timer => {
                 let now = Instant::now();
                 if let (Some(at), Some((code, reason))) = (deadlines.init, P::CLOSES.init_timeout) {
                     if at <= now {
@@ -1449,25 +1475,21 @@ async fn read_loop<P: Protocol>(protocol: &mut P, link: &mut Link, mut stream: R
                     }
                 }
                 if deadlines.ping <= now {
-                    deadlines.ping = now + config.ws_ping_interval;
-                    if last_heard.elapsed() > config.ws_idle_timeout {
+                    deadlines.ping = now + link.state.config.ws_ping_interval;
+                    if last_heard.elapsed() > link.state.config.ws_idle_timeout {
                         return End::Close(1001, "ping timeout".into());
                     }
                     if let Some(keepalive) = protocol.keepalive(link) {
-                        out.offer(Frame::text(keepalive));
+                        link.out.offer(Frame::text(keepalive));
                     }
                     // A WebSocket ping too: browsers answer it without any code of ours.
-                    out.offer(Frame::Ping);
+                    link.out.offer(Frame::Ping);
                 }
             }
-            _ = shutdown.cancelled() => {
-                return End::Close(1001, "server shutting down".into());
-            }
-            end = out.attention(P::CLOSES.unauthorised.0) => return end,
-            () = protocol.background() => {}
-            viewer = link.renewals.changed() => {
-                renewed(protocol, link, viewer, &mut deadlines).await;
-            }
+            Wake::Shutdown => return End::Close(1001, "server shutting down".into()),
+            Wake::Attention(end) => return end,
+            Wake::Background => {}
+            Wake::Renewed(viewer) => renewed(protocol, link, *viewer, &mut deadlines).await,
         }
         deadlines.arm(timer.as_mut());
     }
