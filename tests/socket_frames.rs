@@ -1,7 +1,8 @@
 //! The server's WebSocket frames on the wire (RFC 6455), read byte by byte by a client of
 //! our own: fan-out writes each member's `next` as one final text frame of its own id around
 //! the payload every member of the cohort shares, whole even when a member leaves while an
-//! event is on its way; pings are answered with pongs and a client's close is echoed.
+//! event is on its way; pings are answered with pongs and a client's close is echoed; a
+//! client's message sent in fragments is read whole, and a broken frame closes with 1002.
 
 mod common;
 
@@ -28,10 +29,15 @@ struct RawSocket {
     tcp: TcpStream,
 }
 
-/// A masked client frame.
+/// A masked client frame, final.
 fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    client_frame_head(0x80 | opcode, payload)
+}
+
+/// A masked client frame whose first byte (FIN, reserved bits, opcode) is `first`.
+fn client_frame_head(first: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0x12u8, 0x34, 0x56, 0x78];
-    let mut frame = vec![0x80 | opcode];
+    let mut frame = vec![first];
     match payload.len() {
         n @ 0..=125 => frame.push(0x80 | n as u8),
         n => {
@@ -324,4 +330,69 @@ async fn frames_sent_with_the_upgrade_request_are_read_as_the_first_ones() {
     send(&server, &tokens[0], "eager", "after the takeover").await;
     let text = socket.text().await;
     assert!(text.contains("after the takeover"), "{text}");
+}
+
+/// A client may send a message in fragments (RFC 6455 §5.4), with control frames between
+/// them: the server reads the message whole. A frame that breaks the protocol closes with 1002.
+#[tokio::test]
+async fn a_fragmented_client_message_is_read_whole_and_a_broken_frame_closes_with_1002() {
+    let (server, _db, tokens) = server_with(&["hana"], "pieces").await;
+    let mut socket = RawSocket::user(&server, &tokens[0]).await;
+    let ping = json!({ "type": "ping", "payload": { "text": "in three pieces" } }).to_string();
+    let bytes = ping.as_bytes();
+    let mut fragments = client_frame_head(0x01, &bytes[..5]);
+    fragments.extend(client_frame(0x9, b"between"));
+    fragments.extend(client_frame_head(0x00, &bytes[5..20]));
+    fragments.extend(client_frame_head(0x80, &bytes[20..]));
+    socket.tcp.write_all(&fragments).await.expect("send");
+    let mut pong = None;
+    let mut control = None;
+    while pong.is_none() || control.is_none() {
+        let frame = socket.frame().await;
+        match frame.opcode {
+            0xA => control = Some(frame.payload),
+            0x1 => pong = Some(serde_json::from_slice::<Value>(&frame.payload).expect("JSON")),
+            _ => {}
+        }
+    }
+    assert_eq!(control.as_deref(), Some(&b"between"[..]));
+    assert_eq!(
+        pong,
+        Some(json!({ "type": "pong", "payload": { "text": "in three pieces" } }))
+    );
+
+    // A continuation with no message begun.
+    socket
+        .tcp
+        .write_all(&client_frame_head(0x80, b"orphan"))
+        .await
+        .expect("send");
+    let close = loop {
+        let frame = socket.frame().await;
+        if frame.opcode == 0x8 {
+            break frame;
+        }
+    };
+    assert_eq!(
+        u16::from_be_bytes([close.payload[0], close.payload[1]]),
+        1002
+    );
+
+    // An unmasked frame.
+    let mut socket = RawSocket::user(&server, &tokens[0]).await;
+    socket
+        .tcp
+        .write_all(&[0x81, 0x02, b'h', b'i'])
+        .await
+        .expect("send");
+    let close = loop {
+        let frame = socket.frame().await;
+        if frame.opcode == 0x8 {
+            break frame;
+        }
+    };
+    assert_eq!(
+        u16::from_be_bytes([close.payload[0], close.payload[1]]),
+        1002
+    );
 }
