@@ -36,6 +36,19 @@ async fn next_event(ws: &mut GqlSocket, id: &str) -> Value {
     ws.data(id).await["roomEvents"].clone()
 }
 
+/// The resumed events are exactly `kinds`, in order, numbered on from `last_seen` with no gap
+/// and no duplicate.
+fn assert_resumed(resumed: &[Value], last_seen: i64, kinds: &[&str], backend: Backend) {
+    let got: Vec<&str> = resumed
+        .iter()
+        .map(|e| e["__typename"].as_str().expect("a type"))
+        .collect();
+    assert_eq!(got, kinds, "{}", backend.name());
+    let positions: Vec<i64> = resumed.iter().map(position).collect();
+    let expected: Vec<i64> = (1..=kinds.len() as i64).map(|k| last_seen + k).collect();
+    assert_eq!(positions, expected, "no gap, no duplicate");
+}
+
 fn position(event: &Value) -> i64 {
     event["position"]
         .as_str()
@@ -662,27 +675,17 @@ async fn a_resume_after_a_disconnect_gets_every_kind_of_change_in_order_once() {
         )
         .await;
         let resumed = events_until(&mut ws, "e", last_seen + 5).await;
-        let kinds: Vec<_> = resumed
-            .iter()
-            .map(|e| e["__typename"].as_str().expect("a type").to_owned())
-            .collect();
-        assert_eq!(
-            kinds,
-            [
+        assert_resumed(
+            &resumed,
+            last_seen,
+            &[
                 "MessagePosted",
                 "MessageEdited",
                 "ReactionsChanged",
                 "ReadReceiptMoved",
-                "MessageDeleted"
+                "MessageDeleted",
             ],
-            "{}",
-            backend.name()
-        );
-        let positions: Vec<i64> = resumed.iter().map(position).collect();
-        assert_eq!(
-            positions,
-            (last_seen + 1..=last_seen + 5).collect::<Vec<_>>(),
-            "no gap, no duplicate"
+            backend,
         );
         assert_eq!(resumed[1]["message"]["body"], "first, edited");
         assert_eq!(
@@ -1015,28 +1018,18 @@ async fn a_subscriber_that_leaves_one_instance_resumes_every_change_on_the_other
         )
         .await;
         let resumed = events_until(&mut on_b, "e", last_seen + 6).await;
-        let kinds: Vec<_> = resumed
-            .iter()
-            .map(|e| e["__typename"].as_str().expect("a type").to_owned())
-            .collect();
-        assert_eq!(
-            kinds,
-            [
+        assert_resumed(
+            &resumed,
+            last_seen,
+            &[
                 "MessagePosted",
                 "MessageEdited",
                 "ReactionsChanged",
                 "ReactionsChanged",
                 "ReadReceiptMoved",
-                "MessageDeleted"
+                "MessageDeleted",
             ],
-            "{}",
-            backend.name()
-        );
-        let positions: Vec<i64> = resumed.iter().map(position).collect();
-        assert_eq!(
-            positions,
-            (last_seen + 1..=last_seen + 6).collect::<Vec<_>>(),
-            "no gap, no duplicate"
+            backend,
         );
         assert_eq!(resumed[0]["message"]["id"], second.as_str());
         assert_eq!(resumed[1]["message"]["body"], "first, edited");

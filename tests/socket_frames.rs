@@ -135,6 +135,16 @@ impl RawSocket {
         }
     }
 
+    /// The code of the close the server sends, past any other frames.
+    async fn close_code(&mut self) -> u16 {
+        loop {
+            let frame = self.frame().await;
+            if frame.opcode == 0x8 {
+                return u16::from_be_bytes([frame.payload[0], frame.payload[1]]);
+            }
+        }
+    }
+
     async fn json(&mut self) -> Value {
         let text = self.text().await;
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
@@ -367,16 +377,7 @@ async fn a_fragmented_client_message_is_read_whole_and_a_broken_frame_closes_wit
         .write_all(&client_frame_head(0x80, b"orphan"))
         .await
         .expect("send");
-    let close = loop {
-        let frame = socket.frame().await;
-        if frame.opcode == 0x8 {
-            break frame;
-        }
-    };
-    assert_eq!(
-        u16::from_be_bytes([close.payload[0], close.payload[1]]),
-        1002
-    );
+    assert_eq!(socket.close_code().await, 1002);
 
     // An unmasked frame.
     let mut socket = RawSocket::user(&server, &tokens[0]).await;
@@ -385,14 +386,5 @@ async fn a_fragmented_client_message_is_read_whole_and_a_broken_frame_closes_wit
         .write_all(&[0x81, 0x02, b'h', b'i'])
         .await
         .expect("send");
-    let close = loop {
-        let frame = socket.frame().await;
-        if frame.opcode == 0x8 {
-            break frame;
-        }
-    };
-    assert_eq!(
-        u16::from_be_bytes([close.payload[0], close.payload[1]]),
-        1002
-    );
+    assert_eq!(socket.close_code().await, 1002);
 }
