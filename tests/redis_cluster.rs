@@ -15,14 +15,36 @@ use serde_json::json;
 
 const MESSAGES: &str = "subscription($r: ID!) { messageAdded(roomId: $r) { id body } }";
 
-/// A port that is free, and whose cluster bus port (+10000) is free too.
+/// A port that is free, and whose cluster bus port (+10000) is free too, both below the
+/// system's ephemeral range when it leaves room: the instances' outgoing connections (which
+/// retry while a node is down) take their local ports from that range, and one that took a
+/// node's port or bus port before the node started would keep the node from starting.
 fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let bindable = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    if ephemeral_low >= 21_000 {
+        // Ports in 10,000..(low - 10,000), tried from a place of this process's own, spread
+        // between the calls of its tests.
+        let span = u64::from(ephemeral_low - 20_000);
+        let start = u64::from(std::process::id()) * 7_919;
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let port = 10_000 + ((start + n * 613) % span) as u16;
+            if bindable(port) && bindable(port + 10_000) {
+                return port;
+            }
+        }
+    }
     loop {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
-        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+        if port < 55_000 && bindable(port + 10_000) {
             return port;
         }
     }
