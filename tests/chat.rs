@@ -1308,20 +1308,6 @@ async fn legacy_sockets_get_the_changes_as_their_own_frames() {
     }
 }
 
-/// Asserts `frame` has exactly these keys.
-fn assert_keys(frame: &Value, keys: &[&str]) {
-    let mut got: Vec<&str> = frame
-        .as_object()
-        .expect("an object")
-        .keys()
-        .map(String::as_str)
-        .collect();
-    got.sort_unstable();
-    let mut want = keys.to_vec();
-    want.sort_unstable();
-    assert_eq!(got, want, "{frame}");
-}
-
 #[tokio::test]
 async fn conversations_and_arena_sockets_get_the_changes_in_their_rooms_shape_with_a_timestamp() {
     for backend in backends() {
@@ -1352,7 +1338,7 @@ async fn conversations_and_arena_sockets_get_the_changes_in_their_rooms_shape_wi
             .await;
         for (socket, dialect) in [(&mut conversations, "conversations"), (&mut arena, "arena")] {
             let edited = socket.next_of("message_edited").await;
-            assert_keys(
+            assert_exact_keys(
                 &edited,
                 &[
                     "type",
@@ -1379,7 +1365,7 @@ async fn conversations_and_arena_sockets_get_the_changes_in_their_rooms_shape_wi
             .await;
         for (socket, viewer_reacted) in [(&mut conversations, false), (&mut arena, true)] {
             let reactions = socket.next_of("reactions").await;
-            assert_keys(
+            assert_exact_keys(
                 &reactions,
                 &[
                     "type",
@@ -1404,7 +1390,7 @@ async fn conversations_and_arena_sockets_get_the_changes_in_their_rooms_shape_wi
             .await;
         for socket in [&mut conversations, &mut arena] {
             let read = socket.next_of("read").await;
-            assert_keys(
+            assert_exact_keys(
                 &read,
                 &[
                     "type",
@@ -1427,7 +1413,7 @@ async fn conversations_and_arena_sockets_get_the_changes_in_their_rooms_shape_wi
         let mut positions = Vec::new();
         for socket in [&mut conversations, &mut arena] {
             let deleted = socket.next_of("message_deleted").await;
-            assert_keys(
+            assert_exact_keys(
                 &deleted,
                 &[
                     "type",

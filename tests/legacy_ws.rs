@@ -710,16 +710,7 @@ async fn an_admin_notification_reaches_the_user_with_its_title_as_the_message() 
 
 /// Asserts `frame` has exactly these keys and a parseable `timestamp`.
 fn assert_keys(frame: &Value, keys: &[&str]) {
-    let mut got: Vec<&str> = frame
-        .as_object()
-        .expect("object")
-        .keys()
-        .map(String::as_str)
-        .collect();
-    got.sort_unstable();
-    let mut want = keys.to_vec();
-    want.sort_unstable();
-    assert_eq!(got, want, "{frame}");
+    assert_exact_keys(frame, keys);
     if keys.contains(&"timestamp") {
         assert!(
             frame["timestamp"]

@@ -1121,3 +1121,17 @@ impl Stream {
         }
     }
 }
+
+/// Asserts `frame` is an object with exactly these keys.
+pub fn assert_exact_keys(frame: &serde_json::Value, keys: &[&str]) {
+    let mut got: Vec<&str> = frame
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    got.sort_unstable();
+    let mut want = keys.to_vec();
+    want.sort_unstable();
+    assert_eq!(got, want, "{frame}");
+}
