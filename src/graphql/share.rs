@@ -2,7 +2,12 @@
 //! (the domain says whether its output is shared), and how a shared execution's response stream
 //! marks the point where one member's stream ends.
 
-use async_graphql::parser::types::{DocumentOperations, OperationType, Selection, SelectionSet};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+
+use async_graphql::parser::types::{
+    DocumentOperations, ExecutableDocument, OperationType, Selection, SelectionSet,
+};
 use async_graphql::{ErrorExtensions, Name, Request, Response, Value as GqlValue};
 
 use crate::auth::Grant;
@@ -23,7 +28,7 @@ pub struct Shared {
 /// Whether `request` is a subscription to a feed whose output the domain shares: a single
 /// root field without directives, arguments known (from variables or literals).
 pub fn shared(request: &Request) -> Option<Shared> {
-    let doc = async_graphql::parser::parse_query(&request.query).ok()?;
+    let doc = parsed(&request.query)?;
     let operation = match (&doc.operations, &request.operation_name) {
         (DocumentOperations::Single(op), _) => op,
         (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name.as_str())?,
@@ -117,6 +122,52 @@ pub fn shared(request: &Request) -> Option<Shared> {
     }
 }
 
+/// Documents kept parsed at most, and the longest text kept (bytes).
+const PARSED_DOCUMENTS: usize = 64;
+const PARSED_DOCUMENT_BYTES: usize = 4096;
+
+/// `query` parsed, from the documents parsed before when it is one of them (`Parsed`).
+fn parsed(query: &str) -> Option<Arc<ExecutableDocument>> {
+    static PARSED: LazyLock<Parsed> = LazyLock::new(Parsed::default);
+    PARSED.get(query)
+}
+
+/// Subscription documents kept parsed, by their text. An application's clients subscribe with
+/// a few documents, each thousands of times in a connect storm, and parsing one was about a
+/// twentieth of a connect's CPU. Bounded: at most `PARSED_DOCUMENTS` documents of at most
+/// `PARSED_DOCUMENT_BYTES` each (longer ones are parsed every time), and the lot is dropped
+/// when a new one finds it full, so a client sending ever new documents churns it without
+/// growing it. A document that does not parse is not kept: its request is not shared, and
+/// async-graphql answers it with its own parse error.
+#[derive(Default)]
+struct Parsed(Mutex<HashMap<Box<str>, Arc<ExecutableDocument>>>);
+
+impl Parsed {
+    fn get(&self, query: &str) -> Option<Arc<ExecutableDocument>> {
+        let lock = || self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let keep = query.len() <= PARSED_DOCUMENT_BYTES;
+        if keep {
+            if let Some(doc) = lock().get(query) {
+                return Some(doc.clone());
+            }
+        }
+        let doc = Arc::new(async_graphql::parser::parse_query(query).ok()?);
+        if keep {
+            let mut parsed = lock();
+            if parsed.len() >= PARSED_DOCUMENTS {
+                parsed.clear();
+            }
+            parsed.insert(query.into(), doc.clone());
+        }
+        Some(doc)
+    }
+
+    #[cfg(test)]
+    fn kept(&self) -> usize {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}
+
 /// The field of a reaction that differs per viewer.
 pub const VIEWER_REACTED: &str = "viewerReacted";
 
@@ -156,4 +207,66 @@ pub fn take_departure(response: &mut Response) -> Option<String> {
         }
     }
     departed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(channels: &[&str]) -> Request {
+        let query = "subscription($c: [String!]) { events(channels: $c) { channel payload } }";
+        Request::new(query).variables(async_graphql::Variables::from_json(
+            serde_json::json!({ "c": channels }),
+        ))
+    }
+
+    #[test]
+    fn a_document_is_parsed_once() {
+        let parsed = Parsed::default();
+        let first = parsed
+            .get("subscription { events { channel } }")
+            .expect("parses");
+        let again = parsed
+            .get("subscription { events { channel } }")
+            .expect("parses");
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the second request reuses the parse"
+        );
+        assert_eq!(parsed.kept(), 1);
+    }
+
+    #[test]
+    fn requests_with_one_document_read_their_own_variables() {
+        let a = shared(&events(&["a"])).expect("shared");
+        let b = shared(&events(&["b"])).expect("shared");
+        assert_eq!(a.field, "events");
+        assert_eq!(a.grant, Grant::Channels(vec!["a".to_owned()]));
+        assert_eq!(b.grant, Grant::Channels(vec!["b".to_owned()]));
+    }
+
+    #[test]
+    fn the_parsed_documents_stay_within_their_budget() {
+        let parsed = Parsed::default();
+        for n in 0..PARSED_DOCUMENTS * 3 {
+            let query = format!("subscription Budget{n} {{ events {{ channel }} }}");
+            assert!(parsed.get(&query).is_some());
+            assert!(parsed.kept() <= PARSED_DOCUMENTS, "{} kept", parsed.kept());
+        }
+        assert_eq!(
+            parsed.kept(),
+            PARSED_DOCUMENTS,
+            "full, then started over, then full"
+        );
+        let long = format!(
+            "subscription {{ events {{ channel }} }} # {}",
+            "x".repeat(PARSED_DOCUMENT_BYTES)
+        );
+        let first = parsed.get(&long).expect("parses");
+        let again = parsed.get(&long).expect("parses");
+        assert!(!Arc::ptr_eq(&first, &again), "a long document is not kept");
+        let before = parsed.kept();
+        assert!(parsed.get("subscription { events { ").is_none());
+        assert_eq!(parsed.kept(), before, "what does not parse is not kept");
+    }
 }

@@ -33,7 +33,8 @@
 //! (`Outbox::offer`: acks, pongs, keep-alives) that do not fit are dropped, as the peer is not
 //! reading.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -284,26 +285,40 @@ impl Connections {
     /// The signed-in sockets here, deepest queue first (at most `max`), and how many there
     /// are in all: the operator console's figures, read once a second.
     pub fn socket_loads(&self, max: usize) -> (Vec<SocketLoad>, u64) {
-        let mut loads: Vec<SocketLoad> = Vec::new();
-        {
-            let users = self.lock_users();
-            for (user_id, connections) in users.iter() {
-                for (_, transport, outbox) in connections {
-                    loads.push(SocketLoad {
-                        user_id: user_id.clone(),
-                        transport: transport.label().to_owned(),
-                        queued: outbox.0.lock().frames.len() as u64,
-                    });
+        // The deepest `max` only, kept in a heap whose top is the shallowest of them (then the
+        // last by user id): with tens of thousands of sockets, nothing is allocated or sorted
+        // for those not reported, and the registry's lock is held for one pass.
+        let mut deepest: BinaryHeap<(Reverse<u64>, &str, &'static str)> = BinaryHeap::new();
+        let mut all = 0u64;
+        let users = self.lock_users();
+        for (user_id, connections) in users.iter() {
+            for (_, transport, outbox) in connections {
+                all += 1;
+                if max == 0 {
+                    continue;
+                }
+                let entry = (
+                    Reverse(outbox.0.lock().frames.len() as u64),
+                    user_id.as_str(),
+                    transport.label(),
+                );
+                if deepest.len() < max {
+                    deepest.push(entry);
+                } else if deepest.peek().is_some_and(|top| entry < *top) {
+                    deepest.pop();
+                    deepest.push(entry);
                 }
             }
         }
-        let all = loads.len() as u64;
-        loads.sort_by(|a, b| {
-            b.queued
-                .cmp(&a.queued)
-                .then_with(|| a.user_id.cmp(&b.user_id))
-        });
-        loads.truncate(max);
+        let loads = deepest
+            .into_sorted_vec()
+            .into_iter()
+            .map(|(Reverse(queued), user_id, transport)| SocketLoad {
+                user_id: user_id.to_owned(),
+                transport: transport.to_owned(),
+                queued,
+            })
+            .collect();
         (loads, all)
     }
 
@@ -1514,6 +1529,54 @@ mod tests {
 
     fn ip(s: &str) -> Option<IpAddr> {
         Some(s.parse().expect("an address"))
+    }
+
+    #[test]
+    fn socket_loads_report_the_deepest_queues_first_within_the_cap() {
+        let connections = Arc::new(Connections::default());
+        let style = BodyStyle {
+            keepalive: "",
+            epilogue: "",
+        };
+        let mut held = Vec::new();
+        // Queue depths 0..6 for users u0..u5, and a second socket of u5 with depth 2.
+        for (n, depth) in [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (5, 2)] {
+            let (writer, outbox, body) =
+                SocketWriter::start_body(16, Duration::from_secs(5), Transport::Sse, style);
+            for _ in 0..depth {
+                outbox.offer(Frame::Text(Bytes::from_static(b"x")));
+            }
+            let watch = connections.watch_user(&format!("u{n}"), n, Transport::Sse, &outbox);
+            held.push((writer, outbox, body, watch));
+        }
+        let (loads, all) = connections.socket_loads(3);
+        assert_eq!(all, 7, "every signed-in socket is counted");
+        let got: Vec<(&str, u64)> = loads
+            .iter()
+            .map(|l| (l.user_id.as_str(), l.queued))
+            .collect();
+        assert_eq!(got, [("u5", 5), ("u4", 4), ("u3", 3)]);
+        assert!(loads.iter().all(|l| l.transport == "sse"));
+        // Equal depths: by user id.
+        let (loads, _) = connections.socket_loads(6);
+        let got: Vec<(&str, u64)> = loads
+            .iter()
+            .map(|l| (l.user_id.as_str(), l.queued))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("u5", 5),
+                ("u4", 4),
+                ("u3", 3),
+                ("u2", 2),
+                ("u5", 2),
+                ("u1", 1)
+            ]
+        );
+        let (loads, all) = connections.socket_loads(0);
+        assert!(loads.is_empty());
+        assert_eq!(all, 7);
     }
 
     #[test]
