@@ -138,7 +138,7 @@ fn parsed(query: &str) -> Option<Arc<ExecutableDocument>> {
 /// `PARSED_DOCUMENT_BYTES` each (longer ones are parsed every time), and the lot is dropped
 /// when a new one finds it full, so a client sending ever new documents churns it without
 /// growing it. A document that does not parse is not kept: its request is not shared, and
-/// async-graphql answers it with its own parse error.
+/// async-graphql answers it with its own parse error. Nor is one without a subscription.
 #[derive(Default)]
 struct Parsed(Mutex<HashMap<Box<str>, Arc<ExecutableDocument>>>);
 
@@ -152,7 +152,13 @@ impl Parsed {
             }
         }
         let doc = Arc::new(async_graphql::parser::parse_query(query).ok()?);
-        if keep {
+        // Queries and mutations sent over a socket are parsed here too; only subscriptions,
+        // which a client repeats, are worth a place.
+        let subscribes = doc
+            .operations
+            .iter()
+            .any(|(_, op)| op.node.ty == OperationType::Subscription);
+        if keep && subscribes {
             let mut parsed = lock();
             if parsed.len() >= PARSED_DOCUMENTS {
                 parsed.clear();
@@ -268,5 +274,10 @@ mod tests {
         let before = parsed.kept();
         assert!(parsed.get("subscription { events { ").is_none());
         assert_eq!(parsed.kept(), before, "what does not parse is not kept");
+        assert!(parsed
+            .get("mutation { joinRoom(roomId: \"r\") { id } }")
+            .is_some());
+        assert!(parsed.get("query { me { id } }").is_some());
+        assert_eq!(parsed.kept(), before, "queries and mutations are not kept");
     }
 }
