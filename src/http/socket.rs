@@ -294,9 +294,6 @@ impl Connections {
         for (user_id, connections) in users.iter() {
             for (_, transport, outbox) in connections {
                 all += 1;
-                if max == 0 {
-                    continue;
-                }
                 let entry = (
                     Reverse(outbox.0.lock().frames.len() as u64),
                     user_id.as_str(),
